@@ -1,0 +1,110 @@
+"""Builds wslfast and its extension wslfast._C from csrc/ (the file list is csrc/sources.txt).
+
+    pip install --no-build-isolation .          # torch comes from the environment
+
+CUDA kernels compile whenever nvcc is found (CUDA_HOME, PATH or /usr/local/cuda), CPU-only otherwise.
+Environment: WSLFAST_CUDA_ARCHS (default "90a;80"), MAX_JOBS (ninja parallelism),
+WSLFAST_FORCE_CPU=1 (skip CUDA even where nvcc is found).
+"""
+import glob
+import os
+import re
+import sys
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+
+def read_version():
+    text = open(os.path.join(HERE, "wslfast", "_version.py")).read()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def read_sources():
+    """csrc/sources.txt split into (C++ sources, CUDA sources), paths relative to this folder."""
+    cpp, cu = [], []
+    for line in open(os.path.join(HERE, "csrc", "sources.txt")):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            (cu if line.endswith(".cu") else cpp).append(os.path.join("csrc", line))
+    return cpp, cu
+
+
+def cuda_arch_flags(archs):
+    """'90a;80' -> nvcc -gencode flags: SASS for each arch, plus PTX of the oldest for newer GPUs."""
+    names = [a.strip() for a in archs.replace(",", ";").split(";") if a.strip()]
+    if not names:
+        raise SystemExit("WSLFAST_CUDA_ARCHS is empty; give e.g. '90a;80'")
+    flags = []
+    for a in names:
+        if not re.fullmatch(r"\d+[af]?", a):
+            raise SystemExit(f"WSLFAST_CUDA_ARCHS: {a!r} is not an arch like 80, 90a or 100a")
+        flags.append(f"-gencode=arch=compute_{a},code=sm_{a}")
+    plain = [a for a in names if a.isdigit()]
+    if plain:
+        oldest = min(plain, key=int)
+        flags.append(f"-gencode=arch=compute_{oldest},code=compute_{oldest}")
+    return names, flags
+
+
+def wheel_cuda_include_dirs():
+    """Include folders of the nvidia-* pip wheels torch depends on (cuBLAS/cuSPARSE headers that
+    torch's CUDA headers include live there, not in the CUDA toolkit nvcc came with)."""
+    import site
+
+    roots = site.getsitepackages() + [site.getusersitepackages()]
+    found = []
+    for root in roots:
+        for pattern in ("nvidia/*/include", "nvidia/*/*/include"):
+            found += sorted(glob.glob(os.path.join(root, pattern)))
+    return [d for d in found if os.path.isdir(d)]
+
+
+def extensions():
+    import torch
+    from torch.utils import cpp_extension
+
+    cpp, cu = read_sources()
+    force_cpu = os.environ.get("WSLFAST_FORCE_CPU", "0") not in ("", "0")
+    with_cuda = bool(cu) and not force_cpu and cpp_extension.CUDA_HOME is not None
+    cxx = ["-O3", "-DWSLFAST_VERSION=\"%s\"" % read_version()]
+    archs = []
+    if with_cuda:
+        archs, gencode = cuda_arch_flags(os.environ.get("WSLFAST_CUDA_ARCHS", "90a;80"))
+        # torch adds its own arch flags unless told; ours come from WSLFAST_CUDA_ARCHS.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(a.rstrip("af") for a in archs)
+        defines = ["-DWSLFAST_WITH_CUDA", "-DWSLFAST_CUDA_ARCHS=\"%s\"" % ";".join(archs)]
+        # -idirafter: wheel headers only fill what the toolkit lacks, they never shadow it.
+        wheel_inc = [f for d in wheel_cuda_include_dirs() for f in ("-idirafter", d)]
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", *gencode, *defines]
+        return [cpp_extension.CUDAExtension(
+            "wslfast._C", cpp + cu,
+            extra_compile_args={"cxx": cxx + defines + wheel_inc, "nvcc": nvcc},
+        )], True
+    del torch
+    return [cpp_extension.CppExtension("wslfast._C", cpp, extra_compile_args={"cxx": cxx})], False
+
+
+def main():
+    from torch.utils.cpp_extension import BuildExtension
+
+    ext, with_cuda = extensions()
+    print(f"wslfast: building {'with' if with_cuda else 'without'} CUDA", file=sys.stderr)
+    setup(
+        name="wslfast",
+        version=read_version(),
+        description="Weakly supervised pretraining of ResNeXt on hashtag-labelled images, fast.",
+        packages=find_packages(include=["wslfast", "wslfast.*"]),
+        package_data={"wslfast": ["data/*.txt", "data/*.json"]},
+        ext_modules=ext,
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+        python_requires=">=3.10",
+        install_requires=["numpy", "pyyaml", "pillow", "nltk"],
+        zip_safe=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

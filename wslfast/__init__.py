@@ -1,0 +1,22 @@
+"""wslfast: weakly supervised pretraining of ResNeXt on hashtag-labelled images, fast.
+
+Subpackages: wslfast.ops (fused kernels), wslfast.nn (modules over them), wslfast.models (ResNeXt-101
+32xCd), wslfast.data (vocabularies, shards, DALI pipelines), wslfast.engine (what train/ scripts share).
+The compiled extension wslfast._C is loaded by wslfast.ops on first use, so the data tools import
+without it.
+"""
+from ._version import __version__
+
+__all__ = ["__version__", "build_info"]
+
+
+def build_info() -> dict:
+    """What the compiled extension holds: version, torch, cuda_compiled, cuda_archs, ops."""
+    from . import _C  # noqa: F401  (loading it registers the torch.ops.wslfast kernels)
+    import torch
+
+    info = dict(_C.build_info())
+    info["cuda_archs"] = [a for a in info.get("cuda_archs", "").split(";") if a]
+    info["torch_runtime"] = torch.__version__
+    info["cuda_available"] = torch.cuda.is_available()
+    return info
