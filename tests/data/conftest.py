@@ -1,0 +1,40 @@
+"""Fixtures for the data tests: WordNet (skipped with a reason when absent), a small synthetic corpus."""
+import pytest
+
+from wslfast.data.wordnet import WordNetMissingError, ensure_wordnet
+
+
+@pytest.fixture(scope="session")
+def wordnet():
+    try:
+        ensure_wordnet()
+    except WordNetMissingError as e:
+        pytest.skip(f"WordNet not installed ({e}); CI installs wordnet-base wordnet-sense-index")
+    from wslfast.data.wordnet import get_wordnet
+
+    return get_wordnet()
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    from wslfast.data.synthetic import make_synthetic_corpus
+
+    return make_synthetic_corpus(tmp_path_factory.mktemp("corpus"), num_images=240, seed=1, image_size=48,
+                                 num_target_classes=4, target_train_per_class=6, target_val_per_class=5)
+
+
+@pytest.fixture(scope="session")
+def vocab(wordnet, corpus):
+    from wslfast.data import HashtagVocabulary
+    from wslfast.data.__main__ import _read_counts
+
+    return HashtagVocabulary.from_counts(_read_counts(corpus["counts"]), min_count=2)
+
+
+@pytest.fixture(scope="session")
+def shard_dir(tmp_path_factory, corpus, vocab):
+    from wslfast.data.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(corpus["images"], corpus["tags"], vocab, out, shard_size=64, seed=0)
+    return out
