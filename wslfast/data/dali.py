@@ -16,6 +16,7 @@ continues the exact sequence of batches.
 """
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -241,7 +242,9 @@ class DaliLoader:
     def state_dict(self) -> dict:
         if self._pipe is None:
             self._build()
-        return {"version": _STATE_VERSION, "checkpoint": self._pipe.checkpoint(), "epoch": self.epoch,
+        cpt = self._pipe.checkpoint()  # base64 text: fits JSON and torch.load(weights_only=True) alike
+        cpt = base64.b64encode(cpt if isinstance(cpt, bytes) else cpt.encode()).decode("ascii")
+        return {"version": _STATE_VERSION, "checkpoint": cpt, "epoch": self.epoch,
                 "run_in_epoch": self._run_in_epoch, "config": self._config()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -250,7 +253,7 @@ class DaliLoader:
         if state["config"] != self._config():
             raise ValueError(f"DaliLoader.load_state_dict: saved for {state['config']}, this loader is "
                              f"{self._config()}")
-        self._build(state["checkpoint"])
+        self._build(base64.b64decode(state["checkpoint"]))
         self.epoch, self._run_in_epoch = int(state["epoch"]), int(state["run_in_epoch"])
         if self._run_in_epoch >= self._runs_per_epoch:
             self.epoch, self._run_in_epoch = self.epoch + 1, 0
