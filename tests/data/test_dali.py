@@ -173,3 +173,20 @@ def test_gpu_batches_are_bf16_on_device(shard_dir):
     x, y = next(iter(loader))
     assert x.is_cuda and x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
     assert y.device.type == "cuda"
+
+
+def test_image_folder_skips_non_images_and_explains_decode_errors(tmp_path):
+    good = np.full((40, 40, 3), 120, np.uint8)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(good).save(tmp_path / "a" / "ok.jpg")
+    (tmp_path / "a" / "text.jpg").write_text("not an image")
+    loader = dali.eval_loader(tmp_path, 4, device="cpu", image_size=16, resize_size=20)
+    assert loader.skipped == 1 and loader.num_samples == 1
+    assert [y.tolist() for _, y in loader] == [[0]]
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "a" / "cut.jpg", quality=95)
+    cut = (tmp_path / "a" / "cut.jpg").read_bytes()
+    (tmp_path / "a" / "cut.jpg").write_bytes(cut[: len(cut) // 2])  # header intact, data truncated
+    loader = dali.eval_loader(tmp_path, 4, device="cpu", image_size=16, resize_size=20)
+    with pytest.raises(RuntimeError, match="DALI pipeline failed"):
+        list(loader)

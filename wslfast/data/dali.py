@@ -81,22 +81,35 @@ def _num_samples_from_index(idx_paths: list[str]) -> int:
     return total
 
 
-def image_folder(root) -> tuple[list[str], list[int], list[str]]:
-    """ImageFolder layout root/<class>/**/<image>: (files, labels, classes), sorted like torchvision."""
+def image_folder(root, validate: bool = True) -> tuple[list[str], list[int], list[str], int]:
+    """ImageFolder layout root/<class>/**/<image>: (files, labels, classes, skipped), sorted like
+    torchvision. With validate, files PIL cannot identify as an image are skipped and counted (a header
+    check: DALI raises on undecodable data and cannot skip inside the pipeline)."""
+    from PIL import Image
+
     root = Path(root)
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
         raise FileNotFoundError(f"{root}: no class folders (expected root/<class>/<image>)")
-    files, labels = [], []
+    files, labels, skipped = [], [], 0
     for c, name in enumerate(classes):
         for dirpath, _, names in sorted(os.walk(root / name)):
             for n in sorted(names):
-                if Path(n).suffix.lower() in IMAGE_EXTENSIONS:
-                    files.append(str(Path(dirpath) / n))
-                    labels.append(c)
+                if Path(n).suffix.lower() not in IMAGE_EXTENSIONS:
+                    continue
+                path = Path(dirpath) / n
+                if validate:
+                    try:
+                        with Image.open(path):
+                            pass
+                    except (OSError, ValueError, Image.DecompressionBombError):
+                        skipped += 1
+                        continue
+                files.append(str(path))
+                labels.append(c)
     if not files:
         raise FileNotFoundError(f"{root}: no images in the class folders")
-    return files, labels, classes
+    return files, labels, classes, skipped
 
 
 def _shard_size(n: int, rank: int, world: int) -> int:
@@ -191,7 +204,13 @@ class DaliLoader:
     def _run(self):
         if self._pipe is None:
             self._build()
-        return self._pipe.run()
+        try:
+            return self._pipe.run()
+        except RuntimeError as e:
+            self._pipe = None  # DALI invalidates a pipeline after an error
+            raise RuntimeError(f"DALI pipeline failed (an image it cannot decode?). Shards written by "
+                               f"`python -m wslfast.data shards` are decode-checked; remove or fix the file. "
+                               f"DALI said: {str(e).strip()[:800]}") from e
 
     def _to_torch(self, images, labels, keep: int):
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -278,11 +297,11 @@ def eval_loader(shards_or_folder, batch_size, rank=0, world_size=1, device="cuda
     gives int64 class targets (`.classes` holds the names); shards give SparseTargets."""
     src = Path(shards_or_folder) if isinstance(shards_or_folder, (str, os.PathLike)) else None
     if src is not None and src.is_dir() and not list_shards(src):
-        files, labels, classes = image_folder(src)
+        files, labels, classes, skipped = image_folder(src, validate=kw.pop("validate", True))
         loader = DaliLoader(kind="eval", batch_size=batch_size, rank=rank, world_size=world_size, device=device,
                             image_size=image_size, resize_size=resize_size, seed=seed, num_threads=num_threads,
                             files=files, labels=labels, num_classes=len(classes), num_samples=len(files), **kw)
-        loader.classes = classes
+        loader.classes, loader.skipped = classes, skipped
         return loader
     tars, idx, manifest_classes = _shard_files(shards_or_folder)
     num_classes = num_classes or manifest_classes
