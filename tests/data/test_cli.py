@@ -5,6 +5,7 @@ import pytest
 from wslfast.data.__main__ import main
 
 
+@pytest.mark.slow
 def test_end_to_end(wordnet, tmp_path, capsys):
     root = tmp_path / "demo"
     assert main(["synthetic", "--out", str(root), "--num-images", "60", "--image-size", "32"]) == 0

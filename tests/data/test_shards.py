@@ -99,17 +99,20 @@ def test_webdataset_library_reads_the_shards(shard_dir):
     assert n == read_manifest(shard_dir)["num_samples"]
 
 
-def test_deterministic_and_resumable(corpus, vocab, tmp_path):
+def test_deterministic_and_resumable(corpus, vocab, tmp_path, monkeypatch):
     a = write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "a", shard_size=64, seed=5)
     b = write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "b", shard_size=64, seed=5)
     assert a["fingerprint"] == b["fingerprint"]
     fa, fb = list_shards(tmp_path / "a"), list_shards(tmp_path / "b")
     assert len(fa) >= 3 and [Path(x).read_bytes() for x in fa] == [Path(x).read_bytes() for x in fb]
-    # resume: a lost shard is rebuilt identically, the others are kept as they are
+    # resume: a lost shard is rebuilt identically, the others are kept as they are, and no image is
+    # decoded again (the decode-check results are cached by path, size and mtime)
     before = [Path(x).stat().st_mtime_ns for x in fa]
     gone = Path(fa[1]).read_bytes()
     Path(fa[1]).unlink()
+    monkeypatch.setattr(S, "check_image", lambda *a: pytest.fail("image decoded again on resume"))
     write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "a", shard_size=64, seed=5)
+    monkeypatch.undo()
     assert Path(fa[1]).read_bytes() == gone
     assert Path(fa[0]).stat().st_mtime_ns == before[0] and Path(fa[2]).stat().st_mtime_ns == before[2]
     # a changed setting rebuilds: different seed -> different order, no stale shard left
@@ -177,3 +180,12 @@ def test_dataset_name():
     assert dataset_name("train", "IG", 1_000_000, 17_000) == "train-IG-1M-17k"
     assert dataset_name("train", "IG", 3_500_000_000, 1500) == "train-IG-3.5B-1.5k"
     assert dataset_name("val", "YFCC", 940, 8_500) == "val-YFCC-940-8.5k"
+
+
+def test_a_fixed_image_is_checked_again(messy, vocab, tmp_path):
+    img, tags = messy
+    m1 = write_shards(img, tags, vocab, tmp_path / "out", shard_size=4)
+    (img / "trunc.jpg").write_bytes(_jpeg(99, size=48))  # repaired: new size and mtime
+    m2 = write_shards(img, tags, vocab, tmp_path / "out", shard_size=4)
+    assert m1["skipped"]["corrupt"] == 1 and m2["skipped"]["corrupt"] == 0
+    assert m2["num_samples"] == m1["num_samples"] + 1

@@ -26,6 +26,7 @@ def test_missing_wordnet_says_how_to_install(tmp_path, monkeypatch):
         W.ensure_wordnet(tmp_path / "nltk_data")
 
 
+@pytest.mark.slow
 def test_copies_real_files_once(wordnet, tmp_path):
     corpus = W.ensure_wordnet(tmp_path)
     assert corpus == tmp_path / "corpora" / "wordnet"

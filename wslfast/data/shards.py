@@ -33,6 +33,7 @@ __all__ = ["write_shards", "list_shards", "read_manifest", "check_image", "datas
 
 MANIFEST = "manifest.json"
 _STATE = ".build-state.json"
+_CHECKS = ".image-checks.json"  # decode-check results by (path, size, mtime): a re-run skips the decoding
 _FORMAT = "wslfast-shards"
 
 
@@ -65,6 +66,47 @@ def check_image(path: str, want_hash: bool) -> tuple[str | None, bool, int]:
 
 def _check_star(args):
     return check_image(*args)
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _cached_checks(cache_path: Path, images_dir: Path, rels: list[str], want_hash: bool, workers: int):
+    """check_image for every file, reusing results of an earlier run for files that did not change."""
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    results: list = [None] * len(rels)
+    keys = [str((images_dir / r).resolve()) for r in rels]
+    stats = [_stat_key(images_dir / r) for r in rels]
+    todo = []
+    for i, (key, st) in enumerate(zip(keys, stats)):
+        hit = cache.get(key)
+        if st is not None and hit and hit[0] == st and (hit[1][0] is not None or not want_hash or hit[2]):
+            results[i] = tuple(hit[1])
+        else:
+            todo.append(i)
+    jobs = [(str(images_dir / rels[i]), want_hash) for i in todo]
+    if workers > 1 and len(jobs) > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            fresh = list(pool.imap(_check_star, jobs, chunksize=64))
+    else:
+        fresh = [check_image(*j) for j in jobs]
+    for i, r in zip(todo, fresh):
+        results[i] = r
+        if stats[i] is not None:
+            cache[keys[i]] = [stats[i], list(r), want_hash]
+    if todo:
+        tmp = cache_path.with_name(cache_path.name + ".tmp")
+        tmp.write_text(json.dumps(cache))
+        os.replace(tmp, cache_path)
+    return results
 
 
 def _jpeg_bytes(path: str, reencode: bool) -> bytes:
@@ -140,12 +182,8 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
 
     # Decode-check (and hash) every image, in parallel; results come back in order.
     want_hash = dedup_against is not None
-    jobs = [(str(images_dir / r.image), want_hash) for r, _ in kept]
-    if workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(workers) as pool:
-            checks = list(pool.imap(_check_star, jobs, chunksize=64))
-    else:
-        checks = [check_image(*j) for j in jobs]
+    out.mkdir(parents=True, exist_ok=True)
+    checks = _cached_checks(out / _CHECKS, images_dir, [r.image for r, _ in kept], want_hash, workers)
     good, reencode, hashes = [], [], []
     for (r, labels), (reason, reenc, h) in zip(kept, checks):
         if reason:
@@ -182,7 +220,6 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                       vocab=vocab.to_dict(), shard_size=shard_size, noise=label_noise, sampling=sampling,
                       dedup=str(dedup_against), radius=dedup_radius, seed=seed, order=order.tolist(),
                       labels=labels)
-    out.mkdir(parents=True, exist_ok=True)
     state_path = out / _STATE
     resume = state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") == fp
     if not resume:  # a different build: clear what an earlier one left
