@@ -190,3 +190,13 @@ def test_image_folder_skips_non_images_and_explains_decode_errors(tmp_path):
     loader = dali.eval_loader(tmp_path, 4, device="cpu", image_size=16, resize_size=20)
     with pytest.raises(RuntimeError, match="DALI pipeline failed"):
         list(loader)
+
+
+def test_train_on_image_folder(corpus):
+    loader = dali.train_loader(corpus["target_train"], 8, device="cpu", image_size=24, num_threads=1)
+    assert loader.classes == sorted(corpus["target_classes"]) and len(loader) == 24 // 8
+    ys = []
+    for x, y in loader:
+        assert x.shape == (8, 3, 24, 24) and y.dtype == torch.int64
+        ys += y.tolist()
+    assert sorted(ys) == sorted([c for c in range(4) for _ in range(6)])  # each image once per epoch

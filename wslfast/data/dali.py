@@ -280,7 +280,17 @@ class DaliLoader:
 
 def train_loader(shards, batch_size, rank=0, world_size=1, device="cuda", image_size=224, seed=0,
                  num_threads=4, num_classes=None, **kw) -> DaliLoader:
-    """Training batches (images, SparseTargets) from webdataset shards (a folder or a list of .tar)."""
+    """Training batches (images, SparseTargets) from webdataset shards (a folder or a list of .tar).
+    An ImageFolder tree (no shards in it) gives (images, int64 classes) instead, for fine-tuning."""
+    src = Path(shards) if isinstance(shards, (str, os.PathLike)) else None
+    if src is not None and src.is_dir() and not list_shards(src):
+        files, labels, classes, skipped = image_folder(src, validate=kw.pop("validate", True))
+        loader = DaliLoader(kind="train", batch_size=batch_size, rank=rank, world_size=world_size,
+                            device=device, image_size=image_size, resize_size=kw.pop("resize_size", image_size),
+                            seed=seed, num_threads=num_threads, files=files, labels=labels,
+                            num_classes=len(classes), num_samples=len(files), **kw)
+        loader.classes, loader.skipped = classes, skipped
+        return loader
     tars, idx, manifest_classes = _shard_files(shards)
     num_classes = num_classes or manifest_classes
     if num_classes is None:
