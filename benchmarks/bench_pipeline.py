@@ -14,10 +14,7 @@ Appends flat records to benchmarks/results/<cpu|h100|...>.json (or --out).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import io
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -30,6 +27,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import append_results, record  # noqa: E402
 
 
 def make_shards(out: Path, num_images: int, width: int, height: int, seed: int = 0) -> Path:
@@ -153,11 +152,7 @@ def main() -> None:
         t = time.perf_counter()
         make_shards(data, args.num_images, w, h)
         print(f"made {args.num_images} {w}x{h} JPEGs in shards in {time.perf_counter() - t:.1f}s")
-    device_name = "cpu" if args.device == "cpu" else torch.cuda.get_device_name()
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / (
-        "cpu.json" if args.device == "cpu" else device_name.split()[-1].lower().split("-")[0] + ".json")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    device = torch.device(args.device)
     records = []
     for mode in args.modes.split(","):
         per = {}
@@ -174,25 +169,19 @@ def main() -> None:
                 continue
             r = json.loads(line[len("RESULT "):])
             t = np.array(r["times_ms"])
-            rec = {"bench": "pipeline",
-                   "case": {"mode": mode, "batch_size": args.batch_size, "image_size": args.image_size,
-                            "source_size": args.source_size, "workers": args.workers,
-                            "num_images": args.num_images},
-                   "impl": name, "mode": "step", "ms_p20": float(np.percentile(t, 20)),
-                   "ms_p50": float(np.percentile(t, 50)), "ms_p80": float(np.percentile(t, 80)),
-                   "peak_mem_bytes": int(r["peak_mem_bytes"]), "device": device_name, "torch": torch.__version__,
-                   "commit": commit, "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   "images_per_s": float(r["images"] / (t.sum() / 1e3))}
+            case = {"mode": mode, "batch_size": args.batch_size, "image_size": args.image_size,
+                    "source_size": args.source_size, "workers": args.workers, "num_images": args.num_images}
+            q = tuple(float(np.percentile(t, p)) for p in (20, 50, 80))
+            rec = record("pipeline", case, name, "step", q, int(r["peak_mem_bytes"]), device,
+                         images_per_s=float(r["images"] / (t.sum() / 1e3)))
             per[impl] = rec
             records.append(rec)
             print(f"{mode:5s} {name:22s} p50 {rec['ms_p50']:8.1f} ms/batch  {rec['images_per_s']:8.1f} img/s")
         if len(per) == 2:
             print(f"{mode:5s} DALI / DataLoader throughput: "
                   f"{per['dali']['images_per_s'] / per['torchvision']['images_per_s']:.2f}x")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    old = json.loads(out.read_text()) if out.is_file() else []
-    out.write_text(json.dumps(old + records, indent=1) + "\n")
-    print(f"appended {len(records)} records to {out}")
+    path = append_results(records, args.out, device)
+    print(f"appended {len(records)} records to {path}")
 
 
 if __name__ == "__main__":
