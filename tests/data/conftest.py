@@ -38,3 +38,15 @@ def shard_dir(tmp_path_factory, corpus, vocab):
     out = tmp_path_factory.mktemp("shards")
     write_shards(corpus["images"], corpus["tags"], vocab, out, shard_size=64, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def yfcc_row():
+    """Builds one YFCC100M metadata line (24 fields, plus the leading line number by default)."""
+    def _yfcc_row(photo_id, photo_hash, tags, marker="0", line_number=True):
+        fields = [photo_id, photo_hash, "12345@N00", "nick", "2010-01-01", "1262304000", "Canon", "title", "desc",
+                  tags, "", "", "", "", "http://page", "http://dl", "licence", "http://lic", "1", "2", "s", "so",
+                  "jpg", marker]
+        return "\t".join(([str(photo_id)] if line_number else []) + fields)
+
+    return _yfcc_row

@@ -189,3 +189,21 @@ def test_a_fixed_image_is_checked_again(messy, vocab, tmp_path):
     m2 = write_shards(img, tags, vocab, tmp_path / "out", shard_size=4)
     assert m1["skipped"]["corrupt"] == 1 and m2["skipped"]["corrupt"] == 0
     assert m2["num_samples"] == m1["num_samples"] + 1
+
+
+def test_yfcc_metadata_to_shards(vocab, tmp_path, yfcc_row):
+    _yfcc_row = yfcc_row
+    img = tmp_path / "img"
+    img.mkdir()
+    for i in range(3):
+        (img / f"{100 + i}.jpg").write_bytes(_jpeg(i))
+    rows = [_yfcc_row("100", "aa", "brown+bear,%23Pizzas"), _yfcc_row("101", "bb", "instagood"),
+            _yfcc_row("102", "cc", "dog", marker="1"), _yfcc_row("103", "dd", "dog")]
+    (tmp_path / "yfcc.tsv").write_text("\n".join(rows) + "\n")
+    m = write_shards(img, tmp_path / "yfcc.tsv", vocab, tmp_path / "out")
+    assert m["tags_format"] == "yfcc" and m["name"].startswith("train-YFCC-1-")
+    assert m["skipped"]["video"] == 1 and m["skipped"]["missing"] == 1 and m["skipped"]["out_of_vocabulary"] == 1
+    members = _members(list_shards(tmp_path / "out")[0])
+    info = json.loads(next(v for k, v in members.items() if k.endswith(".json")))
+    assert info["yfcc_id"] == "100" and info["tags"] == ["brown bear", "#Pizzas"]
+    assert sorted(vocab.name_of(l) for l in info["labels"]) == ["brown_bear.n.01", "pizza.n.01"]

@@ -5,14 +5,8 @@ import pytest
 from wslfast.data.tagfiles import detect_format, read_tags
 
 
-def _yfcc_row(photo_id, photo_hash, tags, marker="0", line_number=True):
-    fields = [photo_id, photo_hash, "12345@N00", "nick", "2010-01-01", "1262304000", "Canon", "title", "desc",
-              tags, "", "", "", "", "http://page", "http://dl", "licence", "http://lic", "1", "2", "s", "so",
-              "jpg", marker]
-    return "\t".join(([str(photo_id)] if line_number else []) + fields)
-
-
-def test_yfcc_with_encoded_tags(tmp_path):
+def test_yfcc_with_encoded_tags(tmp_path, yfcc_row):
+    _yfcc_row = yfcc_row
     img = tmp_path / "img"
     (img / "abc" / "def").mkdir(parents=True)
     (img / "101.jpg").write_bytes(b"x")

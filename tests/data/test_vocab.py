@@ -11,6 +11,8 @@ def test_normalize():
     assert normalize_hashtag("jack-o'-lantern") == "jackolantern"
     assert normalize_hashtag("＃ＤＯＧ") == "dog"  # full-width: NFKC
     assert normalize_hashtag("#") == ""
+    assert normalize_hashtag("#Café") == "cafe" and normalize_hashtag("Crème_Brûlée") == "cremebrulee"
+    assert normalize_hashtag("#猫") == "猫"  # other scripts are kept (they just match no WordNet lemma)
     with pytest.raises(TypeError):
         normalize_hashtag(3)
 

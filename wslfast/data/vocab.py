@@ -1,8 +1,8 @@
 """Hashtag vocabularies: hashtags canonicalized to WordNet noun synsets, one label per synset.
 
 Rules (what `label_of` and `from_counts` do):
-- Normalization: Unicode NFKC, strip whitespace and leading '#', lowercase, then drop every character that
-  is not a letter or digit ('#Brown_Bear' -> 'brownbear'). WordNet noun lemmas get the same treatment, so a
+- Normalization: Unicode NFKC, strip whitespace and leading '#', lowercase, fold accents (café -> cafe, as
+  WordNet is ASCII), then drop every character that is not a letter or digit ('#Brown_Bear' -> 'brownbear'). WordNet noun lemmas get the same treatment, so a
   hashtag matches a lemma with its separators removed (brown_bear, ursus_arctos, jack-o'-lantern).
 - Plurals: a key that is no lemma goes through WordNet's noun morphology: the exception list (noun.exc,
   mice -> mouse) and then the detachment rules (-s, -ses, -xes, -zes, -ches, -shes, -men, -ies -> -y).
@@ -38,7 +38,8 @@ def normalize_hashtag(tag: str) -> str:
     if not isinstance(tag, str):
         raise TypeError(f"hashtag must be a str, got {type(tag).__name__}")
     s = unicodedata.normalize("NFKC", tag).strip().lstrip("#").lower()
-    return "".join(ch for ch in s if ch.isalnum())
+    s = "".join(ch for ch in unicodedata.normalize("NFKD", s) if not unicodedata.combining(ch))
+    return "".join(ch for ch in unicodedata.normalize("NFC", s) if ch.isalnum())
 
 
 def _depluralize(key: str, known) -> list[str]:

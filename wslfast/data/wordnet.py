@@ -74,11 +74,12 @@ def ensure_wordnet(nltk_data_dir: str | os.PathLike | None = None) -> Path:
                 f"{INSTALL_HINT}")
         corpus.mkdir(parents=True, exist_ok=True)
         for name in WORDNET_FILES:
-            tmp = corpus / (name + ".tmp")
+            tmp = corpus / f"{name}.{os.getpid()}.tmp"  # ranks starting together never share a tmp file
             shutil.copyfile(src / name, tmp)  # a real copy: nltk does not read the symlinked layout
             os.replace(tmp, corpus / name)
-        (corpus / "lexnames.tmp").write_text(lexnames_text())
-        os.replace(corpus / "lexnames.tmp", corpus / "lexnames")
+        tmp = corpus / f"lexnames.{os.getpid()}.tmp"
+        tmp.write_text(lexnames_text())
+        os.replace(tmp, corpus / "lexnames")
     import nltk
 
     if str(root) not in nltk.data.path:
