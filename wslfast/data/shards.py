@@ -127,13 +127,15 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> tuple[int, int]:
     return offset, len(data)
 
 
-def _write_shard(out: Path, stem: str, samples: list[dict]) -> None:
+def _write_shard(out: str, stem: str, samples: list[dict]) -> str:
+    """One shard from sample specs {key, path, reencode, labels, json}; runs in a worker with --workers."""
+    out = Path(out)
     tmp_tar = out / f".{stem}.tar.tmp"
     index_lines = []
     with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
             parts = []
-            for ext, data in (("jpg", s["jpg"]), ("labels", np.asarray(s["labels"], dtype="<i4").tobytes()),
+            for ext, data in (("jpg", _jpeg_bytes(s["path"], s["reencode"])), ("labels", np.asarray(s["labels"], dtype="<i4").tobytes()),
                               ("json", json.dumps(s["json"], sort_keys=True).encode())):
                 off, size = _add(tar, f"{s['key']}.{ext}", data)
                 parts.append(f"{ext} {off} {size} {s['key']}.{ext}")
@@ -142,6 +144,11 @@ def _write_shard(out: Path, stem: str, samples: list[dict]) -> None:
     tmp_idx.write_text(f"v1.2 {len(samples)}\n" + "\n".join(index_lines) + "\n")
     os.replace(tmp_idx, out / f"{stem}.idx")
     os.replace(tmp_tar, out / f"{stem}.tar")  # last: a .tar in place is a whole shard
+    return stem
+
+
+def _write_shard_star(args) -> str:
+    return _write_shard(*args)
 
 
 def _fingerprint(**parts) -> str:
@@ -231,7 +238,7 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
         state_path.write_text(json.dumps({"fingerprint": fp}))
 
     label_counts = np.zeros(len(vocab), dtype=np.int64)
-    shards = []
+    shards, jobs = [], []
     for k, stem in enumerate(stems):
         part = order[k * shard_size:(k + 1) * shard_size]
         shards.append({"tar": f"{stem}.tar", "index": f"{stem}.idx", "num_samples": int(part.size)})
@@ -243,11 +250,20 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
         for j, i in enumerate(part):
             r = good[i][0]
             info = {"tags": r.tags, "image": r.image, "labels": labels[i], **r.meta}
-            samples.append({"key": f"{k * shard_size + j:09d}", "jpg": _jpeg_bytes(str(images_dir / r.image),
-                            reencode[i]), "labels": labels[i], "json": info})
-        _write_shard(out, stem, samples)
-        if progress:
-            print(f"wrote {stem}.tar ({part.size} samples)", flush=True)
+            samples.append({"key": f"{k * shard_size + j:09d}", "path": str(images_dir / r.image),
+                            "reencode": reencode[i], "labels": labels[i], "json": info})
+        jobs.append((str(out), stem, samples))
+    if workers > 1 and len(jobs) > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            done = pool.imap(_write_shard_star, jobs)
+            for stem in done:
+                if progress:
+                    print(f"wrote {stem}.tar", flush=True)
+    else:
+        for job in jobs:
+            _write_shard(*job)
+            if progress:
+                print(f"wrote {job[1]}.tar ({len(job[2])} samples)", flush=True)
 
     manifest = {
         "format": _FORMAT, "version": 1, "name": name, "num_samples": int(order.size),
