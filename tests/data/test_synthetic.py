@@ -16,8 +16,8 @@ def test_layout_and_determinism(tmp_path):
     kw = dict(num_images=30, image_size=32, num_target_classes=3, target_train_per_class=2,
               target_val_per_class=1)
     a = make_synthetic_corpus(tmp_path / "a", seed=3, **kw)
-    b = make_synthetic_corpus(tmp_path / "b", seed=3, **kw)
-    c = make_synthetic_corpus(tmp_path / "c", seed=4, **kw)
+    make_synthetic_corpus(tmp_path / "b", seed=3, **kw)
+    make_synthetic_corpus(tmp_path / "c", seed=4, **kw)
     assert _tree_bytes(tmp_path / "a") == _tree_bytes(tmp_path / "b")
     assert _tree_bytes(tmp_path / "a") != _tree_bytes(tmp_path / "c")
     lines = [json.loads(x) for x in Path(a["tags"]).read_text().splitlines()]

@@ -135,7 +135,8 @@ def _write_shard(out: str, stem: str, samples: list[dict]) -> str:
     with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
             parts = []
-            for ext, data in (("jpg", _jpeg_bytes(s["path"], s["reencode"])), ("labels", np.asarray(s["labels"], dtype="<i4").tobytes()),
+            labels = np.asarray(s["labels"], dtype="<i4").tobytes()
+            for ext, data in (("jpg", _jpeg_bytes(s["path"], s["reencode"])), ("labels", labels),
                               ("json", json.dumps(s["json"], sort_keys=True).encode())):
                 off, size = _add(tar, f"{s['key']}.{ext}", data)
                 parts.append(f"{ext} {off} {size} {s['key']}.{ext}")

@@ -2,8 +2,8 @@
 
 Rules (what `label_of` and `from_counts` do):
 - Normalization: Unicode NFKC, strip whitespace and leading '#', lowercase, fold accents (café -> cafe, as
-  WordNet is ASCII), then drop every character that is not a letter or digit ('#Brown_Bear' -> 'brownbear'). WordNet noun lemmas get the same treatment, so a
-  hashtag matches a lemma with its separators removed (brown_bear, ursus_arctos, jack-o'-lantern).
+  WordNet is ASCII), then drop every character that is not a letter or digit ('#Brown_Bear' ->
+  'brownbear'). WordNet noun lemmas get the same treatment, so a hashtag matches a lemma with its separators removed (brown_bear, ursus_arctos, jack-o'-lantern).
 - Plurals: a key that is no lemma goes through WordNet's noun morphology: the exception list (noun.exc,
   mice -> mouse) and then the detachment rules (-s, -ses, -xes, -zes, -ches, -shes, -men, -ies -> -y).
 - Several lemmas with one key (rare): the one-word lemma first, then the alphabetically first.
