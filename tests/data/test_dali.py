@@ -200,3 +200,14 @@ def test_train_on_image_folder(corpus):
         assert x.shape == (8, 3, 24, 24) and y.dtype == torch.int64
         ys += y.tolist()
     assert sorted(ys) == sorted([c for c in range(4) for _ in range(6)])  # each image once per epoch
+
+
+def test_padded_to_targets_matches_from_lists():
+    rows = [[3, 1], [7], [2, 2, 5], [0]]
+    k = max(map(len, rows))
+    padded = torch.tensor([r + [-1] * (k - len(r)) for r in rows])
+    got, want = dali.padded_to_targets(padded, 9), SparseTargets.from_lists(rows, 9)
+    for name in ("indices", "offsets", "weights"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    with pytest.raises(ValueError):
+        dali.padded_to_targets(torch.tensor([[9]]), 9)

@@ -2,9 +2,10 @@
 
 Train: fn.readers.webdataset sharded by global rank (stick_to_shard, local shuffle buffer), decode with a
 random crop (area 8-100%, aspect 3/4-4/3: random-resized-crop), resize to image_size, random flip,
-ImageNet mean/std; targets are SparseTargets (1/k over an image's k labels). Eval: decode, resize the
-shorter side to resize_size, center crop image_size; targets are int64 classes (ImageFolder) or
-SparseTargets (shards). device="cuda" decodes with nvJPEG ("mixed") and returns bf16; device="cpu" runs
+ImageNet mean/std; targets are SparseTargets (1/k over an image's k labels), built on the device: DALI
+pads each batch's label lists to [B, K_max] with -1 and moves them with the images, torch makes the
+CSR. Eval: decode, resize the shorter side to resize_size, center crop image_size; targets are int64
+classes (ImageFolder) or SparseTargets (shards). device="cuda" decodes with nvJPEG ("mixed") and returns bf16; device="cpu" runs
 the same graph with CPU operators (device_id=None) and returns float32.
 
 Epochs: with pad_last_batch DALI pads every rank's part to the same number of batches, B_run =
@@ -20,14 +21,14 @@ import base64
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..sparse_targets import SparseTargets
 from .dedup import IMAGE_EXTENSIONS
 from .shards import list_shards, read_manifest
 
-__all__ = ["train_loader", "eval_loader", "DaliLoader", "IMAGENET_MEAN", "IMAGENET_STD", "image_folder"]
+__all__ = ["train_loader", "eval_loader", "DaliLoader", "IMAGENET_MEAN", "IMAGENET_STD", "image_folder",
+           "padded_to_targets"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -112,6 +113,14 @@ def image_folder(root, validate: bool = True) -> tuple[list[str], list[int], lis
     return files, labels, classes, skipped
 
 
+def padded_to_targets(padded: torch.Tensor, num_classes: int) -> SparseTargets:
+    """[B, K] label ids padded with -1 (on any device) -> SparseTargets in CSR on that device."""
+    mask = padded >= 0
+    counts = mask.sum(1)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return SparseTargets(padded[mask], offsets, num_classes=num_classes)
+
+
 def _shard_size(n: int, rank: int, world: int) -> int:
     """Samples of DALI shard `rank` (DALI splits at floor(n * i / world))."""
     return n * (rank + 1) // world - n * rank // world
@@ -191,7 +200,9 @@ class DaliLoader:
             images = fn.crop_mirror_normalize(images, device=op, dtype=types.FLOAT, output_layout="HWC",
                                               crop=(s, s), crop_pos_x=0.5, crop_pos_y=0.5, mean=mean, std=std,
                                               mirror=mirror)
-            return images, labels
+            if not folder:  # ragged label lists -> one dense [B, K_max] batch padded with -1
+                labels = fn.pad(labels, fill_value=-1)
+            return images, labels.gpu() if gpu else labels
 
         kwargs = dict(batch_size=self.batch_size, num_threads=self.num_threads, device_id=self._device_id,
                       seed=self.seed + self.rank, prefetch_queue_depth=self._prefetch)
@@ -225,15 +236,16 @@ class DaliLoader:
         x = out[:keep].permute(0, 3, 1, 2)
         if x.dtype != self.dtype:
             x = x.to(self.dtype)
+        lab = labels.as_tensor()
+        y = torch.empty(tuple(lab.shape()), dtype=torch.int32, device=self.device)
+        if self.device.type == "cuda":
+            feed_ndarray(lab, y, cuda_stream=torch.cuda.current_stream(self.device))
+        else:
+            feed_ndarray(lab, y)
+        y = y[:keep].long()
         if self._files is not None:
-            y = torch.tensor([int(np.asarray(labels.at(i)).reshape(-1)[0]) for i in range(keep)], dtype=torch.int64)
-            return x, y.to(self.device, non_blocking=True)
-        rows = [np.asarray(labels.at(i)).reshape(-1) for i in range(keep)]
-        counts = np.array([r.size for r in rows], dtype=np.int64)
-        offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
-        indices = torch.from_numpy(np.concatenate(rows).astype(np.int64) if rows else np.zeros(0, np.int64))
-        targets = SparseTargets(indices, offsets, num_classes=self.num_classes)
-        return x, targets.to(self.device) if self.device.type == "cuda" else targets
+            return x, y.reshape(keep)
+        return x, padded_to_targets(y, self.num_classes)
 
     # ---- iteration ----------------------------------------------------------------------------
     def __len__(self) -> int:
