@@ -66,3 +66,5 @@ def test_hash_directory_counts_unreadable(tmp_path):
     hashes, bad = dedup.hash_directory(tmp_path)
     assert hashes.size == 2 and bad == 1
     assert int(hashes[0]) == dedup.phash_file(tmp_path / "a.jpg")
+    par, bad2 = dedup.hash_directory(tmp_path, workers=2)
+    assert par.tolist() == hashes.tolist() and bad2 == 1

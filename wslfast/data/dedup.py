@@ -45,17 +45,27 @@ def phash_file(path: str | os.PathLike) -> int:
         return phash(im)
 
 
-def hash_directory(root: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """pHashes (uint64) of every decodable image under root (recursive), and how many were unreadable."""
-    hashes, bad = [], 0
-    for dirpath, _, files in sorted(os.walk(root)):
-        for name in sorted(files):
-            if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
-                try:
-                    hashes.append(phash_file(Path(dirpath) / name))
-                except (OSError, ValueError, Image.DecompressionBombError):
-                    bad += 1
-    return np.array(hashes, dtype=np.uint64), bad
+def _hash_or_none(path: str) -> int | None:
+    try:
+        return phash_file(path)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def hash_directory(root: str | os.PathLike, workers: int = 1) -> tuple[np.ndarray, int]:
+    """pHashes (uint64) of every decodable image under root (recursive, sorted), and how many were
+    unreadable. workers > 1 hashes in a process pool."""
+    paths = [str(Path(d) / n) for d, _, files in sorted(os.walk(root)) for n in sorted(files)
+             if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    if workers > 1 and len(paths) > 1:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(workers) as pool:
+            hashes = list(pool.imap(_hash_or_none, paths, chunksize=64))
+    else:
+        hashes = [_hash_or_none(p) for p in paths]
+    good = [h for h in hashes if h is not None]
+    return np.array(good, dtype=np.uint64), len(hashes) - len(good)
 
 
 def hamming(a, b) -> np.ndarray:

@@ -202,7 +202,7 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
             hashes.append(h)
     dedup_ref_unreadable = 0
     if want_hash and good:
-        ref, dedup_ref_unreadable = _dedup.hash_directory(dedup_against)
+        ref, dedup_ref_unreadable = _dedup.hash_directory(dedup_against, workers)
         dup = _dedup.near_duplicates(np.array(hashes, dtype=np.uint64), ref, dedup_radius)
         skipped["duplicate"] = int(dup.sum())
         good = [g for g, d in zip(good, dup) if not d]
