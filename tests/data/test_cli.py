@@ -36,3 +36,15 @@ def test_errors_are_reported(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bogus"])
+
+
+def test_demo_is_built_once_and_reused(wordnet, tmp_path, monkeypatch):
+    from wslfast.data import demo, synthetic
+
+    info = demo.prepare_demo(tmp_path, num_images=80, image_size=32, min_count=2, shard_size=30)
+    assert info["num_classes"] >= 10 and info["name"].startswith("train-demo-")
+    assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["num_samples"] == info["num_samples"]
+    monkeypatch.setattr(synthetic, "make_synthetic_corpus", lambda *a, **k: pytest.fail("rebuilt"))
+    assert demo.prepare_demo(tmp_path, num_images=80, image_size=32, min_count=2, shard_size=30) == info
+    monkeypatch.undo()
+    assert main(["demo", "--out", str(tmp_path / "cli"), "--num-images", "40", "--image-size", "32"]) == 0

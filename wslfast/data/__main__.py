@@ -1,4 +1,4 @@
-"""python -m wslfast.data {vocab,shards,synthetic,setup-wordnet} ... (see --help of each)."""
+"""python -m wslfast.data {vocab,shards,synthetic,demo,setup-wordnet} ... (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +67,12 @@ def main(argv=None) -> int:
     y.add_argument("--image-size", type=int, default=64)
     y.add_argument("--num-target-classes", type=int, default=10)
 
+    d = sub.add_parser("demo", help="synthetic corpus + vocabulary + shards in one go (reused if done)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--num-images", type=int, default=2000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--image-size", type=int, default=64)
+
     w = sub.add_parser("setup-wordnet", help="copy the Debian WordNet files where nltk reads them")
     w.add_argument("--nltk-data", default=None, help="default: $WSLFAST_NLTK_DATA or ~/.cache/wslfast/nltk_data")
 
@@ -100,6 +106,11 @@ def main(argv=None) -> int:
             out = make_synthetic_corpus(args.out, num_images=args.num_images, seed=args.seed,
                                         image_size=args.image_size, num_target_classes=args.num_target_classes)
             print(json.dumps({k: out[k] for k in ("images", "tags", "counts", "target", "num_images")}, indent=1))
+        elif args.cmd == "demo":
+            from .demo import prepare_demo
+
+            info = prepare_demo(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size)
+            print(json.dumps({k: v for k, v in info.items() if k != "settings"}, indent=1))
         elif args.cmd == "setup-wordnet":
             from .wordnet import get_wordnet
 
