@@ -24,11 +24,12 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def vocab(wordnet, corpus):
-    from wslfast.data import HashtagVocabulary
-    from wslfast.data.__main__ import _read_counts
+def vocab():
+    """The synthetic concepts' vocabulary: built without WordNet, so shard and loader tests run anywhere
+    (test_synthetic checks it against WordNet where WordNet is installed)."""
+    from wslfast.data.synthetic import concept_vocabulary
 
-    return HashtagVocabulary.from_counts(_read_counts(corpus["counts"]), min_count=2)
+    return concept_vocabulary()
 
 
 @pytest.fixture(scope="session")

@@ -48,3 +48,18 @@ def test_demo_is_built_once_and_reused(wordnet, tmp_path, monkeypatch):
     assert demo.prepare_demo(tmp_path, num_images=80, image_size=32, min_count=2, shard_size=30) == info
     monkeypatch.undo()
     assert main(["demo", "--out", str(tmp_path / "cli"), "--num-images", "40", "--image-size", "32"]) == 0
+
+
+def test_demo_without_wordnet_uses_the_concept_vocabulary(tmp_path, monkeypatch):
+    from wslfast.data import demo
+    from wslfast.data.vocab import HashtagVocabulary
+    from wslfast.data.wordnet import WordNetMissingError
+
+    def missing(*a, **k):
+        raise WordNetMissingError("WordNet 3.0 not found")
+
+    monkeypatch.setattr(HashtagVocabulary, "from_counts", missing)
+    with pytest.warns(UserWarning, match="built-in vocabulary"):
+        info = demo.prepare_demo(tmp_path, num_images=40, image_size=32, shard_size=20)
+    assert info["num_classes"] == 24
+    assert HashtagVocabulary.load(info["vocab"]).source == "synthetic-concepts"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wslfast.data.synthetic import CONCEPTS, FILLER_TAGS, make_synthetic_corpus
+from wslfast.data.synthetic import CONCEPTS, FILLER_TAGS, concept_vocabulary, make_synthetic_corpus
 
 
 def _tree_bytes(root):
@@ -46,11 +46,23 @@ def test_hashtags_are_wordnet_nouns_of_their_synset(wordnet):
     from wslfast.data.vocab import noun_index
 
     index = noun_index()
-    for forms, synset in CONCEPTS:
+    for forms, synset, wnid in CONCEPTS:
+        assert wnid == f"n{wordnet.synset(synset).offset():08d}"
         for form in forms:
             senses = index.senses(form.lower())
             assert senses and index.synset(senses[0]).name() == synset, form
     assert [f for f in FILLER_TAGS if index.senses(f)] == ["love"]
+
+
+def test_concept_vocabulary_agrees_with_wordnet(wordnet):
+    from wslfast.data import HashtagVocabulary
+
+    cv = concept_vocabulary()
+    assert len(cv) == len(CONCEPTS) and cv.label_of("#instagood") is None and cv.label_of("love") is None
+    wv = HashtagVocabulary.from_counts({f: 1 for forms, _, _ in CONCEPTS for f in forms})
+    for forms, synset, _ in CONCEPTS:
+        for f in forms:
+            assert cv.name_of(cv.label_of(f)) == wv.name_of(wv.label_of(f)) == synset
 
 
 def test_target_task_is_learnable_from_pixels(corpus):

@@ -4,12 +4,14 @@
     d = prepare_demo("runs/demo")     # {"shards", "vocab", "target_train", "target_val", "num_classes", ...}
 
 Idempotent: a finished demo with the same settings is reused (demo.json records them); anything else is
-rebuilt. Needs WordNet (see wslfast.data.wordnet) for the vocabulary step.
+rebuilt. The vocabulary comes from WordNet (see wslfast.data.wordnet); without it, with a warning, from
+the synthetic concepts' built-in table (same synsets, minus the filler noun #love).
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 __all__ = ["prepare_demo"]
@@ -19,8 +21,9 @@ def prepare_demo(root, num_images: int = 2000, seed: int = 0, image_size: int = 
                  min_count: int = 5, shard_size: int = 500, sampling: str = "natural",
                  label_noise: float = 0.0) -> dict:
     from .shards import write_shards
-    from .synthetic import make_synthetic_corpus
+    from .synthetic import concept_vocabulary, make_synthetic_corpus
     from .vocab import HashtagVocabulary
+    from .wordnet import WordNetMissingError
 
     root = Path(root)
     settings = {"num_images": num_images, "seed": seed, "image_size": image_size, "min_count": min_count,
@@ -37,7 +40,11 @@ def prepare_demo(root, num_images: int = 2000, seed: int = 0, image_size: int = 
     for line in Path(corpus["counts"]).read_text().splitlines():
         tag, n = line.split("\t")
         counts[tag] = int(n)
-    vocab = HashtagVocabulary.from_counts(counts, min_count=min_count)
+    try:
+        vocab = HashtagVocabulary.from_counts(counts, min_count=min_count)
+    except WordNetMissingError as e:  # still usable: the concepts' own vocabulary (no filler tags)
+        warnings.warn(f"{e}; using the synthetic concepts' built-in vocabulary instead")
+        vocab = concept_vocabulary()
     vocab.save(root / "vocab.json")
     manifest = write_shards(corpus["images"], corpus["tags"], vocab, root / "shards", shard_size=shard_size,
                             sampling=sampling, label_noise=label_noise, seed=seed, role="train", source="demo")

@@ -21,39 +21,49 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["CONCEPTS", "FILLER_TAGS", "make_synthetic_corpus"]
+__all__ = ["CONCEPTS", "FILLER_TAGS", "make_synthetic_corpus", "concept_vocabulary"]
 
-# (spellings of one WordNet noun synset, the synset) -- tests check every spelling maps to that synset.
+# (spellings of one WordNet noun synset, the synset, its wnid): tests check both against WordNet. Each
+# synset is the first (most frequent) sense of its spellings, e.g. cake.n.01 is "a block of solid substance".
 CONCEPTS = [
-    (("brownbear", "ursusarctos", "BrownBear"), "brown_bear.n.01"),
-    (("dog", "dogs", "domesticdog"), "dog.n.01"),
-    (("car", "cars", "automobile", "motorcar"), "car.n.01"),
-    (("bicycle", "bicycles"), "bicycle.n.01"),
-    (("sunflower", "sunflowers", "helianthus"), "sunflower.n.01"),
-    (("airplane", "aeroplane", "airplanes"), "airplane.n.01"),
-    (("horse", "horses", "equuscaballus"), "horse.n.01"),
-    (("pizza", "pizzas", "pizzapie"), "pizza.n.01"),
-    (("guitar", "guitars"), "guitar.n.01"),
-    (("lighthouse", "pharos"), "beacon.n.03"),
-    (("butterfly", "butterflies"), "butterfly.n.01"),
-    (("sunset", "sundown"), "sunset.n.01"),
-    (("beach", "beaches"), "beach.n.01"),
-    (("mountain", "mountains"), "mountain.n.01"),
-    (("boat", "boats"), "boat.n.01"),
-    (("train", "trains", "railroadtrain"), "train.n.01"),
-    (("cake", "cakes"), "cake.n.01"),
-    (("tulip", "tulips"), "tulip.n.01"),
-    (("kitten", "kittens"), "kitten.n.01"),
-    (("balloon", "balloons"), "balloon.n.01"),
-    (("umbrella", "umbrellas"), "umbrella.n.01"),
-    (("strawberry", "strawberries"), "strawberry.n.01"),
-    (("owl", "owls"), "owl.n.01"),
-    (("tree", "trees"), "tree.n.01"),
+    (("brownbear", "ursusarctos", "BrownBear"), "brown_bear.n.01", "n02132136"),
+    (("dog", "dogs", "domesticdog"), "dog.n.01", "n02084071"),
+    (("car", "cars", "automobile", "motorcar"), "car.n.01", "n02958343"),
+    (("bicycle", "bicycles"), "bicycle.n.01", "n02834778"),
+    (("sunflower", "sunflowers", "helianthus"), "sunflower.n.01", "n11978233"),
+    (("airplane", "aeroplane", "airplanes"), "airplane.n.01", "n02691156"),
+    (("horse", "horses", "equuscaballus"), "horse.n.01", "n02374451"),
+    (("pizza", "pizzas", "pizzapie"), "pizza.n.01", "n07873807"),
+    (("guitar", "guitars"), "guitar.n.01", "n03467517"),
+    (("lighthouse", "pharos"), "beacon.n.03", "n02814860"),
+    (("butterfly", "butterflies"), "butterfly.n.01", "n02274259"),
+    (("sunset", "sundown"), "sunset.n.01", "n15169248"),
+    (("beach", "beaches"), "beach.n.01", "n09217230"),
+    (("mountain", "mountains"), "mountain.n.01", "n09359803"),
+    (("boat", "boats"), "boat.n.01", "n02858304"),
+    (("train", "trains", "railroadtrain"), "train.n.01", "n04468005"),
+    (("cake", "cakes"), "cake.n.01", "n02937469"),
+    (("tulip", "tulips"), "tulip.n.01", "n12454159"),
+    (("kitten", "kittens"), "kitten.n.01", "n02122948"),
+    (("balloon", "balloons"), "balloon.n.01", "n02782093"),
+    (("umbrella", "umbrellas"), "umbrella.n.01", "n04507155"),
+    (("strawberry", "strawberries"), "strawberry.n.01", "n07745940"),
+    (("owl", "owls"), "owl.n.01", "n01621127"),
+    (("tree", "trees"), "tree.n.01", "n13104059"),
 ]
 # Filler: no WordNet noun, except 'love' (a noun with no visual meaning, as on Instagram).
 FILLER_TAGS = ("instagood", "nofilter", "photooftheday", "happy", "follow", "love")
 _SHAPES = ("disc", "square", "diamond", "ring", "cross", "hstripes", "vstripes", "checker")
 _COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 235]], dtype=np.float32)
+
+
+def concept_vocabulary():
+    """The 24 concepts as a HashtagVocabulary built without WordNet (label = concept index, tags = the
+    normalized spellings): for tests and demos on machines without WordNet. Filler tags stay outside."""
+    from .vocab import HashtagVocabulary, normalize_hashtag
+
+    tags = {normalize_hashtag(f): i for i, (forms, _, _) in enumerate(CONCEPTS) for f in forms}
+    return HashtagVocabulary([c[1] for c in CONCEPTS], [c[2] for c in CONCEPTS], tags, source="synthetic-concepts")
 
 
 def _concept_look(c: int) -> tuple[str, np.ndarray]:
