@@ -210,3 +210,13 @@ def test_yfcc_metadata_to_shards(vocab, tmp_path, yfcc_row):
     info = json.loads(next(v for k, v in members.items() if k.endswith(".json")))
     assert info["yfcc_id"] == "100" and info["tags"] == ["brown bear", "#Pizzas"]
     assert sorted(vocab.name_of(l) for l in info["labels"]) == ["brown_bear.n.01", "pizza.n.01"]
+
+
+def test_a_changed_image_invalidates_resume(messy, vocab, tmp_path):
+    img, tags = messy
+    write_shards(img, tags, vocab, tmp_path / "out", shard_size=100)
+    (img / "g0.jpg").write_bytes(_jpeg(123, size=48))  # same name, new picture
+    write_shards(img, tags, vocab, tmp_path / "out", shard_size=100)
+    members = _members(list_shards(tmp_path / "out")[0])
+    key = next(k for k, v in members.items() if k.endswith(".json") and json.loads(v)["image"] == "g0.jpg")
+    assert members[key.replace(".json", ".jpg")] == (img / "g0.jpg").read_bytes()

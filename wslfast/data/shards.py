@@ -227,7 +227,7 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
     fp = _fingerprint(images=str(images_dir.resolve()), tags=hashlib.sha256(Path(tags_path).read_bytes()).hexdigest(),
                       vocab=vocab.to_dict(), shard_size=shard_size, noise=label_noise, sampling=sampling,
                       dedup=str(dedup_against), radius=dedup_radius, seed=seed, order=order.tolist(),
-                      labels=labels)
+                      labels=labels, files=[_stat_key(images_dir / r.image) for r, _ in good])
     state_path = out / _STATE
     resume = state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") == fp
     if not resume:  # a different build: clear what an earlier one left

@@ -1,7 +1,8 @@
 """Label noise and hashtag resampling over per-image label lists (the paper's two data experiments).
 
 Label noise: each label of each image is, with probability p, replaced by a draw from the marginal label
-distribution with that label's own mass removed (so a replaced label always changes).
+distribution with that label's own mass removed (so a replaced label always changes). A replacement may
+equal another label of the same image; the 1/k target then gives that class both shares.
 
 Resampling decides how many copies of each image the shards hold, keeping the total near the natural size:
 - natural: every image once.
