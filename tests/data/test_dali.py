@@ -211,3 +211,12 @@ def test_padded_to_targets_matches_from_lists():
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     with pytest.raises(ValueError):
         dali.padded_to_targets(torch.tensor([[9]]), 9)
+
+
+def test_eval_image_folder_split_over_ranks(corpus):
+    kw = dict(device="cpu", image_size=16, resize_size=20, num_threads=1)
+    full = torch.cat([y for _, y in dali.eval_loader(corpus["target_val"], 6, **kw)])
+    parts = [torch.cat([y for _, y in dali.eval_loader(corpus["target_val"], 4, rank=r, world_size=3, **kw)])
+             for r in range(3)]
+    assert torch.equal(torch.cat(parts), full) and full.tolist() == sorted(full.tolist())
+    assert [p.numel() for p in parts] == [20 * (r + 1) // 3 - 20 * r // 3 for r in range(3)]
