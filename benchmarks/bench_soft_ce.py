@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # an uninstalled checkout
-from common import (append_results, current_rss_bytes, peak_rss_bytes, record, sync,  # noqa: E402
-                    time_ms)
+from common import append_results, cpu_peak_extra_bytes, record, sync, time_ms  # noqa: E402
 
 from wslfast.ops import SparseTargets, linear_soft_target_cross_entropy, soft_target_cross_entropy  # noqa: E402
 
@@ -109,7 +108,7 @@ def cpu_peak_extra(kind, impl, case):
     """Peak resident memory added by one fwd+bwd, measured in a fresh process (CPU has no allocator stats)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--mem-probe", json.dumps({"kind": kind, "impl": impl, **case})]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
+    if out.returncode != 0 or out.stdout.strip().splitlines()[-1:] == ["None"]:
         print(f"note: memory probe failed for {impl} {case}: {out.stderr.strip()[-300:]}")
         return None
     return int(out.stdout.strip().splitlines()[-1])
@@ -136,9 +135,11 @@ def mem_probe(spec):
     targets, dense, leaves = build_case(kind, spec, device)
     impls = (plain_impls(targets, dense, spec["k"], device, False) if kind == "plain"
              else linear_impls(targets, dense, spec["k"], device))
-    before = current_rss_bytes()
-    impls[impl](*leaves).backward()
-    print(max(0, peak_rss_bytes() - before))
+    def reset():
+        for x in leaves:
+            x.grad = None
+
+    print(cpu_peak_extra_bytes(lambda: impls[impl](*leaves).backward(), reset))
 
 
 def cases_for(device, full):
