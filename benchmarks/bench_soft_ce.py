@@ -168,8 +168,10 @@ def run_kind(kind, cases, device, args, records):
         impls = (plain_impls(targets, dense, case["k"], device, not args.no_compile) if kind == "plain"
                  else linear_impls(targets, dense, case["k"], device))
         for name, fn in impls.items():
+            # CPU: many repeats of the millisecond plain cases, few of the seconds-long linear ones
+            repeats = args.repeats or (20 if device.type == "cuda" else (15 if kind == "plain" else 3))
             try:
-                modes = time_modes(fn, leaves, device, args.repeats)
+                modes = time_modes(fn, leaves, device, repeats)
                 mem = (cuda_peak_extra(fn, leaves, device) if device.type == "cuda"
                        else (cpu_peak_extra(kind, name, case) if not name.startswith("compile") else None))
             except torch.OutOfMemoryError:
@@ -219,7 +221,6 @@ def main():
         return mem_probe(json.loads(args.mem_probe))
     dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = torch.device("cpu" if dev == "auto" else dev)
-    args.repeats = args.repeats or (20 if device.type == "cuda" else 5)
     plain, linear = cases_for(device, args.full)
     records = []
     if args.only in (None, "plain"):
