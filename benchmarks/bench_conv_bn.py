@@ -38,7 +38,7 @@ STAGES = ((56, 1), (28, 2), (14, 4), (7, 8))  # (pixels, width multiplier) of th
 
 def stage_cases(widths, batches, dtype):
     return [dict(model=f"32x{wpg}d", stage=i + 1, N=n, C=32 * wpg * mult, H=hw, W=hw, groups=32,
-                 dtype=str(dtype).replace("torch.", ""))
+                 dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads())
             for wpg in widths for n in batches for i, (hw, mult) in enumerate(STAGES)]
 
 
@@ -193,6 +193,7 @@ def run_step(device, records, repeats):
     times = interleaved_times({"wslfast": step(True), "eager": step(False)}, device, 2, repeats)
     for impl, t in times.items():
         case = dict(model=name, N=batch, H=size, W=size, dtype="bf16-autocast" if autocast else "float32",
+                    threads=torch.get_num_threads(),
                     fused=impl == "wslfast")
         records.append(record(BENCH + "_step", case, impl, "step", t, None, device))
         print(f"step {name} batch {batch} {impl}: {t[1]:.1f} ms", flush=True)
@@ -214,6 +215,8 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-step", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (torch.set_num_threads); 1 gives steadier numbers on busy shared cores")
     ap.add_argument("--out", default=None)
     ap.add_argument("--mem-child", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -221,6 +224,8 @@ def main():
         import ast
         return mem_child(args.mem_child[0], ast.literal_eval(args.mem_child[1]))
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if device.type == "cuda":
         dtype, cases, repeats = torch.bfloat16, stage_cases((4, 8, 16), (32, 128), torch.bfloat16), 20
     else:
