@@ -26,7 +26,7 @@ struct ConvShape {
 // also sums[k] += z and sums[K + k] += z^2 over all output positions (z before rounding to storage).
 void conv_fwd_simple_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
                           double* sums, const ConvShape& shape, CUstream_st* stream);
-// Whether conv_fwd_fast_cuda handles this case (bf16/fp16, channels per group a multiple of 8).
+// Whether conv_fwd_fast_cuda handles this case (bf16/fp16, channels per group a multiple of 4).
 bool conv_fwd_fast_supported(DType dtype, const ConvShape& shape);
 void conv_fwd_fast_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
                         double* sums, const ConvShape& shape, CUstream_st* stream);

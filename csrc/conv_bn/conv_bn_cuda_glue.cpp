@@ -47,7 +47,7 @@ bool use_fast(DType dt, const ConvShape& s) {
   if (!std::strcmp(env, "simple")) return false;
   TORCH_CHECK(!std::strcmp(env, "fast"), "WSLFAST_CONV_BN_IMPL must be auto, simple or fast, got '", env, "'");
   TORCH_CHECK(conv_fwd_fast_supported(dt, s), "WSLFAST_CONV_BN_IMPL=fast: the tensor-core kernels need bfloat16 or "
-              "float16 and channels per group (in and out) a multiple of 8");
+              "float16 and channels per group (in and out) a multiple of 4");
   return true;
 }
 

@@ -85,6 +85,20 @@ struct ConvGemm {
   int64_t N, Hin, Win, Cin, Hout, Wout, Cout, R, S, stride, pad, groups;
 };
 
+// Loads kVec storage elements (16 bytes for 8, 8 bytes for 4) into piece h of an 8-element chunk.
+// 4-wide pieces serve groups of 4 channels (ResNeXt 32x4d's first stage), where 8 consecutive k
+// indices span two filter taps and rows are only 8-byte aligned.
+template <int kVec, typename T>
+__device__ __forceinline__ void load_piece(uint4& dst, int h, const T* src) {
+  if constexpr (kVec == 8) {
+    dst = *reinterpret_cast<const uint4*>(src);
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(src);
+    if (h == 0) dst.x = v.x, dst.y = v.y;
+    else dst.z = v.x, dst.w = v.y;
+  }
+}
+
 // Input pixel (hi, wi) that output pixel (ho, wo) reads through tap (r, s); false where it is padding.
 template <bool kDgrad>
 __device__ __forceinline__ bool source_pixel(int64_t ho, int64_t wo, int64_t r, int64_t s, int64_t stride,
@@ -101,7 +115,7 @@ __device__ __forceinline__ bool source_pixel(int64_t ho, int64_t wo, int64_t r, 
   return hi >= 0 && hi < Hin && wi >= 0 && wi < Win;
 }
 
-template <typename T, int BN, bool kDgrad>
+template <typename T, int BN, bool kDgrad, int kVec>
 __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, const float* __restrict__ bias, bool relu,
                                                              double* __restrict__ sums) {
   __shared__ __align__(16) T As[kBM][kLds];
@@ -112,7 +126,7 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, con
   const int64_t M = cv.N * cv.Hout * cv.Wout, Kg = cv.R * cv.S * cin_g;
   const int64_t m0 = int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * BN;
 
-  // A: each thread loads 8 channels (16 bytes) at k-chunk `kc` of rows tid/4 + 32*j, j < 4.
+  // A: each thread loads the 8-element k-chunk `kc` (in 8/kVec pieces) of rows tid/4 + 32*j, j < 4.
   const int kc = tid & 3;
   int64_t an[4], aho[4], awo[4];
   bool arow[4];
@@ -129,22 +143,27 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, con
   uint4 ra[4], rb[kBPer];
 
   auto load_tile = [&](int64_t kb) {
-    const int64_t k0 = kb + kc * 8;
-    const int64_t tap = k0 / cin_g, c = k0 % cin_g, r = tap / cv.S, s = tap % cv.S;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      int64_t hi, wi;
-      ra[j] = make_uint4(0, 0, 0, 0);
-      if (arow[j] && k0 < Kg && source_pixel<kDgrad>(aho[j], awo[j], r, s, cv.stride, cv.pad, cv.Hin, cv.Win, hi, wi))
-        ra[j] = *reinterpret_cast<const uint4*>(cv.in + ((an[j] * cv.Hin + hi) * cv.Win + wi) * cv.Cin + g * cin_g + c);
-    }
+    for (int j = 0; j < 4; ++j) ra[j] = make_uint4(0, 0, 0, 0);
 #pragma unroll
-    for (int j = 0; j < kBPer; ++j) {
-      const int v = tid + j * kThreads;
-      const int64_t col = n0 + v / 4, kw = kb + (v & 3) * 8;
-      rb[j] = make_uint4(0, 0, 0, 0);
-      if (v < kBVec && col < cout_g && kw < Kg)
-        rb[j] = *reinterpret_cast<const uint4*>(cv.wt + (g * cout_g + col) * Kg + kw);
+    for (int j = 0; j < kBPer; ++j) rb[j] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int h = 0; h < 8 / kVec; ++h) {
+      const int64_t k0 = kb + kc * 8 + h * kVec;
+      const int64_t tap = k0 / cin_g, c = k0 % cin_g, r = tap / cv.S, s = tap % cv.S;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        int64_t hi, wi;
+        if (arow[j] && k0 < Kg &&
+            source_pixel<kDgrad>(aho[j], awo[j], r, s, cv.stride, cv.pad, cv.Hin, cv.Win, hi, wi))
+          load_piece<kVec>(ra[j], h, cv.in + ((an[j] * cv.Hin + hi) * cv.Win + wi) * cv.Cin + g * cin_g + c);
+      }
+#pragma unroll
+      for (int j = 0; j < kBPer; ++j) {
+        const int v = tid + j * kThreads;
+        const int64_t col = n0 + v / 4, kw = kb + (v & 3) * 8 + h * kVec;
+        if (v < kBVec && col < cout_g && kw < Kg) load_piece<kVec>(rb[j], h, cv.wt + (g * cout_g + col) * Kg + kw);
+      }
     }
   };
   auto store_tile = [&]() {
@@ -222,7 +241,7 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, con
 // Weight gradient of one group as D[j, kk] = sum_m patch[m, j] * g[m, kk] (j = (r, s, c), kk = output
 // channel in the group): A = patch^T, B = g^T, both transposed into k(=m)-contiguous shared tiles.
 // Block z = group * splits + split; each split sums its own range of m and adds into dw (float, zeroed).
-template <typename T, int BN>
+template <typename T, int BN, int kVec>
 __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restrict__ gz, const T* __restrict__ x,
                                                               float* __restrict__ dw, ConvShape s, int64_t splits,
                                                               int64_t m_per_split) {
@@ -236,9 +255,9 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
 
   float acc[2][BN / 8][4] = {};
   for (int64_t mb = m_begin; mb < m_end; mb += kBK) {
-    // A: kBM x kBK values as kBM/8 * kBK vectors of 8 channels; vector v -> m = v % kBK, j chunk v / kBK.
-    for (int v = tid; v < kBM / 8 * kBK; v += kThreads) {
-      const int ml = v % kBK, jl = (v / kBK) * 8;
+    // A: kBM x kBK values as kBM/kVec * kBK vectors of kVec channels; v -> m = v % kBK, j chunk v / kBK.
+    for (int v = tid; v < kBM / kVec * kBK; v += kThreads) {
+      const int ml = v % kBK, jl = (v / kBK) * kVec;
       const int64_t m = mb + ml, j = j0 + jl;
       uint4 val = make_uint4(0, 0, 0, 0);
       if (m < m_end && j < J) {
@@ -246,20 +265,20 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
         const int64_t q = m % s.Q, p = (m / s.Q) % s.P, n = m / (s.Q * s.P);
         const int64_t h = p * s.stride - s.pad + r, w = q * s.stride - s.pad + t;
         if (h >= 0 && h < s.H && w >= 0 && w < s.W)
-          val = *reinterpret_cast<const uint4*>(x + ((n * s.H + h) * s.W + w) * s.C + g * cg + c);
+          load_piece<kVec>(val, 0, x + ((n * s.H + h) * s.W + w) * s.C + g * cg + c);
       }
       const T* e = reinterpret_cast<const T*>(&val);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) As[jl + i][ml] = e[i];
+      for (int i = 0; i < kVec; ++i) As[jl + i][ml] = e[i];
     }
-    for (int v = tid; v < BN / 8 * kBK; v += kThreads) {
-      const int ml = v % kBK, kl = (v / kBK) * 8;
+    for (int v = tid; v < BN / kVec * kBK; v += kThreads) {
+      const int ml = v % kBK, kl = (v / kBK) * kVec;
       const int64_t m = mb + ml, kk = n0 + kl;
       uint4 val = make_uint4(0, 0, 0, 0);
-      if (m < m_end && kk < kg) val = *reinterpret_cast<const uint4*>(gz + m * s.K + g * kg + kk);
+      if (m < m_end && kk < kg) load_piece<kVec>(val, 0, gz + m * s.K + g * kg + kk);
       const T* e = reinterpret_cast<const T*>(&val);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) Bs[kl + i][ml] = e[i];
+      for (int i = 0; i < kVec; ++i) Bs[kl + i][ml] = e[i];
     }
     __syncthreads();
     mma_k_tile<T, BN>(As, Bs, acc, warp, lane);
@@ -290,6 +309,13 @@ void bn_switch(int64_t cols, Fn&& fn) {
   else fn(std::integral_constant<int, 64>{});
 }
 
+// 8-wide (16-byte) loads where channels per group (in and out) are multiples of 8, else 4-wide.
+template <typename Fn>
+void vec_switch(int64_t cg, int64_t kg, Fn&& fn) {
+  if (cg % 8 == 0 && kg % 8 == 0) fn(std::integral_constant<int, 8>{});
+  else fn(std::integral_constant<int, 4>{});
+}
+
 template <typename Fn>
 void half_switch(DType dtype, Fn&& fn) {
   if (dtype == DType::kBFloat16) fn(__nv_bfloat16{});
@@ -301,10 +327,12 @@ template <bool kDgrad, typename T>
 void launch_gemm(const ConvGemm<T>& cv, const float* bias, bool relu, double* sums, CUstream_st* stream) {
   const int64_t M = cv.N * cv.Hout * cv.Wout, cout_g = cv.Cout / cv.groups;
   bn_switch(cout_g, [&](auto bn) {
-    constexpr int BN = decltype(bn)::value;
-    const dim3 grid(static_cast<unsigned>((M + kBM - 1) / kBM), static_cast<unsigned>((cout_g + BN - 1) / BN),
-                    static_cast<unsigned>(cv.groups));
-    conv_gemm_kernel<T, BN, kDgrad><<<grid, kThreads, 0, stream>>>(cv, bias, relu, sums);
+    vec_switch(cv.Cin / cv.groups, cout_g, [&](auto vec) {
+      constexpr int BN = decltype(bn)::value, kVec = decltype(vec)::value;
+      const dim3 grid(static_cast<unsigned>((M + kBM - 1) / kBM), static_cast<unsigned>((cout_g + BN - 1) / BN),
+                      static_cast<unsigned>(cv.groups));
+      conv_gemm_kernel<T, BN, kDgrad, kVec><<<grid, kThreads, 0, stream>>>(cv, bias, relu, sums);
+    });
   });
   check_launch(kDgrad ? "tensor-core conv dgrad" : "tensor-core conv forward");
 }
@@ -312,8 +340,8 @@ void launch_gemm(const ConvGemm<T>& cv, const float* bias, bool relu, double* su
 }  // namespace
 
 bool conv_fwd_fast_supported(DType dtype, const ConvShape& s) {
-  return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (s.C / s.groups) % 8 == 0 &&
-         (s.K / s.groups) % 8 == 0 && s.groups <= 65535;
+  return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (s.C / s.groups) % 4 == 0 &&
+         (s.K / s.groups) % 4 == 0 && s.groups <= 65535;
 }
 
 void conv_fwd_fast_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
@@ -349,11 +377,13 @@ void conv_wgrad_fast_cuda(DType dtype, const void* g, const void* x, float* dw, 
     const int64_t per = ((M + splits - 1) / splits + kBK - 1) / kBK * kBK;
     splits = (M + per - 1) / per;
     bn_switch(kg, [&](auto bn) {
-      constexpr int BN = decltype(bn)::value;
-      const dim3 grid(static_cast<unsigned>((J + kBM - 1) / kBM), static_cast<unsigned>((kg + BN - 1) / BN),
-                      static_cast<unsigned>(s.groups * splits));
-      conv_wgrad_kernel<T, BN><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(g), static_cast<const T*>(x), dw, s,
-                                                             splits, per);
+      vec_switch(s.C / s.groups, kg, [&](auto vec) {
+        constexpr int BN = decltype(bn)::value, kVec = decltype(vec)::value;
+        const dim3 grid(static_cast<unsigned>((J + kBM - 1) / kBM), static_cast<unsigned>((kg + BN - 1) / BN),
+                        static_cast<unsigned>(s.groups * splits));
+        conv_wgrad_kernel<T, BN, kVec><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(g),
+                                                                      static_cast<const T*>(x), dw, s, splits, per);
+      });
     });
     check_launch("tensor-core conv wgrad");
   });

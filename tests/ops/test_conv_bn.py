@@ -155,6 +155,15 @@ def test_opcheck():
         torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train.default, args)
         eval_args = (xs, wr, gr, br, rm, rv, kw["stride"], kw["padding"], kw["groups"], 1e-5, True)
         torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_eval.default, eval_args)
+        # The backward ops are not differentiable themselves: schema and fake kernels only.
+        y, z, mean, var = torch.ops.wslfast.conv_bn_relu_train(*[a.detach() if torch.is_tensor(a) else a for a in args])
+        utils = ("test_schema", "test_faketensor")
+        torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train_backward.default,
+                              (torch.randn_like(y), xs.detach(), w.detach(), z, g.detach(), b.detach(), mean, var,
+                               kw["stride"], kw["padding"], kw["groups"], 1e-5, True), test_utils=utils)
+        torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_eval_backward.default,
+                              (torch.randn_like(y), y, xs.detach(), w.detach(), g.detach(), rm, rv, kw["stride"],
+                               kw["padding"], kw["groups"], 1e-5, True), test_utils=utils)
 
 
 def test_torch_compile_matches_eager():

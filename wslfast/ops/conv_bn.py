@@ -88,9 +88,12 @@ def _train_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, z, bn_weight, bn_bias, mean, var)
     ctx.stride, ctx.padding, ctx.groups, ctx.eps, ctx.relu = stride, padding, groups, eps, relu
     ctx.mark_non_differentiable(z, mean, var)
+    ctx.set_materialize_grads(False)  # no zero-filled [N, K, P, Q] gradient for z in every backward
 
 
 def _train_backward(ctx, grad_y, _grad_z, _grad_mean, _grad_var):
+    if grad_y is None:  # y unused by the loss (grads are not materialized as zeros)
+        return (None,) * 9
     x, weight, z, bn_weight, bn_bias, mean, var = ctx.saved_tensors
     grads = torch.ops.wslfast.conv_bn_relu_train_backward(
         grad_y, x, weight, z, bn_weight, bn_bias, mean, var, ctx.stride, ctx.padding, ctx.groups, ctx.eps, ctx.relu)
