@@ -7,6 +7,10 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
 #include "conv_bn.h"
 #include "conv_bn_device.h"
 
@@ -57,11 +61,40 @@ std::pair<int64_t, int64_t> check_conv(const char* op, const at::Tensor& x, cons
 
 at::Tensor as_coef(const at::Tensor& t, const at::Tensor& x) { return t.to(coef_type(x)).contiguous(); }
 
+// Per-channel math on CPU runs as plain loops over [K] values: on the late ResNeXt stages the dozens of
+// tiny ATen ops of the generic version cost as much as the passes over the activations.
+std::vector<double> to_doubles(const at::Tensor& t) {
+  std::vector<double> out(static_cast<size_t>(t.numel()));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "to_doubles", [&] {
+    const scalar_t* p = t.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < t.numel(); ++i) out[i] = static_cast<double>(p[i * t.stride(0)]);
+  });
+  return out;
+}
+
+at::Tensor from_doubles(const std::vector<double>& v, at::ScalarType dt, const at::Tensor& like) {
+  at::Tensor out = at::empty({static_cast<int64_t>(v.size())}, like.options().dtype(dt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "from_doubles", [&] {
+    scalar_t* p = out.data_ptr<scalar_t>();
+    for (size_t i = 0; i < v.size(); ++i) p[i] = static_cast<scalar_t>(v[i]);
+  });
+  return out;
+}
+
 // scale = gamma / sqrt(var + eps), shift = beta - mean * scale, in double, then the coefficient dtype.
 // Forward and backward both call this, so the ReLU mask the backward recomputes is the forward's.
 std::pair<at::Tensor, at::Tensor> bn_scale_shift(const at::Tensor& mean, const at::Tensor& var,
                                                  const at::Tensor& gamma, const at::Tensor& beta, double eps,
                                                  at::ScalarType ct) {
+  if (mean.is_cpu()) {
+    const auto m = to_doubles(mean), v = to_doubles(var), g = to_doubles(gamma), b = to_doubles(beta);
+    std::vector<double> scale(m.size()), shift(m.size());
+    for (size_t k = 0; k < m.size(); ++k) {
+      scale[k] = g[k] * (1.0 / std::sqrt(v[k] + eps));
+      shift[k] = b[k] - m[k] * scale[k];
+    }
+    return {from_doubles(scale, ct, mean), from_doubles(shift, ct, mean)};
+  }
   const at::Tensor invstd = (var.to(at::kDouble) + eps).rsqrt();
   const at::Tensor scale = gamma.to(at::kDouble) * invstd;
   const at::Tensor shift = beta.to(at::kDouble) - mean.to(at::kDouble) * scale;
@@ -123,6 +156,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   ConvSums cs = conv_with_sums_cpu(x, weight, p);
 #endif
   // mean = pivot + E[z - pivot]; var = E[(z - pivot)^2] - E[z - pivot]^2 (biased, as BN normalizes).
+  if (x.is_cpu()) {
+    const auto piv = to_doubles(cs.pivot);
+    const double* sums = cs.sums.const_data_ptr<double>();
+    std::vector<double> mean(K), var(K);
+    for (int64_t k = 0; k < K; ++k) {
+      const double s0 = sums[k] / static_cast<double>(count), s1 = sums[K + k] / static_cast<double>(count);
+      mean[k] = piv[k] + s0;
+      var[k] = std::max(s1 - s0 * s0, 0.0);
+    }
+    const at::Tensor mean_t = from_doubles(mean, ct, cs.sums), var_t = from_doubles(var, ct, cs.sums);
+    const auto [scale, shift] = bn_scale_shift(mean_t, var_t, bn_weight, bn_bias, eps, ct);
+    at::Tensor y = at::empty_like(cs.z);
+    apply(cs.z, scale, shift, relu, y);
+    return {y, cs.z, mean_t, var_t};
+  }
   const at::Tensor s0 = cs.sums[0] / static_cast<double>(count), s1 = cs.sums[1] / static_cast<double>(count);
   // Rounded to the coefficient dtype before use, so the backward recomputes the very same scale/shift.
   const at::Tensor mean = (cs.pivot.to(at::kDouble) + s0).to(ct);
@@ -154,13 +202,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward(
   const at::Tensor dy = grad_y.contiguous(format_of(zc));
   at::Tensor sums = at::zeros({2, K}, x.options().dtype(at::kDouble));
   backward_sums(dy, zc, scale, shift, as_coef(mean, x), relu, sums);
+  at::Tensor g = at::empty_like(zc);
+  if (x.is_cpu()) {  // the same coefficients as below, as one loop
+    const auto m = to_doubles(mean), v = to_doubles(var), gm = to_doubles(bn_weight);
+    const double* S = sums.const_data_ptr<double>();
+    std::vector<double> kc(K), pc(K), qc(K), dgamma(K), dbeta(K);
+    for (int64_t c = 0; c < K; ++c) {
+      const double invstd = 1.0 / std::sqrt(v[c] + eps);
+      kc[c] = gm[c] * invstd;
+      pc[c] = -kc[c] * invstd * invstd * S[K + c] / count;
+      qc[c] = -pc[c] * m[c] - kc[c] * S[c] / count;
+      dgamma[c] = S[K + c] * invstd;
+      dbeta[c] = S[c];
+    }
+    backward_apply(dy, zc, scale, shift, from_doubles(kc, ct, x), from_doubles(pc, ct, x), from_doubles(qc, ct, x),
+                   relu, true, g);
+    auto [dx, dw] = conv_backward(g, x, weight, p);
+    return {dx, dw, from_doubles(dgamma, bn_weight.scalar_type(), x), from_doubles(dbeta, bn_bias.scalar_type(), x)};
+  }
   // With dz = mask * dy and xhat = (z - mean) * invstd, the BN backward is
   //   dx_bn = gamma * invstd * (dz - mean(dz) - xhat * mean(dz * xhat)) = k * dz + p * z + q.
   const at::Tensor invstd = (var.to(at::kDouble) + eps).rsqrt();
   const at::Tensor k = bn_weight.to(at::kDouble) * invstd;
   const at::Tensor pc = -k * invstd * invstd * sums[1] / count;
   const at::Tensor qc = -pc * mean.to(at::kDouble) - k * sums[0] / count;
-  at::Tensor g = at::empty_like(zc);
   backward_apply(dy, zc, scale, shift, k.to(ct).contiguous(), pc.to(ct).contiguous(), qc.to(ct).contiguous(),
                  relu, true, g);
   auto [dx, dw] = conv_backward(g, x, weight, p);

@@ -10,6 +10,11 @@ bn_weight, bn_bias, training, momentum, eps))`` and updates the running statisti
 bias, groups dividing both channel counts; float32/bfloat16/float16 storage (float64 on CPU) with float32
 statistics; contiguous or channels_last input (channels_last is the fast path; CUDA returns
 channels_last). Under autocast, x and weight are cast to the autocast dtype as F.conv2d would be.
+
+On CUDA the convolutions are our own kernels, not cuDNN: bfloat16/float16 with channels per group (in
+and out) a multiple of 4 run the tensor-core implicit GEMM (batch statistics in its epilogue); anything
+else (float32, fewer channels per group) runs the simple reference kernels, correct but slow, so train
+in bf16 autocast. WSLFAST_CONV_BN_IMPL=simple|fast|auto forces a choice (the GPU tests compare them).
 """
 from __future__ import annotations
 
