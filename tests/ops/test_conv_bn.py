@@ -224,3 +224,21 @@ def test_batch_statistics_without_running_stats():
     x, w, g, b, rm, rv, kw = make((2, 8, 5, 5, 8, 4, 3, 1, 1))
     y = conv_bn_relu(x, w, g, b, None, None, training=True, **kw)
     torch.testing.assert_close(y, reference(x, w, g, b, None, None, training=True, **kw), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_matches_eager():
+    x, w, g, b, rm, rv, kw = make((2, 16, 6, 6, 16, 4, 3, 1, 1), dtype=torch.float32, channels_last=True)
+    rm1, rv1, rm2, rv2 = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+
+    def step(x_, w_, g_, b_, m_, v_):
+        return conv_bn_relu(x_, w_, g_, b_, m_, v_, **kw).square().sum()
+
+    leaves1 = [t.clone().requires_grad_() for t in (x, w, g, b)]
+    leaves2 = [t.clone().requires_grad_() for t in (x, w, g, b)]
+    torch.compile(step, fullgraph=True)(*leaves1, rm1, rv1).backward()
+    step(*leaves2, rm2, rv2).backward()
+    for a, c in zip(leaves1, leaves2):
+        torch.testing.assert_close(a.grad, c.grad)
+    torch.testing.assert_close(rm1, rm2)
+    torch.testing.assert_close(rv1, rv2)
