@@ -16,7 +16,7 @@ namespace wslfast::soft_ce {
 namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WSLFAST_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#define WSLFAST_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define WSLFAST_MULTIVERSION
 #endif
