@@ -69,7 +69,8 @@ def extensions():
     cpp, cu = read_sources()
     force_cpu = os.environ.get("WSLFAST_FORCE_CPU", "0") not in ("", "0")
     with_cuda = bool(cu) and not force_cpu and cpp_extension.CUDA_HOME is not None
-    cxx = ["-O3", "-DWSLFAST_VERSION=\"%s\"" % read_version()]
+    cxx = ["-O3", "-DWSLFAST_VERSION=\"%s\"" % read_version(),
+           "-DWSLFAST_TORCH_VERSION=\"%s\"" % torch.__version__]
     archs = []
     if with_cuda:
         archs, gencode = cuda_arch_flags(os.environ.get("WSLFAST_CUDA_ARCHS", "90a;80"))

@@ -12,8 +12,9 @@ __all__ = ["__version__", "build_info"]
 
 def build_info() -> dict:
     """What the compiled extension holds: version, torch, cuda_compiled, cuda_archs, ops."""
-    from . import _C  # noqa: F401  (loading it registers the torch.ops.wslfast kernels)
-    import torch
+    import torch  # first: _C links against libtorch
+
+    from . import _C  # loading it registers the torch.ops.wslfast kernels
 
     info = dict(_C.build_info())
     info["cuda_archs"] = [a for a in info.get("cuda_archs", "").split(";") if a]

@@ -1,0 +1,135 @@
+// Torch glue of the soft-target cross-entropy: input checks, then the CPU or CUDA kernels.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#ifdef WSLFAST_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "soft_ce.h"
+#include "soft_ce_cpu.h"
+
+namespace wslfast::soft_ce {
+namespace {
+
+at::ScalarType acc_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Returns logits with unit column stride (a copy only when needed).
+at::Tensor check_inputs(const char* op, const at::Tensor& logits, const at::Tensor& indices,
+                        const at::Tensor& offsets, const at::Tensor& weights, int64_t col_begin) {
+  TORCH_CHECK(logits.dim() == 2, op, ": logits must be 2-D [B, V], got ", logits.dim(), "-D of shape ",
+              logits.sizes());
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble, op,
+              ": logits must be float32, bfloat16 or float16 (float64 on CPU), got ", dt);
+  TORCH_CHECK(indices.dim() == 1 && indices.scalar_type() == at::kLong, op,
+              ": indices must be a 1-D int64 tensor, got ", indices.scalar_type(), " of shape ", indices.sizes());
+  TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong, op,
+              ": offsets must be a 1-D int64 tensor, got ", offsets.scalar_type(), " of shape ", offsets.sizes());
+  TORCH_CHECK(weights.dim() == 1 && weights.scalar_type() == at::kFloat, op,
+              ": weights must be a 1-D float32 tensor, got ", weights.scalar_type(), " of shape ", weights.sizes());
+  TORCH_CHECK(offsets.numel() == logits.size(0) + 1, op, ": offsets must have B+1 = ", logits.size(0) + 1,
+              " entries for logits with B = ", logits.size(0), " rows, got ", offsets.numel());
+  TORCH_CHECK(weights.numel() == indices.numel(), op, ": weights has ", weights.numel(),
+              " entries but indices has ", indices.numel());
+  TORCH_CHECK(indices.device() == logits.device() && offsets.device() == logits.device() &&
+                  weights.device() == logits.device(),
+              op, ": logits, indices, offsets and weights must be on one device, got ", logits.device(), ", ",
+              indices.device(), ", ", offsets.device(), ", ", weights.device());
+  TORCH_CHECK(col_begin >= 0, op, ": col_begin must be >= 0, got ", col_begin);
+  return logits.size(1) > 0 && logits.stride(1) != 1 ? logits.contiguous() : logits;
+}
+
+void check_row_tensor(const char* op, const char* name, const at::Tensor& t, const at::Tensor& logits) {
+  TORCH_CHECK(t.dim() == 1 && t.numel() == logits.size(0), op, ": ", name, " must be 1-D with B = ",
+              logits.size(0), " entries, got shape ", t.sizes());
+  TORCH_CHECK(t.device() == logits.device(), op, ": ", name, " must be on ", logits.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
+    const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
+    int64_t col_begin) {
+  const at::Tensor z = check_inputs("soft_ce_forward", logits, indices, offsets, weights, col_begin);
+  return forward_cpu_impl(z, indices.contiguous(), offsets.contiguous(), weights.contiguous(), col_begin);
+}
+
+at::Tensor backward_cpu(const at::Tensor& grad_rows, const at::Tensor& logits, const at::Tensor& lse,
+                        const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
+                        int64_t col_begin) {
+  const at::Tensor z = check_inputs("soft_ce_backward", logits, indices, offsets, weights, col_begin);
+  check_row_tensor("soft_ce_backward", "grad_rows", grad_rows, z);
+  check_row_tensor("soft_ce_backward", "lse", lse, z);
+  const auto acc = acc_type(z);
+  return backward_cpu_impl(grad_rows.to(acc).contiguous(), z, lse.to(acc).contiguous(), indices.contiguous(),
+                           offsets.contiguous(), weights.contiguous(), col_begin);
+}
+
+#ifdef WSLFAST_WITH_CUDA
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "soft_ce (CUDA): logits must be float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+}
+
+Targets targets_of(const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights) {
+  return {indices.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), weights.const_data_ptr<float>()};
+}
+
+// The CUDA kernels trust the targets' CSR structure: SparseTargets validates it (ids in range, offsets
+// monotone) before any kernel sees it; these launchers only check shapes, dtypes and devices.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda_op(
+    const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
+    int64_t col_begin) {
+  const at::Tensor z = check_inputs("soft_ce_forward", logits, indices, offsets, weights, col_begin);
+  const auto dt = dtype_of(z);
+  const c10::cuda::CUDAGuard guard(z.device());
+  const auto opts = z.options().dtype(at::kFloat);
+  const int64_t rows = z.size(0);
+  at::Tensor mx = at::empty({rows}, opts), se = at::empty({rows}, opts);
+  at::Tensor td = at::empty({rows}, opts), ws = at::empty({rows}, opts);
+  const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
+  forward_cuda(dt, z.const_data_ptr(), rows, z.size(1), z.stride(0), col_begin, targets_of(ids, offs, w),
+               mx.data_ptr<float>(), se.data_ptr<float>(), td.data_ptr<float>(), ws.data_ptr<float>(),
+               c10::cuda::getCurrentCUDAStream().stream());
+  return {mx, se, td, ws};
+}
+
+at::Tensor backward_cuda_op(const at::Tensor& grad_rows, const at::Tensor& logits, const at::Tensor& lse,
+                            const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
+                            int64_t col_begin) {
+  const at::Tensor z = check_inputs("soft_ce_backward", logits, indices, offsets, weights, col_begin);
+  check_row_tensor("soft_ce_backward", "grad_rows", grad_rows, z);
+  check_row_tensor("soft_ce_backward", "lse", lse, z);
+  const auto dt = dtype_of(z);
+  const c10::cuda::CUDAGuard guard(z.device());
+  at::Tensor grad = at::empty({z.size(0), z.size(1)}, z.options());
+  const at::Tensor g = grad_rows.to(at::kFloat).contiguous(), L = lse.to(at::kFloat).contiguous();
+  const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
+  backward_cuda(dt, g.const_data_ptr<float>(), z.const_data_ptr(), z.size(0), z.size(1), z.stride(0),
+                L.const_data_ptr<float>(), col_begin, targets_of(ids, offs, w), grad.data_ptr(), grad.stride(0),
+                c10::cuda::getCurrentCUDAStream().stream());
+  return grad;
+}
+#endif
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(wslfast, CPU, m) {
+  m.impl("soft_ce_forward", &forward_cpu);
+  m.impl("soft_ce_backward", &backward_cpu);
+}
+
+#ifdef WSLFAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(wslfast, CUDA, m) {
+  m.impl("soft_ce_forward", &forward_cuda_op);
+  m.impl("soft_ce_backward", &backward_cuda_op);
+}
+#endif
+
+}  // namespace wslfast::soft_ce
