@@ -47,7 +47,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     where = f"config key {key!r}"
     if default is None:
         return yaml.safe_load(value) if isinstance(value, str) else value
-    if value is None:
+    if value is None or (isinstance(value, str) and not isinstance(default, str)
+                         and value.strip().lower() in ("null", "none", "~")):
         return None  # an explicit null turns an option off (e.g. steps: null -> use total_images)
     if isinstance(default, bool):
         if isinstance(value, bool):

@@ -1,0 +1,29 @@
+"""Launch a script under torchrun on loopback only, with a free port chosen here (for `dist` tests)."""
+import os
+import socket
+import subprocess
+import sys
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def quiet_env(**extra) -> dict:
+    """Environment for child processes: one thread each (2 cores shared), loopback-only gloo."""
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def torchrun(script: str, args, nproc: int = 2, timeout: float = 120, **popen_kwargs):
+    """Run `torchrun --nproc-per-node=nproc script args` bound to 127.0.0.1; returns CompletedProcess."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", "--local-addr=127.0.0.1",
+           script, *map(str, args)]
+    return subprocess.run(cmd, env=popen_kwargs.pop("env", None) or quiet_env(), capture_output=True,
+                          text=True, timeout=timeout, **popen_kwargs)
