@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "pick_device", "seed_everything",
-           "capture_rng", "restore_rng", "gather_objects", "broadcast_object", "all_ranks_max"]
+           "capture_rng", "restore_rng", "gather_objects", "broadcast_object", "all_ranks_max", "params_digest"]
 
 
 @dataclass
@@ -136,3 +136,13 @@ def all_ranks_max(info: DistInfo, values: torch.Tensor) -> torch.Tensor:
     if info.enabled:
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return values
+
+
+def params_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in order: equal digests mean bit-identical replicas."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in module.parameters():
+        h.update(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
