@@ -130,10 +130,13 @@ def save(step_now: int) -> str:
     loaders = gather_objects(info, loader.state_dict())
     rngs = gather_objects(info, capture_rng(device))
     digests = gather_objects(info, params_digest(model))
+    if not all(torch.isfinite(p).all() for p in params):  # same on every rank: the digests agree or we stop
+        raise NonFiniteLossError(f"step {step_now}: the weights hold inf/NaN (an update overflowed); not "
+                                 f"writing a checkpoint, the last good one is kept")
+    if len(set(digests)) != 1:  # every rank sees every digest, so all stop together
+        raise RuntimeError(f"step {step_now}: replicas diverged (weight digests {digests})")
     path = None
     if is_main:
-        if len(set(digests)) != 1:
-            raise RuntimeError(f"step {step_now}: replicas diverged (weight digests {digests})")
         state = {"step": step_now, "images_seen": step_now * global_batch, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "loader": loaders, "rng": rngs,
                  "nonfinite": guard.state_dict(), "world_size": info.world_size, "num_classes": num_classes,

@@ -39,6 +39,8 @@ def test_bare_flag_switches_bool_on_and_lists_parse():
 
 def test_none_default_takes_yaml_scalar_and_null_turns_off():
     assert load_config(DEFAULTS, ["--lr", "0.4"]).lr == 0.4
+    assert load_config(DEFAULTS, ["--lr", "1e30"]).lr == 1e30 and load_config(DEFAULTS, ["--lr", "7"]).lr == 7
+    assert load_config(DEFAULTS, ["--lr", "auto"]).lr == "auto"
     assert load_config(DEFAULTS, ["--total-images", "null"]).total_images is None
 
 

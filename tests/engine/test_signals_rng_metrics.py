@@ -57,4 +57,4 @@ def test_disabled_logger_writes_nothing(tmp_path, capsys):
 
 
 def test_format_line():
-    assert format_line(3, 12, {"lr": 0.1, "img_per_s": 12345.6}) == "step  3/12 | lr 0.1 | img_per_s 12,346"
+    assert format_line(3, 12, {"lr": 0.1, "img_per_s": 12345.6}) == "step  3/12 | lr 0.1 | img_per_s 12,345.6"

@@ -46,7 +46,14 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     """value (a YAML scalar or a string from the command line) converted to the type of default."""
     where = f"config key {key!r}"
     if default is None:
-        return yaml.safe_load(value) if isinstance(value, str) else value
+        parsed = yaml.safe_load(value) if isinstance(value, str) else value
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e30 as a string; a number was meant
+            for number in (int, float):
+                try:
+                    return number(parsed.replace("_", ""))
+                except ValueError:
+                    pass
+        return parsed
     if value is None or (isinstance(value, str) and not isinstance(default, str)
                          and value.strip().lower() in ("null", "none", "~")):
         return None  # an explicit null turns an option off (e.g. steps: null -> use total_images)

@@ -17,6 +17,8 @@ def _fmt(key: str, value) -> str:
     if isinstance(value, float):
         if key == "lr":
             return f"{key} {value:.4g}"
+        if key.endswith("per_s"):
+            return f"{key} {value:,.1f}"
         if key.endswith("share"):
             return f"{key} {100 * value:.0f}%"
         return f"{key} {value:.4f}" if abs(value) < 1000 else f"{key} {value:,.0f}"
