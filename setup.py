@@ -14,7 +14,25 @@ import sys
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+
+
+def set_cuda_home():
+    """torch guesses CUDA_HOME from `which nvcc`; an nvcc wrapper in /usr/local/bin makes that /usr/local,
+    which has no CUDA headers. Pick the first candidate that is a whole toolkit, unless the user said."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    import shutil
+
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    for home in candidates + ["/usr/local/cuda"]:
+        if os.path.exists(os.path.join(home, "bin", "nvcc")) and \
+                os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
+set_cuda_home()  # before torch.utils.cpp_extension is imported: it reads CUDA_HOME once
 
 
 def read_version():

@@ -15,15 +15,22 @@
 
 TORCH_LIBRARY(wslfast, m) {
   // Sparse multi-hot soft-target softmax cross-entropy (csrc/soft_ce). Targets are canonical CSR rows
-  // (ids sorted and unique within a row). `logits` holds classes [col_begin, col_begin + C) of a
-  // vocabulary: the whole of it for the plain op, one chunk of it for the fused-linear variant.
-  // Forward partials per row: max over the chunk, sum of exp(z - max), sum_j w_j z[t_j] over the
-  // targets inside the chunk, and the row's total target weight.
-  m.def("soft_ce_forward(Tensor logits, Tensor indices, Tensor offsets, Tensor weights, int col_begin)"
-        " -> (Tensor row_max, Tensor row_sumexp, Tensor target_dot, Tensor weight_sum)");
-  // grad = g_i * (W_i * exp(z - lse_i) - target_ic), written in the dtype of logits.
+  // (ids sorted and unique within a row; SparseTargets makes them so).
+  // Differentiable ops (autograd registered in wslfast/ops/soft_ce.py); both return the per-row loss
+  // l_i = sum_j w_ij (lse_i - z_i[t_ij]) and lse_i, which the backward reuses.
+  m.def("soft_ce(Tensor logits, Tensor indices, Tensor offsets, Tensor weights) -> (Tensor loss, Tensor lse)");
   m.def("soft_ce_backward(Tensor grad_rows, Tensor logits, Tensor lse, Tensor indices, Tensor offsets,"
         " Tensor weights, int col_begin) -> Tensor");
+  // z = features @ weight.T + bias, worked through `chunk_size` classes at a time, never [B, V] at once.
+  m.def("linear_soft_ce(Tensor features, Tensor weight, Tensor? bias, Tensor indices, Tensor offsets,"
+        " Tensor weights, int chunk_size) -> (Tensor loss, Tensor lse)");
+  m.def("linear_soft_ce_backward(Tensor grad_rows, Tensor features, Tensor weight, Tensor? bias, Tensor lse,"
+        " Tensor indices, Tensor offsets, Tensor weights, int chunk_size) -> (Tensor, Tensor, Tensor?)");
+  // The kernel both build on. `logits` holds classes [col_begin, col_begin + C) of the vocabulary; per
+  // row it returns max_c z_c, sum_c exp(z_c - max), sum_j w_j z[t_j] over targets inside the block, and
+  // the row's total target weight. soft_ce_backward writes g_i * (W_i * exp(z - lse_i) - target_ic).
+  m.def("soft_ce_partials(Tensor logits, Tensor indices, Tensor offsets, Tensor weights, int col_begin)"
+        " -> (Tensor row_max, Tensor row_sumexp, Tensor target_dot, Tensor weight_sum)");
 }
 
 PYBIND11_MODULE(_C, module) {

@@ -52,7 +52,7 @@ void check_row_tensor(const char* op, const char* name, const at::Tensor& t, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
     const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
     int64_t col_begin) {
-  const at::Tensor z = check_inputs("soft_ce_forward", logits, indices, offsets, weights, col_begin);
+  const at::Tensor z = check_inputs("soft_ce_partials", logits, indices, offsets, weights, col_begin);
   return forward_cpu_impl(z, indices.contiguous(), offsets.contiguous(), weights.contiguous(), col_begin);
 }
 
@@ -86,7 +86,7 @@ Targets targets_of(const at::Tensor& indices, const at::Tensor& offsets, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda_op(
     const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
     int64_t col_begin) {
-  const at::Tensor z = check_inputs("soft_ce_forward", logits, indices, offsets, weights, col_begin);
+  const at::Tensor z = check_inputs("soft_ce_partials", logits, indices, offsets, weights, col_begin);
   const auto dt = dtype_of(z);
   const c10::cuda::CUDAGuard guard(z.device());
   const auto opts = z.options().dtype(at::kFloat);
@@ -121,13 +121,13 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_rows, const at::Tensor& logit
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wslfast, CPU, m) {
-  m.impl("soft_ce_forward", &forward_cpu);
+  m.impl("soft_ce_partials", &forward_cpu);
   m.impl("soft_ce_backward", &backward_cpu);
 }
 
 #ifdef WSLFAST_WITH_CUDA
 TORCH_LIBRARY_IMPL(wslfast, CUDA, m) {
-  m.impl("soft_ce_forward", &forward_cuda_op);
+  m.impl("soft_ce_partials", &forward_cuda_op);
   m.impl("soft_ce_backward", &backward_cuda_op);
 }
 #endif
