@@ -20,9 +20,18 @@ def small_args(tmp_path_factory):
             "--image-size", "32", "--batch-size", "8", "--log-every", "1", "--num-threads", "1",
             "--tensorboard", "false", "--device", "cpu", "--warmup-images", "0"]
     # Build the corpus once, here, so the tests below time only training.
-    proc = run_script(PRETRAIN, args + ["--out", str(cache / "warmup-run"), "--steps", "1"])
+    proc = run_script(PRETRAIN, args + ["--out", str(cache / "warmup-run"), "--steps", "2"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return args
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(small_args):
+    """The checkpoint the small_args session run wrote (2 steps: weights moved, not a trained model)."""
+    from wslfast.engine import list_checkpoints
+
+    cache = small_args[small_args.index("--cache-dir") + 1]
+    return list_checkpoints(os.path.join(cache, "warmup-run"))[-1][1]
 
 
 def run_script(script, args, timeout=240, **kwargs):
