@@ -63,7 +63,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_rows, const at::Tensor& logits, c
   check_row_tensor("soft_ce_backward", "grad_rows", grad_rows, z);
   check_row_tensor("soft_ce_backward", "lse", lse, z);
   const auto acc = acc_type(z);
-  return backward_cpu_impl(grad_rows.to(acc).contiguous(), z, lse.to(acc).contiguous(), indices.contiguous(),
+  return backward_cpu_impl(grad_rows.to(acc).contiguous(), z, lse.to(at::kDouble).contiguous(), indices.contiguous(),
                            offsets.contiguous(), weights.contiguous(), col_begin);
 }
 
@@ -89,13 +89,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda_op(
   const at::Tensor z = check_inputs("soft_ce_partials", logits, indices, offsets, weights, col_begin);
   const auto dt = dtype_of(z);
   const c10::cuda::CUDAGuard guard(z.device());
-  const auto opts = z.options().dtype(at::kFloat);
+  const auto opts = z.options().dtype(at::kDouble);
   const int64_t rows = z.size(0);
   at::Tensor mx = at::empty({rows}, opts), se = at::empty({rows}, opts);
   at::Tensor td = at::empty({rows}, opts), ws = at::empty({rows}, opts);
   const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
   forward_cuda(dt, z.const_data_ptr(), rows, z.size(1), z.stride(0), col_begin, targets_of(ids, offs, w),
-               mx.data_ptr<float>(), se.data_ptr<float>(), td.data_ptr<float>(), ws.data_ptr<float>(),
+               mx.data_ptr<double>(), se.data_ptr<double>(), td.data_ptr<double>(), ws.data_ptr<double>(),
                c10::cuda::getCurrentCUDAStream().stream());
   return {mx, se, td, ws};
 }
@@ -109,10 +109,10 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_rows, const at::Tensor& logit
   const auto dt = dtype_of(z);
   const c10::cuda::CUDAGuard guard(z.device());
   at::Tensor grad = at::empty({z.size(0), z.size(1)}, z.options());
-  const at::Tensor g = grad_rows.to(at::kFloat).contiguous(), L = lse.to(at::kFloat).contiguous();
+  const at::Tensor g = grad_rows.to(at::kFloat).contiguous(), L = lse.to(at::kDouble).contiguous();
   const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
   backward_cuda(dt, g.const_data_ptr<float>(), z.const_data_ptr(), z.size(0), z.size(1), z.stride(0),
-                L.const_data_ptr<float>(), col_begin, targets_of(ids, offs, w), grad.data_ptr(), grad.stride(0),
+                L.const_data_ptr<double>(), col_begin, targets_of(ids, offs, w), grad.data_ptr(), grad.stride(0),
                 c10::cuda::getCurrentCUDAStream().stream());
   return grad;
 }

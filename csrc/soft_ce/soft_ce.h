@@ -18,15 +18,15 @@ struct Targets {
   const float* weights;
 };
 
-// Per row: row_max = max_c z_c, row_sumexp = sum_c exp(z_c - row_max),
+// Per row (all float64, so that W * lse - dot keeps its digits for logits of any size): row_max = max_c z_c, row_sumexp = sum_c exp(z_c - row_max),
 // target_dot = sum_{j in block} w_j z[t_j], weight_sum = sum_j w_j (all of the row's targets).
 void forward_cuda(DType dtype, const void* logits, int64_t rows, int64_t cols, int64_t row_stride,
-                  int64_t col_begin, Targets targets, float* row_max, float* row_sumexp,
-                  float* target_dot, float* weight_sum, CUstream_st* stream);
+                  int64_t col_begin, Targets targets, double* row_max, double* row_sumexp,
+                  double* target_dot, double* weight_sum, CUstream_st* stream);
 
 // grad[i, c] = grad_rows[i] * (W_i * exp(z_ic - lse_i) - target_ic), W_i the row's total weight.
 void backward_cuda(DType dtype, const float* grad_rows, const void* logits, int64_t rows, int64_t cols,
-                   int64_t row_stride, const float* lse, int64_t col_begin, Targets targets, void* grad,
+                   int64_t row_stride, const double* lse, int64_t col_begin, Targets targets, void* grad,
                    int64_t grad_row_stride, CUstream_st* stream);
 
 }  // namespace wslfast::soft_ce

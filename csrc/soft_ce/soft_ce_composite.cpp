@@ -33,11 +33,17 @@ at::Tensor backward_kernel(const at::Tensor& grad_rows, const at::Tensor& logits
 }
 
 // loss_i = W_i * lse_i - dot_i, and exactly 0 for rows without targets (W_i = 0), whatever lse is.
+// Partials and lse are float64 (the subtraction cancels); the loss comes back in fp32 (fp64 for fp64).
 std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_max, const at::Tensor& row_sumexp,
-                                          const at::Tensor& target_dot, const at::Tensor& weight_sum) {
+                                          const at::Tensor& target_dot, const at::Tensor& weight_sum,
+                                          at::ScalarType loss_dtype) {
   at::Tensor lse = row_max + at::log(row_sumexp);
   at::Tensor loss = at::where(weight_sum == 0, at::zeros_like(lse), weight_sum * lse - target_dot);
-  return {loss, lse};
+  return {loss.to(loss_dtype), lse};
+}
+
+at::ScalarType loss_dtype_of(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 // Online-softmax merge of a chunk's (max, sumexp) into the running pair, in place.
@@ -52,7 +58,7 @@ void merge_chunk(at::Tensor& run_max, at::Tensor& run_sum, const at::Tensor& mx,
 std::tuple<at::Tensor, at::Tensor> soft_ce(const at::Tensor& logits, const at::Tensor& indices,
                                            const at::Tensor& offsets, const at::Tensor& weights) {
   auto [mx, se, td, ws] = partials(logits, indices, offsets, weights, 0);
-  return finish(mx, se, td, ws);
+  return finish(mx, se, td, ws, loss_dtype_of(logits));
 }
 
 void check_linear(const at::Tensor& features, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -85,8 +91,7 @@ std::tuple<at::Tensor, at::Tensor> linear_soft_ce(const at::Tensor& features, co
                                                   int64_t chunk_size) {
   check_linear(features, weight, bias, chunk_size);
   const int64_t V = weight.size(0);
-  const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto opts = features.options().dtype(acc);
+  const auto opts = features.options().dtype(at::kDouble);
   at::Tensor run_max = at::full({features.size(0)}, -std::numeric_limits<double>::infinity(), opts);
   at::Tensor run_sum = at::zeros({features.size(0)}, opts);
   at::Tensor dot = at::zeros({features.size(0)}, opts), wsum = at::zeros({features.size(0)}, opts);
@@ -97,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor> linear_soft_ce(const at::Tensor& features, co
     dot.add_(td);
     wsum = ws;
   }
-  return finish(run_max, run_sum, dot, wsum);
+  return finish(run_max, run_sum, dot, wsum, loss_dtype_of(features));
 }
 
 // Recomputes each chunk's logits (as cut-cross-entropy does) so the backward holds O(B x chunk) too.
@@ -134,6 +139,11 @@ TORCH_LIBRARY_IMPL(wslfast, CompositeExplicitAutograd, m) {
   m.impl("soft_ce", &soft_ce);
   m.impl("linear_soft_ce", &linear_soft_ce);
   m.impl("linear_soft_ce_backward", &linear_soft_ce_backward);
+}
+
+// The partials are an internal, non-differentiable building block: autograd passes straight through.
+TORCH_LIBRARY_IMPL(wslfast, Autograd, m) {
+  m.impl("soft_ce_partials", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace wslfast::soft_ce

@@ -65,8 +65,9 @@ WSLFAST_MULTIVERSION float block_sum_exp(const float* x, int64_t n, float shift)
   return s;
 }
 
-WSLFAST_MULTIVERSION void block_scaled_exp(const float* x, float* y, int64_t n, float shift, float scale) {
-  for (int64_t i = 0; i < n; ++i) y[i] = scale * exp_approx(x[i] - shift);
+// y = scale * exp(x - (hi + lo)): the shift in two parts keeps x - shift exact near the shift.
+WSLFAST_MULTIVERSION void block_scaled_exp(const float* x, float* y, int64_t n, float hi, float lo, float scale) {
+  for (int64_t i = 0; i < n; ++i) y[i] = scale * exp_approx((x[i] - hi) - lo);
 }
 
 // float64 (gradcheck and references): plain libm.
@@ -80,8 +81,8 @@ double block_sum_exp(const double* x, int64_t n, double shift) {
   for (int64_t i = 0; i < n; ++i) s += std::exp(x[i] - shift);
   return s;
 }
-void block_scaled_exp(const double* x, double* y, int64_t n, double shift, double scale) {
-  for (int64_t i = 0; i < n; ++i) y[i] = scale * std::exp(x[i] - shift);
+void block_scaled_exp(const double* x, double* y, int64_t n, double hi, double lo, double scale) {
+  for (int64_t i = 0; i < n; ++i) y[i] = scale * std::exp((x[i] - hi) - lo);
 }
 
 template <typename acc_t> struct Acc { using type = float; };
@@ -105,8 +106,8 @@ void forward_rows(const at::Tensor& logits, const int64_t* ids, const int64_t* o
   using acc_t = typename Acc<scalar_t>::type;
   const int64_t rows = logits.size(0), cols = logits.size(1), stride = logits.stride(0);
   const scalar_t* z = logits.const_data_ptr<scalar_t>();
-  acc_t *mx = row_max.data_ptr<acc_t>(), *se = row_sumexp.data_ptr<acc_t>();
-  acc_t *td = target_dot.data_ptr<acc_t>(), *ws = weight_sum.data_ptr<acc_t>();
+  double *mx = row_max.data_ptr<double>(), *se = row_sumexp.data_ptr<double>();
+  double *td = target_dot.data_ptr<double>(), *ws = weight_sum.data_ptr<double>();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cols, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     acc_t buf[kBlock];
@@ -124,11 +125,12 @@ void forward_rows(const at::Tensor& logits, const int64_t* ids, const int64_t* o
         if (m != -std::numeric_limits<acc_t>::infinity()) s += block_sum_exp(x, n, m);
         else if (std::isnan(static_cast<double>(bm))) s = bm;
       }
-      acc_t dot = 0, wsum = 0;
+      // float64: W * lse - dot cancels badly in fp32 for large logits (|z| ~ 1e4)
+      double dot = 0, wsum = 0;
       for (int64_t j = offs[r]; j < offs[r + 1]; ++j) {
         wsum += w[j];
         const int64_t k = ids[j] - col_begin;
-        if (k >= 0 && k < cols) dot += w[j] * static_cast<acc_t>(zr[k]);
+        if (k >= 0 && k < cols) dot += static_cast<double>(w[j]) * static_cast<double>(zr[k]);
       }
       mx[r] = m;
       se[r] = s;
@@ -146,7 +148,7 @@ void backward_rows(const at::Tensor& grad_rows, const at::Tensor& logits, const 
   const scalar_t* z = logits.const_data_ptr<scalar_t>();
   scalar_t* out = grad.data_ptr<scalar_t>();
   const acc_t* g = grad_rows.const_data_ptr<acc_t>();
-  const acc_t* L = lse.const_data_ptr<acc_t>();
+  const double* L = lse.const_data_ptr<double>();
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(cols, 1));
   at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
     acc_t buf[kBlock], y[kBlock];
@@ -161,11 +163,12 @@ void backward_rows(const at::Tensor& grad_rows, const at::Tensor& logits, const 
       acc_t wsum = 0;
       for (int64_t j = b; j < e; ++j) wsum += w[j];
       const acc_t scale = g[r] * wsum;
+      const acc_t hi = static_cast<acc_t>(L[r]), lo = static_cast<acc_t>(L[r] - static_cast<double>(hi));
       int64_t p = std::lower_bound(ids + b, ids + e, col_begin) - ids;
       for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
         const int64_t n = std::min(kBlock, cols - c0);
         const acc_t* x = load_block<scalar_t, acc_t>(zr + c0, n, buf);
-        block_scaled_exp(x, y, n, L[r], scale);
+        block_scaled_exp(x, y, n, hi, lo, scale);
         const int64_t lo = col_begin + c0;
         for (; p < e && ids[p] < lo + n; ++p) y[ids[p] - lo] -= g[r] * w[p];
         for (int64_t i = 0; i < n; ++i) orow[c0 + i] = static_cast<scalar_t>(y[i]);
@@ -196,8 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu_impl(
     const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
     int64_t col_begin) {
   check_targets_cpu(indices, offsets);
-  const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const auto opts = logits.options().dtype(acc);
+  const auto opts = logits.options().dtype(at::kDouble);
   const int64_t rows = logits.size(0);
   at::Tensor mx = at::empty({rows}, opts), se = at::empty({rows}, opts);
   at::Tensor td = at::empty({rows}, opts), ws = at::empty({rows}, opts);

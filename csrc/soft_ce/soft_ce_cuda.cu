@@ -47,14 +47,15 @@ __device__ __forceinline__ void add_one(float& m, float& s, float x) {
   }
 }
 
-// Block-wide reductions; every thread gets the result. `scratch` holds 32 floats per value.
-__device__ float block_sum(float v, float* scratch) {
+// Block-wide reductions; every thread gets the result. `scratch` holds 32 values.
+template <typename A>
+__device__ A block_sum(A v, A* scratch) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < nwarps ? scratch[lane] : 0.f;
+  v = lane < nwarps ? scratch[lane] : A(0);
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
@@ -79,9 +80,10 @@ __device__ void block_max_sum(float& m, float& s, float* scratch_m, float* scrat
 template <typename T, bool kAligned>
 __global__ void __launch_bounds__(kMaxThreads)
 forward_kernel(const T* __restrict__ logits, int64_t cols, int64_t row_stride, int64_t col_begin,
-               Targets tg, float* row_max, float* row_sumexp, float* target_dot, float* weight_sum) {
+               Targets tg, double* row_max, double* row_sumexp, double* target_dot, double* weight_sum) {
   constexpr int kVec = 16 / sizeof(T);
-  __shared__ float scratch[3][32];
+  __shared__ float scratch[2][32];
+  __shared__ double scratch_d[32];
   const int64_t row = blockIdx.x;
   const T* z = logits + row * row_stride;
   float m = -INFINITY, s = 0.f;
@@ -105,18 +107,19 @@ forward_kernel(const T* __restrict__ logits, int64_t cols, int64_t row_stride, i
   for (; c < cols; c += blockDim.x) add_one(m, s, to_float(z[c]));
 
   const int64_t b = tg.offsets[row], e = tg.offsets[row + 1];
-  float dot = 0.f, wsum = 0.f;
+  // The target terms in float64: W * lse - dot cancels badly in fp32 for large logits (|z| ~ 1e4).
+  double dot = 0.0, wsum = 0.0;
   for (int64_t j = b + threadIdx.x; j < e; j += blockDim.x) {
-    const float w = tg.weights[j];
+    const double w = tg.weights[j];
     wsum += w;
     const int64_t k = tg.indices[j] - col_begin;
-    if (k >= 0 && k < cols) dot += w * to_float(z[k]);
+    if (k >= 0 && k < cols) dot += w * static_cast<double>(to_float(z[k]));
   }
   block_max_sum(m, s, scratch[0], scratch[1]);
-  dot = block_sum(dot, scratch[2]);
-  wsum = block_sum(wsum, scratch[2]);
+  dot = block_sum(dot, scratch_d);
+  wsum = block_sum(wsum, scratch_d);
   if (threadIdx.x == 0) {
-    row_max[row] = m;
+    row_max[row] = m;  // exact: an element of the row
     row_sumexp[row] = s;
     target_dot[row] = dot;
     weight_sum[row] = wsum;
@@ -135,7 +138,7 @@ __device__ __forceinline__ int64_t lower_bound(const int64_t* ids, int64_t b, in
 template <typename T, bool kAligned>
 __global__ void __launch_bounds__(kMaxThreads)
 backward_kernel(const float* __restrict__ grad_rows, const T* __restrict__ logits, int64_t cols,
-                int64_t row_stride, const float* __restrict__ lse, int64_t col_begin, Targets tg,
+                int64_t row_stride, const double* __restrict__ lse, int64_t col_begin, Targets tg,
                 T* __restrict__ grad, int64_t grad_row_stride) {
   constexpr int kVec = 16 / sizeof(T);
   __shared__ float scratch[32];
@@ -148,7 +151,9 @@ backward_kernel(const float* __restrict__ grad_rows, const T* __restrict__ logit
   const float g = grad_rows[row];
   // Rows without targets get an exact zero gradient, whatever their logits hold.
   const float scale = b == e ? 0.f : g * block_sum(wpart, scratch);
-  const float L = lse[row];
+  // lse as hi + lo floats: z - hi is exact when z is near lse, which is where the precision matters.
+  const float L = static_cast<float>(lse[row]);
+  const float L_lo = static_cast<float>(lse[row] - static_cast<double>(L));
   int64_t p = lower_bound(tg.indices, b, e, col_begin);
   int64_t c = threadIdx.x;
   if constexpr (kAligned) {
@@ -158,7 +163,7 @@ backward_kernel(const float* __restrict__ grad_rows, const T* __restrict__ logit
       const T* x = reinterpret_cast<const T*>(&raw);
       float y[kVec];
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) y[i] = b == e ? 0.f : scale * expf(to_float(x[i]) - L);
+      for (int i = 0; i < kVec; ++i) y[i] = b == e ? 0.f : scale * expf((to_float(x[i]) - L) - L_lo);
       const int64_t lo = col_begin + v * kVec;
       while (p < e && tg.indices[p] < lo) ++p;
       for (; p < e && tg.indices[p] < lo + kVec; ++p) y[tg.indices[p] - lo] -= g * tg.weights[p];
@@ -171,7 +176,7 @@ backward_kernel(const float* __restrict__ grad_rows, const T* __restrict__ logit
     c = nvec * kVec + threadIdx.x;
   }
   for (; c < cols; c += blockDim.x) {
-    float y = b == e ? 0.f : scale * expf(to_float(z[c]) - L);
+    float y = b == e ? 0.f : scale * expf((to_float(z[c]) - L) - L_lo);
     const int64_t id = col_begin + c;
     while (p < e && tg.indices[p] < id) ++p;
     if (p < e && tg.indices[p] == id) y -= g * tg.weights[p];
@@ -195,7 +200,7 @@ void check_launch(const char* what) {
 
 template <typename T>
 void forward_typed(const void* logits, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_begin,
-                   Targets tg, float* row_max, float* row_sumexp, float* target_dot, float* weight_sum,
+                   Targets tg, double* row_max, double* row_sumexp, double* target_dot, double* weight_sum,
                    cudaStream_t stream) {
   if (rows == 0) return;
   constexpr int kVec = 16 / sizeof(T);
@@ -210,7 +215,7 @@ void forward_typed(const void* logits, int64_t rows, int64_t cols, int64_t row_s
 
 template <typename T>
 void backward_typed(const float* grad_rows, const void* logits, int64_t rows, int64_t cols,
-                    int64_t row_stride, const float* lse, int64_t col_begin, Targets tg, void* grad,
+                    int64_t row_stride, const double* lse, int64_t col_begin, Targets tg, void* grad,
                     int64_t grad_row_stride, cudaStream_t stream) {
   if (rows == 0 || cols == 0) return;
   constexpr int kVec = 16 / sizeof(T);
@@ -227,8 +232,8 @@ void backward_typed(const float* grad_rows, const void* logits, int64_t rows, in
 }  // namespace
 
 void forward_cuda(DType dtype, const void* logits, int64_t rows, int64_t cols, int64_t row_stride,
-                  int64_t col_begin, Targets targets, float* row_max, float* row_sumexp,
-                  float* target_dot, float* weight_sum, CUstream_st* stream) {
+                  int64_t col_begin, Targets targets, double* row_max, double* row_sumexp,
+                  double* target_dot, double* weight_sum, CUstream_st* stream) {
   switch (dtype) {
     case DType::kFloat32: return forward_typed<float>(logits, rows, cols, row_stride, col_begin, targets,
                                                       row_max, row_sumexp, target_dot, weight_sum, stream);
@@ -242,7 +247,7 @@ void forward_cuda(DType dtype, const void* logits, int64_t rows, int64_t cols, i
 }
 
 void backward_cuda(DType dtype, const float* grad_rows, const void* logits, int64_t rows, int64_t cols,
-                   int64_t row_stride, const float* lse, int64_t col_begin, Targets targets, void* grad,
+                   int64_t row_stride, const double* lse, int64_t col_begin, Targets targets, void* grad,
                    int64_t grad_row_stride, CUstream_st* stream) {
   switch (dtype) {
     case DType::kFloat32:

@@ -24,17 +24,19 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
 
 # ---- fake (meta) kernels: shapes and dtypes for torch.compile and opcheck ----
 
+# Partials and lse are float64 (W * lse - dot cancels in fp32 for large logits); the loss is fp32
+# (fp64 for fp64 input).
 @torch.library.register_fake("wslfast::soft_ce_partials")
 def _partials_fake(logits, indices, offsets, weights, col_begin):
     rows = logits.shape[0]
-    return tuple(logits.new_empty((rows,), dtype=_acc_dtype(logits)) for _ in range(4))
+    return tuple(logits.new_empty((rows,), dtype=torch.float64) for _ in range(4))
 
 
 @torch.library.register_fake("wslfast::soft_ce")
 def _soft_ce_fake(logits, indices, offsets, weights):
     rows = logits.shape[0]
     return (logits.new_empty((rows,), dtype=_acc_dtype(logits)),
-            logits.new_empty((rows,), dtype=_acc_dtype(logits)))
+            logits.new_empty((rows,), dtype=torch.float64))
 
 
 @torch.library.register_fake("wslfast::soft_ce_backward")
@@ -46,7 +48,7 @@ def _soft_ce_backward_fake(grad_rows, logits, lse, indices, offsets, weights, co
 def _linear_fake(features, weight, bias, indices, offsets, weights, chunk_size):
     rows = features.shape[0]
     return (features.new_empty((rows,), dtype=_acc_dtype(features)),
-            features.new_empty((rows,), dtype=_acc_dtype(features)))
+            features.new_empty((rows,), dtype=torch.float64))
 
 
 @torch.library.register_fake("wslfast::linear_soft_ce_backward")
