@@ -29,14 +29,14 @@ def demo_corpus_dir(cfg) -> str:
     return os.path.join(cache_root(cfg), name)
 
 
-def read_tag_counts(tags_path: str) -> Counter:
-    """Hashtag -> number of images carrying it, from the corpus's tags.jsonl (one JSON object per image)."""
+def read_tag_counts(counts_path: str) -> Counter:
+    """Hashtag -> number of images carrying it, from the corpus's counts.tsv (`hashtag<TAB>count` a line)."""
     counts: Counter = Counter()
-    with open(tags_path) as f:
+    with open(counts_path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                record = json.loads(line)
-                counts.update(set(record.get("tags") or record.get("hashtags") or []))
+                tag, n = line.rstrip("\n").rsplit("\t", 1)
+                counts[tag] += int(n)
     return counts
 
 
@@ -47,29 +47,27 @@ def _build_corpus(cfg, final_dir: str) -> None:
 
     tmp = f"{final_dir}.tmp.{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    info = make_synthetic_corpus(tmp, num_images=cfg.synthetic_images, seed=cfg.seed, image_size=cfg.image_size,
-                                 num_target_classes=cfg.synthetic_classes)
-    tags_path = info.get("tags", os.path.join(tmp, "tags.jsonl")) if isinstance(info, dict) else \
-        os.path.join(tmp, "tags.jsonl")
-    images_dir = info.get("images", os.path.join(tmp, "images")) if isinstance(info, dict) else \
-        os.path.join(tmp, "images")
-    vocab = HashtagVocabulary.from_counts(read_tag_counts(tags_path), source="wordnet-nouns", min_count=1)
-    write_shards(images_dir, tags_path, vocab, os.path.join(tmp, "shards"), sampling=cfg.sampling, seed=cfg.seed)
+    corpus = make_synthetic_corpus(tmp, num_images=cfg.synthetic_images, seed=cfg.seed,
+                                   image_size=cfg.image_size, num_target_classes=cfg.synthetic_classes)
+    vocab = HashtagVocabulary.from_counts(read_tag_counts(corpus["counts"]), source="wordnet-nouns", min_count=1)
+    vocab.save(os.path.join(tmp, "vocab.json"))
+    write_shards(corpus["images"], corpus["tags"], vocab, os.path.join(tmp, "shards"), sampling=cfg.sampling,
+                 seed=cfg.seed)
     try:
         os.replace(tmp, final_dir)
     except OSError:  # another process finished the same corpus first: use theirs
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def prepare_shards(cfg, info) -> list:
-    """The shard files to train on. For data=synthetic, local rank 0 of each machine builds the corpus if it
-    is not cached yet while the other ranks wait."""
+def prepare_shards(cfg, info) -> str:
+    """The folder of shards to train on (shards + manifest.json). For data=synthetic, local rank 0 of each
+    machine builds the corpus if it is not cached yet while the other ranks wait."""
     from wslfast.data.shards import list_shards
 
     if cfg.data != "synthetic":
         if not os.path.isdir(cfg.data):
             raise SystemExit(f"data: {cfg.data!r} is neither 'synthetic' nor a folder of shards")
-        shards = list_shards(cfg.data)
+        folder = cfg.data
     else:
         corpus = demo_corpus_dir(cfg)
         if info.local_rank == 0 and not os.path.isdir(corpus):
@@ -78,7 +76,7 @@ def prepare_shards(cfg, info) -> list:
             _build_corpus(cfg, corpus)
         if info.enabled:
             dist.barrier()
-        shards = list_shards(os.path.join(corpus, "shards"))
-    if not shards:
-        raise SystemExit(f"data: no shards found for {cfg.data!r}")
-    return shards
+        folder = os.path.join(corpus, "shards")
+    if not list_shards(folder):
+        raise SystemExit(f"data: no shards in {folder}")
+    return folder

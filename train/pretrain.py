@@ -181,6 +181,8 @@ with StopSignals() as stop:
         while step < total_steps:
             t0 = time.perf_counter()
             images, targets = next(batch_iter)
+            if cfg.amp == "none" and images.dtype != torch.float32:
+                images = images.float()  # the GPU loader hands out bf16; fp32 training wants fp32
             data_wait += time.perf_counter() - t0
             lr = schedule(step * global_batch)
             for group in optimizer.param_groups:
@@ -229,7 +231,7 @@ with StopSignals() as stop:
 if exit_code == 0 and is_main and step >= total_steps and stopped_by is None:
     done = list_checkpoints(cfg.out)
     if first_loss is not None:
-        log.print(f"done: loss {first_loss:.4f} (first {cfg.log_every} steps) -> {last_loss:.4f} (last)")
+        log.print(f"done: loss {first_loss:.4f} (first logged) -> {last_loss:.4f} (last logged)")
     log.print(f"checkpoint: {done[-1][1] if done else 'none'}")
 log.close()
 cleanup_distributed(info)
