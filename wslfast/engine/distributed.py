@@ -71,7 +71,12 @@ def setup_distributed(device_choice: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        # torchrun keeps one store across --max-restarts; keys from the failed attempt (peer addresses of
+        # dead workers) would be read again, so each attempt gets its own key prefix.
+        store, store_rank, store_world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"wslfast/attempt{attempt}/", store),
+                                rank=store_rank, world_size=store_world, **kwargs)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
 
 
