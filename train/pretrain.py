@@ -86,6 +86,7 @@ from wslfast.models import create_model  # noqa: E402
 
 torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 model = create_model(cfg.arch, num_classes=num_classes, fused=cfg.fused, zero_init_residual=cfg.zero_init_residual)
+torch.manual_seed(cfg.seed + info.rank)  # back to this rank's own stream
 if cfg.sync_bn and info.world_size > 1:
     model = convert_sync_batchnorm(model, device)
 model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
@@ -96,7 +97,7 @@ optimizer = torch.optim.SGD(params, lr=peak_lr, momentum=cfg.momentum, nesterov=
 guard = NonFiniteGuard(model, cfg.max_nonfinite)
 
 # ---------------------------------------------------------------- resume
-step = 0
+step, images_seen = 0, 0
 resume_path = None
 if cfg.resume not in ("none", ""):
     if cfg.resume == "auto":  # rank 0 picks the newest whole checkpoint; every rank loads that file
@@ -108,13 +109,15 @@ if cfg.resume not in ("none", ""):
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         guard.load_state_dict(state.get("nonfinite", {}))
-        step = int(state["step"])
-        if state.get("world_size") == info.world_size:
-            loader.load_state_dict(state["loader"][info.rank])
+        step, images_seen = int(state["step"]), int(state.get("images_seen", 0))
+        try:
+            if state.get("world_size") != info.world_size:
+                raise ValueError(f"written by {state.get('world_size')} ranks, this run has {info.world_size}")
+            loader.load_state_dict(state["loader"][info.rank])  # refuses a changed batch size, seed, ...
             restore_rng(state["rng"][info.rank], device)
-        elif is_main:
-            print(f"resume: checkpoint was written by {state.get('world_size')} ranks, this run has "
-                  f"{info.world_size}: weights and optimizer restored, data order starts afresh")
+        except ValueError as e:
+            if is_main:
+                print(f"resume: data position not restored ({e}); weights, optimizer and schedule are")
         del state
 
 train_step_module = objective
@@ -137,7 +140,7 @@ def save(step_now: int) -> str:
         raise RuntimeError(f"step {step_now}: replicas diverged (weight digests {digests})")
     path = None
     if is_main:
-        state = {"step": step_now, "images_seen": step_now * global_batch, "model": model.state_dict(),
+        state = {"step": step_now, "images_seen": images_seen, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "loader": loaders, "rng": rngs,
                  "nonfinite": guard.state_dict(), "world_size": info.world_size, "num_classes": num_classes,
                  "arch": cfg.arch, "config": dict(cfg), "weights_digest": digests[0]}
@@ -184,7 +187,7 @@ with StopSignals() as stop:
             if cfg.amp == "none" and images.dtype != torch.float32:
                 images = images.float()  # the GPU loader hands out bf16; fp32 training wants fp32
             data_wait += time.perf_counter() - t0
-            lr = schedule(step * global_batch)
+            lr = schedule(images_seen)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             guard.snapshot()
@@ -202,6 +205,7 @@ with StopSignals() as stop:
                 good_steps += 1
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            images_seen += global_batch
             log.advance()
             if step % cfg.log_every == 0 or step == total_steps:
                 mean_loss = loss_sum / max(good_steps, 1)
@@ -212,7 +216,7 @@ with StopSignals() as stop:
                 steps_in_window = (step - 1) % cfg.log_every + 1
                 last_loss = mean_loss.item()
                 first_loss = last_loss if first_loss is None else first_loss
-                log.log(step, {"loss": last_loss, "lr": lr, "images": step * global_batch,
+                log.log(step, {"loss": last_loss, "lr": lr, "images": images_seen,
                                "img_per_s": steps_in_window * global_batch / elapsed,
                                "data_share": data_wait / elapsed, "skipped": guard.skipped})
                 loss_sum.zero_()

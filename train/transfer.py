@@ -101,7 +101,7 @@ def features_of(model, split):
     model.eval()
     feats, labels = [], []
     for images, y in load_split(split):
-        feats.append(model.forward_features(images).float().cpu())
+        feats.append(model.forward_features(images.float()).float().cpu())
         labels.append(y.cpu())
     return torch.cat(feats), torch.cat(labels)
 
@@ -139,6 +139,7 @@ def finetune(model):
     for _ in range(cfg.epochs):
         model.train()
         for images, y in train_batches:
+            images = images.float()  # the GPU loader hands out bf16
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             for g in opt.param_groups:  # cosine decay over the whole fine-tuning run
@@ -152,7 +153,7 @@ def finetune(model):
     logits, labels = [], []
     with torch.no_grad():
         for images, y in load_split("val"):
-            logits.append(model(images).float().cpu())
+            logits.append(model(images.float()).float().cpu())
             labels.append(y.cpu())
     return topk(torch.cat(logits), torch.cat(labels))
 

@@ -65,3 +65,17 @@ def test_dense_ce_rows_without_targets_do_not_count():
 def test_model_without_interface_is_refused():
     with pytest.raises(TypeError, match="forward_features"):
         HashtagObjective(nn.Linear(2, 2))
+
+
+def test_bf16_autocast_fused_runs_and_is_close_to_fp32():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6)
+    targets = SparseTargets.from_lists([[0, 3], [6], [1, 2, 5], [4]], 7)
+    torch.manual_seed(1)
+    net = TinyNet(7)
+    fp32 = HashtagObjective(net, fused=True)(x, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = HashtagObjective(net, fused=True)(x, targets)
+    loss.backward()
+    assert net.fc.weight.grad.dtype == torch.float32 and torch.isfinite(net.fc.weight.grad).all()
+    torch.testing.assert_close(loss.float(), fp32.detach(), rtol=0.03, atol=0.03)

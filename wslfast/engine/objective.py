@@ -35,6 +35,9 @@ class HashtagObjective(nn.Module):
         features = self.model.forward_features(images)
         if self.fused:
             from wslfast.ops import linear_soft_target_cross_entropy
-            return linear_soft_target_cross_entropy(features, self.model.fc.weight, self.model.fc.bias,
-                                                    targets, reduction="mean")
+            weight, bias = self.model.fc.weight, self.model.fc.bias
+            if weight.dtype != features.dtype:  # under autocast, as F.linear would: classifier in bf16
+                weight = weight.to(features.dtype)
+                bias = bias.to(features.dtype) if bias is not None else None
+            return linear_soft_target_cross_entropy(features, weight, bias, targets, reduction="mean")
         return dense_soft_target_cross_entropy(self.model.fc(features), targets.to_dense())
