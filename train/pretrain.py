@@ -88,6 +88,10 @@ torch.manual_seed(cfg.seed)  # the same initial weights on every rank
 model = create_model(cfg.arch, num_classes=num_classes, fused=cfg.fused, zero_init_residual=cfg.zero_init_residual)
 torch.manual_seed(cfg.seed + info.rank)  # back to this rank's own stream
 if cfg.sync_bn and info.world_size > 1:
+    # The fused conv+BN op computes each GPU's own statistics, so synchronised BN runs the stock conv layers
+    # (the loss stays fused); as in the paper, per-GPU BN (the default) is the fast path.
+    if hasattr(model, "set_fused"):
+        model.set_fused(False)
     model = convert_sync_batchnorm(model, device)
 model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 objective = HashtagObjective(model, fused=cfg.fused)
