@@ -163,13 +163,15 @@ if is_main:
 
 
 def batches():
-    while True:
-        empty = True
+    """Endless batches over epochs. A pass may legitimately be empty (resumed at the very end of an
+    epoch, whose last partial batch the loader runs but does not yield); two empty passes mean no data."""
+    empty_passes = 0
+    while empty_passes < 2:
+        empty_passes += 1
         for batch in loader:
-            empty = False
+            empty_passes = 0
             yield batch
-        if empty:
-            raise RuntimeError("the data loader yielded no batch: are the shards empty?")
+    raise RuntimeError("the data loader yielded no batch: are the shards empty?")
 
 
 # ---------------------------------------------------------------- train
