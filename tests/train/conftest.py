@@ -18,7 +18,7 @@ def small_args(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     args = ["--cache-dir", str(cache), "--synthetic-images", "48", "--synthetic-classes", "3",
             "--image-size", "32", "--batch-size", "8", "--log-every", "1", "--num-threads", "1",
-            "--tensorboard", "false", "--device", "cpu", "--warmup-images", "0"]
+            "--tensorboard", "false", "--device", "cpu", "--warmup-images", "0", "--lr", "0.02"]
     # Build the corpus once, here, so the tests below time only training.
     proc = run_script(PRETRAIN, args + ["--out", str(cache / "warmup-run"), "--steps", "2"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
