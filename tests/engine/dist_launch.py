@@ -1,5 +1,6 @@
 """Launch a script under torchrun on loopback only, with a free port chosen here (for `dist` tests)."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,5 +26,12 @@ def torchrun(script: str, args, nproc: int = 2, timeout: float = 120, **popen_kw
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--nnodes=1",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", "--local-addr=127.0.0.1",
            script, *map(str, args)]
-    return subprocess.run(cmd, env=popen_kwargs.pop("env", None) or quiet_env(), capture_output=True,
-                          text=True, timeout=timeout, **popen_kwargs)
+    proc = subprocess.Popen(cmd, env=popen_kwargs.pop("env", None) or quiet_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **popen_kwargs)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:  # timed out: end torchrun and its workers, never leave them running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)

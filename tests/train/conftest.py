@@ -44,6 +44,22 @@ def start_script(script, args):
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
 
 
+@pytest.fixture
+def started():
+    """start_script, with every process it started killed at the end of the test if still running."""
+    procs = []
+
+    def start(script, args):
+        procs.append(start_script(script, args))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def wait_for_line(proc, prefix, timeout=240):
     """Read proc's stdout until a line starting with prefix; returns the lines read."""
     import select

@@ -80,12 +80,19 @@ def test_killed_worker_is_restarted_by_torchrun_and_resumes_exactly(ddp_run, tmp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--nnodes=1", "--max-restarts=1",
            "--master-addr=127.0.0.1", f"--master-port={free_port()}", "--local-addr=127.0.0.1", PRETRAIN,
            *map(str, args)]
-    proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_line(proc, "step 3/6")
-    workers = _children(proc.pid)
-    assert len(workers) == 2, workers
-    os.kill(max(workers), signal.SIGKILL)  # one worker dies (as if OOM-killed)
-    stdout, stderr = proc.communicate(timeout=240)
+    # Own session, so whatever happens the test can end torchrun and its workers together.
+    proc = subprocess.Popen(cmd, env=quiet_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        wait_for_line(proc, "step 3/6")
+        workers = _children(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(max(workers), signal.SIGKILL)  # one worker dies (as if OOM-killed)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     assert proc.returncode == 0, stdout + stderr
     assert "resumed from" in stdout
     a = load_checkpoint(list_checkpoints(str(reference))[-1][1])

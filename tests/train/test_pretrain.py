@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from tests.train.conftest import PRETRAIN, run_script, start_script, wait_for_line
+from tests.train.conftest import PRETRAIN, run_script, wait_for_line
 from wslfast.engine import list_checkpoints, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -26,12 +26,12 @@ def _assert_bit_identical(a, b):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"]), f"momentum differs at {ka}"
 
 
-def test_sigkill_then_rerun_is_bit_identical_to_uninterrupted(small_args, tmp_path):
+def test_sigkill_then_rerun_is_bit_identical_to_uninterrupted(small_args, tmp_path, started):
     common = small_args + ["--steps", "7", "--checkpoint-every", "2", "--lr", "0.2"]
     whole = run_script(PRETRAIN, common + ["--out", tmp_path / "whole"])
     assert whole.returncode == 0, whole.stdout + whole.stderr
 
-    killed = start_script(PRETRAIN, common + ["--out", tmp_path / "killed"])
+    killed = started(PRETRAIN, common + ["--out", tmp_path / "killed"])
     wait_for_line(killed, "step 5/7")  # checkpoint 4 is on disk; step 5's update is lost with the process
     killed.send_signal(signal.SIGKILL)
     killed.wait(30)
@@ -46,10 +46,10 @@ def test_sigkill_then_rerun_is_bit_identical_to_uninterrupted(small_args, tmp_pa
     assert any(not torch.equal(first["model"][k], _final(tmp_path / "whole")["model"][k]) for k in first["model"])
 
 
-def test_sigterm_writes_checkpoint_and_damaged_newest_is_skipped(small_args, tmp_path):
+def test_sigterm_writes_checkpoint_and_damaged_newest_is_skipped(small_args, tmp_path, started):
     out = tmp_path / "run"
     args = small_args + ["--steps", "1000", "--checkpoint-every", "3", "--out", out]
-    proc = start_script(PRETRAIN, args)
+    proc = started(PRETRAIN, args)
     wait_for_line(proc, "step 4/1000")
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
