@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # an uninstalled checkout
 from common import (append_results, current_rss_bytes, peak_rss_bytes, record, sync,  # noqa: E402
                     time_ms)
 

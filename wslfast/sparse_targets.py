@@ -118,11 +118,12 @@ class SparseTargets:
     def __len__(self) -> int:
         return self.batch_size
 
-    def to(self, device) -> "SparseTargets":
+    def to(self, device, non_blocking: bool = False) -> "SparseTargets":
+        """The same targets on `device` (already canonical: nothing is re-validated)."""
         out = object.__new__(SparseTargets)
-        out.indices = self.indices.to(device)
-        out.offsets = self.offsets.to(device)
-        out.weights = self.weights.to(device)
+        out.indices = self.indices.to(device, non_blocking=non_blocking)
+        out.offsets = self.offsets.to(device, non_blocking=non_blocking)
+        out.weights = self.weights.to(device, non_blocking=non_blocking)
         out.num_classes = self.num_classes
         return out
 

@@ -1,6 +1,7 @@
 // CPU kernels of the sparse soft-target softmax cross-entropy: one pass per row over blocks of 256
 // columns (block max, then an online rescale of the running sum), parallel over rows. exp is a
-// polynomial the compiler vectorizes; on x86 the hot loops are also built for AVX2 and picked at run time.
+// polynomial in GCC vector types; on x86 the hot loops are also built for AVX2 and picked at run time
+// (a feature check, so AMD and Intel alike; "arch=haswell" would test the CPU model).
 #include "soft_ce_cpu.h"
 
 #include <ATen/Dispatch.h>
@@ -15,59 +16,81 @@ namespace wslfast::soft_ce {
 namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define WSLFAST_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#define WSLFAST_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define WSLFAST_MULTIVERSION
 #endif
 
 constexpr int64_t kBlock = 256;
-constexpr int kLanes = 8;
+
+// Eight floats in a GCC/Clang vector: AVX in the haswell clone, two SSE halves in the default one.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+inline v8f load8(const float* p) {
+  v8f v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline v8f splat8(float x) { return v8f{} + x; }
 
 // exp(x) to ~2 ulp on [-87, 88] (Cody-Waite reduction + degree-6 polynomial, after Cephes expf).
-// Inputs below -87.3 give ~1e-38 instead of 0, which no sum or gradient here can tell apart.
-inline float exp_approx(float x) {
-  x = x < -87.33654f ? -87.33654f : (x > 88.37626f ? 88.37626f : x);  // NaN passes through
-  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
-  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
+// Inputs below -87.3 give ~1e-38 instead of 0, which no sum or gradient here can tell apart; NaN stays
+// NaN (the clamps keep x when a comparison is false). Rounding by adding 1.5 * 2^23.
+template <typename V, typename I>
+__attribute__((always_inline)) inline V exp_poly(V x) {
+  x = x < -87.33654f ? V{} - 87.33654f : x;
+  x = x > 88.37626f ? V{} + 88.37626f : x;
+  const V n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  const V r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  V p = V{} + 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
+  I bits;
+  if constexpr (std::is_same_v<V, float>) bits = (static_cast<int32_t>(n) + 127) << 23;
+  else bits = (__builtin_convertvector(n, I) + 127) << 23;
+  V scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
 }
 
+inline float exp_approx(float x) { return exp_poly<float, int32_t>(x); }
+
 WSLFAST_MULTIVERSION float block_max(const float* x, int64_t n) {
-  float lane[kLanes];
-  for (int l = 0; l < kLanes; ++l) lane[l] = -std::numeric_limits<float>::infinity();
+  v8f m8 = splat8(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] = x[i + l] > lane[l] ? x[i + l] : lane[l];
-  float m = lane[0];
-  for (int l = 1; l < kLanes; ++l) m = lane[l] > m ? lane[l] : m;
+  for (; i + 8 <= n; i += 8) {
+    const v8f v = load8(x + i);
+    m8 = v > m8 ? v : m8;
+  }
+  float m = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < 8; ++l) m = m8[l] > m ? m8[l] : m;
   for (; i < n; ++i) m = x[i] > m ? x[i] : m;
   return m;
 }
 
 WSLFAST_MULTIVERSION float block_sum_exp(const float* x, int64_t n, float shift) {
-  float lane[kLanes] = {};
+  v8f acc{};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lane[l] += exp_approx(x[i + l] - shift);
+  for (; i + 8 <= n; i += 8) acc += exp_poly<v8f, v8i>(load8(x + i) - shift);
   float s = 0.f;
-  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  for (int l = 0; l < 8; ++l) s += acc[l];
   for (; i < n; ++i) s += exp_approx(x[i] - shift);
   return s;
 }
 
 // y = scale * exp(x - (hi + lo)): the shift in two parts keeps x - shift exact near the shift.
 WSLFAST_MULTIVERSION void block_scaled_exp(const float* x, float* y, int64_t n, float hi, float lo, float scale) {
-  for (int64_t i = 0; i < n; ++i) y[i] = scale * exp_approx((x[i] - hi) - lo);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const v8f v = scale * exp_poly<v8f, v8i>((load8(x + i) - hi) - lo);
+    std::memcpy(y + i, &v, sizeof(v));
+  }
+  for (; i < n; ++i) y[i] = scale * exp_approx((x[i] - hi) - lo);
 }
 
 // float64 (gradcheck and references): plain libm.

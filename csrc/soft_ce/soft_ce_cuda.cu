@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -166,7 +167,16 @@ backward_kernel(const float* __restrict__ grad_rows, const T* __restrict__ logit
       for (int i = 0; i < kVec; ++i) y[i] = b == e ? 0.f : scale * expf((to_float(x[i]) - L) - L_lo);
       const int64_t lo = col_begin + v * kVec;
       while (p < e && tg.indices[p] < lo) ++p;
-      for (; p < e && tg.indices[p] < lo + kVec; ++p) y[tg.indices[p] - lo] -= g * tg.weights[p];
+      // Ids are sorted and unique: at most one per column. Static indices keep y in registers.
+      int64_t next = p < e ? tg.indices[p] : INT64_MAX;
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) {
+        if (next == lo + i) {
+          y[i] -= g * tg.weights[p];
+          ++p;
+          next = p < e ? tg.indices[p] : INT64_MAX;
+        }
+      }
       uint4 packed;
       T* o = reinterpret_cast<T*>(&packed);
 #pragma unroll

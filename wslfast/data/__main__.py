@@ -1,0 +1,129 @@
+"""python -m wslfast.data {vocab,shards,synthetic,demo,setup-wordnet} ... (see --help of each)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+
+
+def _read_counts(path: str) -> dict[str, int]:
+    """COUNTS.tsv: `hashtag<TAB>count` a line (blank lines ignored)."""
+    counts: Counter = Counter()
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+                raise SystemExit(f"{path}:{n}: expected 'hashtag<TAB>count', got {line.strip()!r}")
+            counts[parts[0]] += int(parts[1])
+    return dict(counts)
+
+
+def _count_tags(tags_path: str, images_dir: str) -> dict[str, int]:
+    from .tagfiles import read_tags
+
+    counts: Counter = Counter()
+    for r in read_tags(tags_path, images_dir)[1]:
+        if not r.skip:
+            counts.update(r.tags)
+    return dict(counts)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m wslfast.data", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    v = sub.add_parser("vocab", help="build a hashtag vocabulary (WordNet noun synsets)")
+    src = v.add_mutually_exclusive_group(required=True)
+    src.add_argument("--counts", help="COUNTS.tsv: hashtag<TAB>count a line")
+    src.add_argument("--tags", help="count the hashtags of a TAGS file (JSONL or YFCC100M) instead")
+    src.add_argument("--imagenet1k", action="store_true", help="the 1,000 ImageNet-1k synsets")
+    v.add_argument("--wordnet-nouns", action="store_true", help="canonicalize to WordNet nouns (the default)")
+    v.add_argument("--images", default=".", help="images folder (for YFCC --tags lookups)")
+    v.add_argument("--top", type=int, default=None, help="keep the N most frequent synsets")
+    v.add_argument("--min-count", type=int, default=1)
+    v.add_argument("--out", required=True)
+
+    s = sub.add_parser("shards", help="write webdataset shards")
+    s.add_argument("--images", required=True)
+    s.add_argument("--tags", required=True, help="JSONL or YFCC100M metadata (detected)")
+    s.add_argument("--vocab", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--shard-size", type=int, default=1000)
+    s.add_argument("--label-noise", type=float, default=0.0)
+    s.add_argument("--sampling", choices=("natural", "sqrt", "uniform"), default="natural")
+    s.add_argument("--dedup-against", default=None)
+    s.add_argument("--dedup-radius", type=int, default=None)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--name", default=None, help="dataset name (default role-source-I-L, e.g. train-local-2k-25)")
+
+    y = sub.add_parser("synthetic", help="make the small demo corpus")
+    y.add_argument("--out", required=True)
+    y.add_argument("--num-images", type=int, default=2000)
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--image-size", type=int, default=64)
+    y.add_argument("--num-target-classes", type=int, default=10)
+
+    d = sub.add_parser("demo", help="synthetic corpus + vocabulary + shards in one go (reused if done)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--num-images", type=int, default=2000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--image-size", type=int, default=64)
+
+    w = sub.add_parser("setup-wordnet", help="copy the Debian WordNet files where nltk reads them")
+    w.add_argument("--nltk-data", default=None, help="default: $WSLFAST_NLTK_DATA or ~/.cache/wslfast/nltk_data")
+
+    args = ap.parse_args(argv)
+    from .wordnet import WordNetMissingError
+
+    try:
+        if args.cmd == "vocab":
+            from .vocab import HashtagVocabulary
+
+            if args.imagenet1k:
+                vocab = HashtagVocabulary.imagenet1k()
+            else:
+                counts = _read_counts(args.counts) if args.counts else _count_tags(args.tags, args.images)
+                vocab = HashtagVocabulary.from_counts(counts, min_count=args.min_count, top=args.top)
+            vocab.save(args.out)
+            print(f"{args.out}: {len(vocab)} labels, {vocab.num_hashtags} hashtags")
+        elif args.cmd == "shards":
+            from .dedup import DEFAULT_RADIUS
+            from .shards import write_shards
+
+            m = write_shards(args.images, args.tags, args.vocab, args.out, shard_size=args.shard_size,
+                             label_noise=args.label_noise, sampling=args.sampling,
+                             dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
+                             name=args.name, dedup_radius=args.dedup_radius or DEFAULT_RADIUS, progress=True)
+            print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
+                                                "reencoded")}, indent=1))
+        elif args.cmd == "synthetic":
+            from .synthetic import make_synthetic_corpus
+
+            out = make_synthetic_corpus(args.out, num_images=args.num_images, seed=args.seed,
+                                        image_size=args.image_size, num_target_classes=args.num_target_classes)
+            print(json.dumps({k: out[k] for k in ("images", "tags", "counts", "target", "num_images")}, indent=1))
+        elif args.cmd == "demo":
+            from .demo import prepare_demo
+
+            info = prepare_demo(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size)
+            print(json.dumps({k: v for k, v in info.items() if k != "settings"}, indent=1))
+        elif args.cmd == "setup-wordnet":
+            from .wordnet import get_wordnet
+
+            wn = get_wordnet(args.nltk_data)
+            print(f"WordNet {wn.get_version()} ready for nltk in {wn.root}")
+    except WordNetMissingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
