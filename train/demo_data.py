@@ -8,7 +8,6 @@ is simply redone and concurrent runs never see half a corpus.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter

@@ -66,7 +66,7 @@ def test_sigterm_writes_checkpoint_and_damaged_newest_is_skipped(small_args, tmp
                                                "--out", out])
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "skipping" in rerun.stderr and os.path.basename(newest) in rerun.stderr
-    assert f"at step 3" in rerun.stdout and "resumed from" in rerun.stdout
+    assert "at step 3" in rerun.stdout and "resumed from" in rerun.stdout
 
 
 def test_nonfinite_losses_are_skipped_then_stop_the_run(small_args, tmp_path):
