@@ -49,3 +49,9 @@ def test_bad_arguments(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         LRSchedule(**args)
+
+
+def test_state_dict_rebuilds_the_same_schedule():
+    s = LRSchedule(peak_lr=2.0, total_images=500, warmup_images=50, kind="cosine", min_lr=0.01)
+    t = LRSchedule(**{k: v for k, v in s.state_dict().items()})
+    assert all(s(x) == t(x) for x in range(0, 600, 7))

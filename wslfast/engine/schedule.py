@@ -53,6 +53,12 @@ class LRSchedule:
         stretch = min(self.halvings, int(progress * (self.halvings + 1)))
         return self.peak_lr * 0.5 ** stretch
 
+    def state_dict(self) -> dict:
+        """The schedule's parameters (it holds no other state: the LR is a function of images seen)."""
+        return {"kind": self.kind, "peak_lr": self.peak_lr, "total_images": self.total_images,
+                "warmup_images": self.warmup_images, "warmup_start_lr": self.warmup_start_lr,
+                "halvings": self.halvings, "min_lr": self.min_lr}
+
     def describe(self) -> str:
         return (f"{self.kind} schedule, peak lr {self.peak_lr:g}, warm-up {self.warmup_images} images from "
                 f"{self.warmup_start_lr:g}" + (f", {self.halvings} halvings" if self.kind == "step" else ""))
