@@ -147,8 +147,7 @@ def save(step_now: int) -> str:
     if is_main:
         state = {"step": step_now, "images_seen": images_seen, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "loader": loaders,
-                 "rng": rngs,
-                 "nonfinite": guard.state_dict(), "world_size": info.world_size, "num_classes": num_classes,
+                 "rng": rngs, "nonfinite": guard.state_dict(), "world_size": info.world_size, "num_classes": num_classes,
                  "arch": cfg.arch, "config": dict(cfg), "weights_digest": digests[0]}
         path = save_checkpoint(state, cfg.out, step_now, cfg.keep_last)
     return broadcast_object(info, path)
