@@ -25,8 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # an uninstalled checkout
-from common import (append_results, current_rss_bytes, peak_rss_bytes, record, sync,  # noqa: E402
-                    time_ms)
+from common import append_results, cpu_peak_extra_bytes, record, sync, time_ms  # noqa: E402
 
 from wslfast.ops import SparseTargets, linear_soft_target_cross_entropy, soft_target_cross_entropy  # noqa: E402
 
@@ -109,7 +108,7 @@ def cpu_peak_extra(kind, impl, case):
     """Peak resident memory added by one fwd+bwd, measured in a fresh process (CPU has no allocator stats)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--mem-probe", json.dumps({"kind": kind, "impl": impl, **case})]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    if out.returncode != 0:
+    if out.returncode != 0 or out.stdout.strip().splitlines()[-1:] == ["None"]:
         print(f"note: memory probe failed for {impl} {case}: {out.stderr.strip()[-300:]}")
         return None
     return int(out.stdout.strip().splitlines()[-1])
@@ -136,9 +135,11 @@ def mem_probe(spec):
     targets, dense, leaves = build_case(kind, spec, device)
     impls = (plain_impls(targets, dense, spec["k"], device, False) if kind == "plain"
              else linear_impls(targets, dense, spec["k"], device))
-    before = current_rss_bytes()
-    impls[impl](*leaves).backward()
-    print(max(0, peak_rss_bytes() - before))
+    def reset():
+        for x in leaves:
+            x.grad = None
+
+    print(cpu_peak_extra_bytes(lambda: impls[impl](*leaves).backward(), reset))
 
 
 def cases_for(device, full):
@@ -167,8 +168,10 @@ def run_kind(kind, cases, device, args, records):
         impls = (plain_impls(targets, dense, case["k"], device, not args.no_compile) if kind == "plain"
                  else linear_impls(targets, dense, case["k"], device))
         for name, fn in impls.items():
+            # CPU: many repeats of the millisecond plain cases, few of the seconds-long linear ones
+            repeats = args.repeats or (20 if device.type == "cuda" else (15 if kind == "plain" else 3))
             try:
-                modes = time_modes(fn, leaves, device, args.repeats)
+                modes = time_modes(fn, leaves, device, repeats)
                 mem = (cuda_peak_extra(fn, leaves, device) if device.type == "cuda"
                        else (cpu_peak_extra(kind, name, case) if not name.startswith("compile") else None))
             except torch.OutOfMemoryError:
@@ -218,7 +221,6 @@ def main():
         return mem_probe(json.loads(args.mem_probe))
     dev = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
     device = torch.device("cpu" if dev == "auto" else dev)
-    args.repeats = args.repeats or (20 if device.type == "cuda" else 5)
     plain, linear = cases_for(device, args.full)
     records = []
     if args.only in (None, "plain"):

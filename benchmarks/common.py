@@ -74,7 +74,40 @@ def current_rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
+    """The process's lifetime high-water mark of resident memory."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def cpu_peak_extra_bytes(run: Callable[[], object], reset: Callable[[], object]) -> int | None:
+    """Peak resident memory that run() adds, on Linux CPU (torch has no CPU allocator statistics).
+
+    run() once to warm up (thread pools, lazy buffers), reset() to drop what it left (e.g. .grad), hand
+    freed memory back (malloc_trim), restart the kernel's high-water mark (clear_refs 5), then run() again
+    and read VmHWM - VmRSS-before. Best in a fresh process with nothing else running."""
+    import ctypes
+    import gc
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        run()
+        reset()
+        gc.collect()
+        libc.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_bytes("VmRSS")
+        run()
+        return max(0, _status_bytes("VmHWM") - before)
+    except OSError:
+        return None
 
 
 def record(bench: str, case: dict, impl: str, mode: str, times: tuple[float, float, float] | None,

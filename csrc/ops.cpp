@@ -31,6 +31,20 @@ TORCH_LIBRARY(wslfast, m) {
   // the row's total target weight. soft_ce_backward writes g_i * (W_i * exp(z - lse_i) - target_ic).
   m.def("soft_ce_partials(Tensor logits, Tensor indices, Tensor offsets, Tensor weights, int col_begin)"
         " -> (Tensor row_max, Tensor row_sumexp, Tensor target_dot, Tensor weight_sum)");
+  // Fused conv2d (no bias, dilation 1) + BatchNorm + optional ReLU (csrc/conv_bn); autograd registered in
+  // wslfast/ops/conv_bn.py. Training returns the conv output z and the batch mean and biased variance
+  // (float32, float64 for float64 x) for the backward; the caller updates the running statistics.
+  m.def("conv_bn_relu_train(Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, int stride, int padding,"
+        " int groups, float eps, bool relu) -> (Tensor y, Tensor z, Tensor mean, Tensor var)");
+  m.def("conv_bn_relu_train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor z, Tensor bn_weight,"
+        " Tensor bn_bias, Tensor mean, Tensor var, int stride, int padding, int groups, float eps, bool relu)"
+        " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bn_weight, Tensor grad_bn_bias)");
+  // Eval: BatchNorm with the running statistics, folded into the convolution.
+  m.def("conv_bn_relu_eval(Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, Tensor running_mean,"
+        " Tensor running_var, int stride, int padding, int groups, float eps, bool relu) -> Tensor");
+  m.def("conv_bn_relu_eval_backward(Tensor grad_y, Tensor y, Tensor x, Tensor weight, Tensor bn_weight,"
+        " Tensor running_mean, Tensor running_var, int stride, int padding, int groups, float eps, bool relu)"
+        " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bn_weight, Tensor grad_bn_bias)");
 }
 
 PYBIND11_MODULE(_C, module) {

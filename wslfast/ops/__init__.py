@@ -4,5 +4,6 @@ Loading wslfast._C registers the torch.ops.wslfast kernels (CPU always, CUDA whe
 """
 from ..sparse_targets import SparseTargets
 from .soft_ce import linear_soft_target_cross_entropy, soft_target_cross_entropy
+from .conv_bn import conv_bn_relu
 
-__all__ = ["SparseTargets", "soft_target_cross_entropy", "linear_soft_target_cross_entropy"]
+__all__ = ["SparseTargets", "soft_target_cross_entropy", "linear_soft_target_cross_entropy", "conv_bn_relu"]

@@ -1,0 +1,243 @@
+"""Fused grouped conv + BatchNorm + ReLU: wslfast against eager PyTorch and torch.compile, in one run.
+
+    python benchmarks/bench_conv_bn.py                   # CPU: 32x4d stage shapes, batch 8, float32
+    (from a checkout built in place: PYTHONPATH=. python benchmarks/bench_conv_bn.py)
+    python benchmarks/bench_conv_bn.py --no-compile      # skip the torch.compile baseline
+    python benchmarks/bench_conv_bn.py --no-step         # skip the whole-model training step
+    python benchmarks/bench_conv_bn.py --out FILE.json
+
+Block cases: the stride-1 grouped 3x3 conv (groups 32) of each stage of ResNeXt-101 32x{4,8,16}d at
+224x224 input (56, 28, 14, 7 pixels), channels_last. GPU default: all three widths at batch 32 and 128 in
+bf16; CPU default: 32x4d at batch 8 in float32 (the issue's CPU goal). Modes fwd, bwd (backward alone,
+graph built untimed) and fwdbwd. Impls: wslfast (conv_bn_relu), eager (F.conv2d -> F.batch_norm ->
+F.relu), compile (torch.compile of eager). On a GPU the wslfast forward also records the bandwidth it
+achieved on its fused traffic (read x, write z, read z, write y) and the device's copy bandwidth.
+Step: one SGD step of a whole model, fused=True vs fused=False (GPU: resnext101_32x8d, batch 64, bf16
+autocast; CPU: resnext_tiny, batch 16, 128x128, float32), channels_last.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import append_results, current_rss_bytes, peak_rss_bytes, record, sync, time_ms  # noqa: E402
+
+from wslfast.models import create_model  # noqa: E402
+from wslfast.ops import conv_bn_relu  # noqa: E402
+
+BENCH = "conv_bn"
+STAGES = ((56, 1), (28, 2), (14, 4), (7, 8))  # (pixels, width multiplier) of the four stages
+
+
+def stage_cases(widths, batches, dtype):
+    return [dict(model=f"32x{wpg}d", stage=i + 1, N=n, C=32 * wpg * mult, H=hw, W=hw, groups=32,
+                 dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads())
+            for wpg in widths for n in batches for i, (hw, mult) in enumerate(STAGES)]
+
+
+def make_inputs(case, device, dtype):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    c = case["C"]
+    x = torch.randn(case["N"], c, case["H"], case["W"], generator=gen).to(device, dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(c, c // 32, 3, 3, generator=gen) / (9 * c / 32) ** 0.5).to(device, dtype).requires_grad_()
+    g = torch.ones(c, device=device, requires_grad=True)
+    b = torch.zeros(c, device=device, requires_grad=True)
+    stats = (torch.zeros(c, device=device), torch.ones(c, device=device))
+    return x, w, g, b, stats
+
+
+def eager_block(x, w, g, b, rm, rv):
+    return F.relu(F.batch_norm(F.conv2d(x, w, None, 1, 1, 1, 32), rm, rv, g.to(x.dtype), b.to(x.dtype), True))
+
+
+def wslfast_block(x, w, g, b, rm, rv):
+    return conv_bn_relu(x, w, g, b, rm, rv, stride=1, padding=1, groups=32)
+
+
+def block_impls(with_compile):
+    impls = {"wslfast": wslfast_block, "eager": eager_block}
+    if with_compile:
+        impls["compile"] = torch.compile(eager_block)
+    return impls
+
+
+def mode_fns(fn, inputs):
+    """{mode: (callable, setup or None)} for one impl on one case."""
+    x, w, g, b, (rm, rv) = inputs
+    dy = torch.randn_like(x)
+    leaves = (x, w, g, b)
+
+    def fwd(_=None):
+        return fn(x, w, g, b, rm, rv)
+
+    def bwd(y):
+        torch.autograd.backward(y, dy)
+        for t in leaves:
+            t.grad = None
+
+    def fwdbwd(_=None):
+        bwd(fwd())
+
+    return {"fwd": (fwd, None), "bwd": (bwd, fwd), "fwdbwd": (fwdbwd, None)}
+
+
+def quantiles(times):
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return q[1], statistics.median(times), q[7]
+
+
+def interleaved_times(fns, device, warmup, repeats):
+    """{name: (p20, p50, p80)}: the impls take turns, one call each per round, so a machine whose load
+    drifts (shared CI cores) weighs on all of them alike."""
+    times = {name: [] for name in fns}
+    for i in range(warmup + repeats):
+        for name, (fn, setup) in fns.items():
+            ms = time_ms(fn, device, warmup=0, repeats=1, setup=setup)[1]
+            if i >= warmup:
+                times[name].append(ms)
+    return {name: quantiles(t) for name, t in times.items()}
+
+
+def cuda_peak(fn, inputs, device):
+    x, w, g, b, (rm, rv) = inputs
+    sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    torch.autograd.backward(fn(x, w, g, b, rm, rv), torch.ones_like(x))
+    sync(device)
+    for t in (x, w, g, b):
+        t.grad = None
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def cpu_peak(impl, case):
+    """Peak RSS growth of one fwd+bwd, measured in a fresh process (RSS peaks are per process)."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--mem-child", impl, repr(case)],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def mem_child(impl, case):
+    inputs = make_inputs(case, torch.device("cpu"), getattr(torch, case["dtype"]))
+    before = current_rss_bytes()
+    x, w, g, b, (rm, rv) = inputs
+    fn = block_impls(False)[impl]
+    torch.autograd.backward(fn(x, w, g, b, rm, rv), torch.ones_like(x))
+    print(max(0, peak_rss_bytes() - before))
+
+
+def copy_bandwidth_gbps(device):
+    src = torch.empty(1 << 28, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, repeats=10)[1]
+    return 2 * src.numel() / ms / 1e6
+
+
+def fused_traffic_bytes(case, dtype):
+    elems = case["N"] * case["C"] * case["H"] * case["W"]
+    return 4 * elems * torch.finfo(dtype).bits // 8  # x read, z write, z read, y write
+
+
+def run_blocks(cases, device, dtype, with_compile, repeats, records):
+    impls = block_impls(with_compile)
+    peak_bw = copy_bandwidth_gbps(device) if device.type == "cuda" else None
+    for case in cases:
+        inputs = make_inputs(case, device, dtype)
+        per_impl = {name: mode_fns(fn, inputs) for name, fn in impls.items()}
+        mem = {name: (cuda_peak(fn, inputs, device) if device.type == "cuda"
+                      else None if name == "compile" else cpu_peak(name, case))
+               for name, fn in impls.items()}
+        for mode in ("fwd", "bwd", "fwdbwd"):
+            times = interleaved_times({name: fns[mode] for name, fns in per_impl.items()}, device, 3, repeats)
+            for name, t in times.items():
+                extra = {}
+                if name == "wslfast" and mode == "fwd" and peak_bw is not None:
+                    gbps = fused_traffic_bytes(case, dtype) / t[1] / 1e6
+                    extra = dict(achieved_gbps=round(gbps, 1), copy_gbps=round(peak_bw, 1))
+                records.append(record(BENCH, case, name, mode, t, mem[name] if mode == "fwdbwd" else None, device,
+                                      **extra))
+            print(f"{case['model']} stage {case['stage']} N={case['N']} {mode:6s} "
+                  + " ".join(f"{name} {t[1]:8.2f} ms" for name, t in times.items()), flush=True)
+
+
+def run_step(device, records, repeats):
+    if device.type == "cuda":
+        name, batch, size, autocast = "resnext101_32x8d", 64, 224, torch.bfloat16
+    else:
+        name, batch, size, autocast = "resnext_tiny", 16, 128, None
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (batch,), generator=gen).to(device)
+    model = create_model(name).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+    def step(fused):
+        def run(_=None):
+            model.set_fused(fused)
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return run, None
+
+    # One model, switched between the fused op and plain layers each round (same weights either way).
+    times = interleaved_times({"wslfast": step(True), "eager": step(False)}, device, 2, repeats)
+    for impl, t in times.items():
+        case = dict(model=name, N=batch, H=size, W=size, dtype="bf16-autocast" if autocast else "float32",
+                    threads=torch.get_num_threads(),
+                    fused=impl == "wslfast")
+        records.append(record(BENCH + "_step", case, impl, "step", t, None, device))
+        print(f"step {name} batch {batch} {impl}: {t[1]:.1f} ms", flush=True)
+    print(f"step speed-up fused vs unfused: {times['eager'][1] / times['wslfast'][1]:.2f}x", flush=True)
+
+
+def summarize(records):
+    by = {(str(r["case"]), r["impl"], r["mode"]): r["ms_p50"] for r in records if r["bench"] == BENCH}
+    for (case, impl, mode), ms in sorted(by.items()):
+        if impl == "wslfast":
+            ratios = [f"{base} {by[(case, base, mode)] / ms:.2f}x" for base in ("eager", "compile")
+                      if (case, base, mode) in by]
+            print(f"{mode:6s} {case}: wslfast {ms:.2f} ms; speed-up vs " + ", ".join(ratios))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-step", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads (torch.set_num_threads); 1 gives steadier numbers on busy shared cores")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--mem-child", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.mem_child:
+        import ast
+        return mem_child(args.mem_child[0], ast.literal_eval(args.mem_child[1]))
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        dtype, cases, repeats = torch.bfloat16, stage_cases((4, 8, 16), (32, 128), torch.bfloat16), 20
+    else:
+        dtype, cases, repeats = torch.float32, stage_cases((4,), (8,), torch.float32), 15
+    repeats = args.repeats or repeats
+    records = []
+    run_blocks(cases, device, dtype, not args.no_compile, repeats, records)
+    if not args.no_step:
+        run_step(device, records, max(3, repeats // 3))
+    summarize(records)
+    print("results appended to", append_results(records, args.out, device))
+
+
+if __name__ == "__main__":
+    main()

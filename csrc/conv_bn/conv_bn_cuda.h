@@ -1,0 +1,61 @@
+// Fused grouped conv + BatchNorm + ReLU: the plain C++ launchers of the CUDA kernels (conv_bn_cuda.cu).
+// No torch headers: raw pointers, sizes and a stream. Torch glue is in conv_bn_cuda_glue.cpp.
+//
+// Layouts: activations NHWC (x [N,H,W,C], z/y/dy/g [N,P,Q,K]); weights KRSC ([K, R, S, C/groups], i.e.
+// PyTorch's [K, C/groups, R, S] in channels_last). Per-channel coefficients are float32 [K]; sums are
+// double [2, K] and must be zeroed by the caller (kernels add into them).
+//
+// Two implementations of each convolution: `simple` (one thread per output element, fp32 FMAs, easy to
+// check by eye) and `fast` (tensor-core implicit GEMM, bf16/fp16 only, statistics in the epilogue).
+// Tests on the GPU machine compare both against the CPU reference and against each other.
+#pragma once
+#include <cstdint>
+
+#include "../common/dtype.h"
+
+namespace wslfast::conv_bn {
+
+struct ConvShape {
+  int64_t N, H, W, C;  // input
+  int64_t K, R, S;     // output channels, kernel height and width
+  int64_t P, Q;        // output height and width
+  int64_t stride, pad, groups;
+};
+
+// z = conv(x, w) (+ bias[k]) (then ReLU when relu); bias float32 [K] or nullptr. When sums != nullptr,
+// also sums[k] += z and sums[K + k] += z^2 over all output positions (z before rounding to storage).
+void conv_fwd_simple_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
+                          double* sums, const ConvShape& shape, CUstream_st* stream);
+// Whether conv_fwd_fast_cuda handles this case (bf16/fp16, channels per group a multiple of 4).
+bool conv_fwd_fast_supported(DType dtype, const ConvShape& shape);
+void conv_fwd_fast_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
+                        double* sums, const ConvShape& shape, CUstream_st* stream);
+
+// y = relu?(z * scale[k] + shift[k]) over rows x K.
+void scale_shift_relu_cuda(DType dtype, const void* z, const float* scale, const float* shift, bool relu,
+                           void* y, int64_t rows, int64_t K, CUstream_st* stream);
+
+// mask = relu ? (src * ms[k] + mt[k] > 0) : 1.
+// sums[k] += mask * dy, sums[K + k] += mask * dy * (src - center[k]).
+void bn_relu_backward_sums_cuda(DType dtype, const void* dy, const void* src, const float* ms,
+                                const float* mt, const float* center, bool relu, double* sums, int64_t rows,
+                                int64_t K, CUstream_st* stream);
+// g = mask * dy * k[c] + (use_pq ? src * p[c] + q[c] : 0).
+void bn_relu_backward_apply_cuda(DType dtype, const void* dy, const void* src, const float* ms,
+                                 const float* mt, const float* k, const float* p, const float* q, bool relu,
+                                 bool use_pq, void* g, int64_t rows, int64_t K, CUstream_st* stream);
+
+// dx = conv-transpose of g with w (storage dtype, NHWC); dw = weight gradient, float32 KRSC.
+void conv_dgrad_simple_cuda(DType dtype, const void* g, const void* w, void* dx, const ConvShape& shape,
+                            CUstream_st* stream);
+void conv_wgrad_simple_cuda(DType dtype, const void* g, const void* x, float* dw, const ConvShape& shape,
+                            CUstream_st* stream);
+// Tensor-core versions (bf16/fp16; same support rule as the forward). The data gradient takes the
+// transposed weights w_t [C, R, S, K/groups] (per group, input and output channels swapped); the weight
+// gradient adds into dw, which must be zeroed.
+void conv_dgrad_fast_cuda(DType dtype, const void* g, const void* w_t, void* dx, const ConvShape& shape,
+                          CUstream_st* stream);
+void conv_wgrad_fast_cuda(DType dtype, const void* g, const void* x, float* dw, const ConvShape& shape,
+                          CUstream_st* stream);
+
+}  // namespace wslfast::conv_bn

@@ -1,0 +1,153 @@
+// CUDA primitives of the conv+BN+ReLU ops: tensors -> raw pointers for the launchers in conv_bn_cuda.cu.
+// Activations are handled channels_last (NHWC), weights as KRSC (channels_last weights).
+//
+// WSLFAST_CONV_BN_IMPL picks the convolution kernels: "auto" (default: the tensor-core kernels where
+// they apply, else the simple ones), "simple" or "fast" (an error where fast does not apply). The GPU
+// tests use it to check each implementation against the CPU reference and against the other.
+#ifdef WSLFAST_WITH_CUDA
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "conv_bn_cuda.h"
+#include "conv_bn_device.h"
+
+namespace wslfast::conv_bn {
+namespace {
+
+constexpr auto kCL = at::MemoryFormat::ChannelsLast;
+
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default: TORCH_CHECK(false, "conv_bn_relu (CUDA): x must be float32, bfloat16 or float16, got ", t.scalar_type());
+  }
+}
+
+CUstream_st* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+ConvShape shape_of(const at::Tensor& x, const at::Tensor& w, const ConvParams& p) {
+  ConvShape s{};
+  s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
+  s.K = w.size(0), s.R = w.size(2), s.S = w.size(3);
+  s.stride = p.stride, s.pad = p.padding, s.groups = p.groups;
+  s.P = (s.H + 2 * s.pad - s.R) / s.stride + 1;
+  s.Q = (s.W + 2 * s.pad - s.S) / s.stride + 1;
+  return s;
+}
+
+bool use_fast(DType dt, const ConvShape& s) {
+  const char* env = std::getenv("WSLFAST_CONV_BN_IMPL");
+  if (env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto")) return conv_fwd_fast_supported(dt, s);
+  if (!std::strcmp(env, "simple")) return false;
+  TORCH_CHECK(!std::strcmp(env, "fast"), "WSLFAST_CONV_BN_IMPL must be auto, simple or fast, got '", env, "'");
+  TORCH_CHECK(conv_fwd_fast_supported(dt, s), "WSLFAST_CONV_BN_IMPL=fast: the tensor-core kernels need bfloat16 or "
+              "float16 and channels per group (in and out) a multiple of 4");
+  return true;
+}
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.is_contiguous(kCL), "conv_bn_relu (CUDA, internal): ", name,
+              " must be a channels_last CUDA tensor");
+}
+
+at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& w, const float* bias, bool relu, double* sums,
+                        const ConvParams& p) {
+  const at::Tensor xc = x.contiguous(kCL), wc = w.contiguous(kCL);
+  const ConvShape s = shape_of(xc, wc, p);
+  const DType dt = dtype_of(xc);
+  at::Tensor z = at::empty({s.N, s.K, s.P, s.Q}, xc.options().memory_format(kCL));
+  if (use_fast(dt, s)) {
+    conv_fwd_fast_cuda(dt, xc.const_data_ptr(), wc.const_data_ptr(), bias, relu, z.data_ptr(), sums, s,
+                       current_stream());
+  } else {
+    conv_fwd_simple_cuda(dt, xc.const_data_ptr(), wc.const_data_ptr(), bias, relu, z.data_ptr(), sums, s,
+                         current_stream());
+  }
+  return z;
+}
+
+}  // namespace
+
+ConvSums conv_with_sums_cuda(const at::Tensor& x, const at::Tensor& w, const ConvParams& p) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t K = w.size(0);
+  at::Tensor sums = at::zeros({2, K}, x.options().dtype(at::kDouble));
+  at::Tensor z = conv_forward(x, w, nullptr, false, sums.data_ptr<double>(), p);
+  // The epilogue sums raw values (pivot 0): float per thread, double across the grid.
+  return {z, sums, at::zeros({K}, x.options().dtype(at::kFloat))};
+}
+
+at::Tensor conv_bias_relu_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const ConvParams& p,
+                               bool relu) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor b = bias.to(at::kFloat).contiguous();
+  return conv_forward(x, w, b.const_data_ptr<float>(), relu, nullptr, p);
+}
+
+std::tuple<at::Tensor, at::Tensor> conv_backward_cuda(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
+                                                      const ConvParams& p) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor gc = g.contiguous(kCL), xc = x.contiguous(kCL), wc = w.contiguous(kCL);
+  const ConvShape s = shape_of(xc, wc, p);
+  const DType dt = dtype_of(xc);
+  at::Tensor dx = at::empty_like(xc, xc.options().memory_format(kCL));
+  at::Tensor dw = at::zeros({s.K, s.R, s.S, s.C / s.groups}, x.options().dtype(at::kFloat));
+  if (use_fast(dt, s)) {
+    // Transposed weights for the data gradient: [G, K/G, C/G, R, S] -> [G, C/G, R, S, K/G] = [C, R, S, K/G].
+    const int64_t G = s.groups;
+    const at::Tensor w_t = w.reshape({G, s.K / G, s.C / G, s.R, s.S}).permute({0, 2, 3, 4, 1}).contiguous();
+    conv_dgrad_fast_cuda(dt, gc.const_data_ptr(), w_t.const_data_ptr(), dx.data_ptr(), s, current_stream());
+    conv_wgrad_fast_cuda(dt, gc.const_data_ptr(), xc.const_data_ptr(), dw.data_ptr<float>(), s, current_stream());
+  } else {
+    conv_dgrad_simple_cuda(dt, gc.const_data_ptr(), wc.const_data_ptr(), dx.data_ptr(), s, current_stream());
+    conv_wgrad_simple_cuda(dt, gc.const_data_ptr(), xc.const_data_ptr(), dw.data_ptr<float>(), s,
+                           current_stream());
+  }
+  // KRSC float32 -> [K, C/groups, R, S] in the weight's dtype and memory format.
+  at::Tensor dw_out = dw.permute({0, 3, 1, 2}).to(w.scalar_type()).contiguous(w.suggest_memory_format());
+  return {dx, dw_out};
+}
+
+void scale_shift_relu_cuda_t(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, bool relu,
+                             at::Tensor& y) {
+  const c10::cuda::CUDAGuard guard(z.device());
+  check_rows(z, "z");
+  check_rows(y, "y");
+  const int64_t K = z.size(1);
+  scale_shift_relu_cuda(dtype_of(z), z.const_data_ptr(), scale.const_data_ptr<float>(),
+                        shift.const_data_ptr<float>(), relu, y.data_ptr(), z.numel() / K, K, current_stream());
+}
+
+void bn_relu_backward_sums_cuda_t(const at::Tensor& dy, const at::Tensor& src, const at::Tensor& ms,
+                                  const at::Tensor& mt, const at::Tensor& center, bool relu, at::Tensor& sums) {
+  const c10::cuda::CUDAGuard guard(dy.device());
+  check_rows(dy, "grad_y");
+  check_rows(src, "z");
+  const int64_t K = src.size(1);
+  bn_relu_backward_sums_cuda(dtype_of(src), dy.const_data_ptr(), src.const_data_ptr(), ms.const_data_ptr<float>(),
+                             mt.const_data_ptr<float>(), center.const_data_ptr<float>(), relu,
+                             sums.data_ptr<double>(), src.numel() / K, K, current_stream());
+}
+
+void bn_relu_backward_apply_cuda_t(const at::Tensor& dy, const at::Tensor& src, const at::Tensor& ms,
+                                   const at::Tensor& mt, const at::Tensor& k, const at::Tensor& p,
+                                   const at::Tensor& q, bool relu, bool use_pq, at::Tensor& g) {
+  const c10::cuda::CUDAGuard guard(dy.device());
+  check_rows(dy, "grad_y");
+  check_rows(src, "z");
+  check_rows(g, "grad");
+  const int64_t K = src.size(1);
+  bn_relu_backward_apply_cuda(dtype_of(src), dy.const_data_ptr(), src.const_data_ptr(), ms.const_data_ptr<float>(),
+                              mt.const_data_ptr<float>(), k.const_data_ptr<float>(), p.const_data_ptr<float>(),
+                              q.const_data_ptr<float>(), relu, use_pq, g.data_ptr(), src.numel() / K, K,
+                              current_stream());
+}
+
+}  // namespace wslfast::conv_bn
+#endif  // WSLFAST_WITH_CUDA

@@ -1,0 +1,144 @@
+"""conv_bn_relu on CUDA: each implementation (simple, tensor-core) against the CPU float64 reference and
+against each other, on the real ResNeXt stage shapes. If one fails and the other passes, the failing one
+is wrong; the *_kernels tests isolate the convolution itself from the BN passes."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wslfast.ops import conv_bn_relu
+
+pytestmark = pytest.mark.cuda
+
+# (N, C, H, W, groups, stride): stage shapes of 32x4d / 32x8d / 32x16d (3x3 grouped), small batches,
+# plus stride 2, odd sizes, and 1x1 convs with groups 1 (bottleneck reduce / expand / downsample).
+STAGE_CASES = [
+    (4, 128, 56, 56, 32, 1), (4, 256, 28, 28, 32, 1), (4, 512, 14, 14, 32, 1), (4, 1024, 7, 7, 32, 1),
+    (2, 256, 56, 56, 32, 2), (2, 2048, 7, 7, 32, 1), (3, 256, 15, 13, 32, 2),
+]
+ONE_BY_ONE = [(4, 256, 28, 28, 512, 1), (4, 512, 28, 28, 1024, 2), (3, 64, 9, 11, 256, 1)]
+
+
+def inputs(case, dtype, kernel=3, k_out=None, seed=0):
+    n, c, h, w_, groups, stride = case
+    k = k_out or c
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w_, generator=gen, dtype=torch.float64)
+    w = torch.randn(k, c // groups, kernel, kernel, generator=gen, dtype=torch.float64) / (c // groups * kernel ** 2) ** 0.5
+    g = 1 + 0.2 * torch.randn(k, generator=gen, dtype=torch.float64)
+    b = 0.2 * torch.randn(k, generator=gen, dtype=torch.float64)
+    rm = 0.1 * torch.randn(k, generator=gen, dtype=torch.float64)
+    rv = 1 + 0.2 * torch.rand(k, generator=gen, dtype=torch.float64)
+    dy = torch.randn(n, k, (h + 2 * (kernel // 2) - kernel) // stride + 1, (w_ + 2 * (kernel // 2) - kernel) // stride + 1,
+                     generator=gen, dtype=torch.float64)
+    # Round to the storage dtype first so every implementation sees the same values.
+    x, w, dy = (t.to(dtype).double() for t in (x, w, dy))
+    return x, w, g, b, rm, rv, dy, dict(stride=stride, padding=kernel // 2, groups=groups)
+
+
+def run(fn, device, dtype, x, w, g, b, rm, rv, dy, training, **kw):
+    xs = x.to(device, dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ws = w.to(device, dtype).requires_grad_()
+    coef = torch.float64 if dtype == torch.float64 else torch.float32
+    gs, bs = g.to(device, coef).requires_grad_(), b.to(device, coef).requires_grad_()
+    rms, rvs = rm.to(device, coef), rv.to(device, coef)
+    y = fn(xs, ws, gs, bs, rms, rvs, training=training, **kw)
+    y.backward(dy.to(device, y.dtype))
+    return [t.detach().double().cpu() for t in (y, xs.grad, ws.grad, gs.grad, bs.grad, rms, rvs)]
+
+
+def reference(x, w, g, b, rm, rv, *, training, stride, padding, groups, relu=True):
+    y = F.batch_norm(F.conv2d(x, w, None, stride, padding, 1, groups), rm, rv, g, b, training, 0.1, 1e-5)
+    return F.relu(y) if relu else y
+
+
+def ours(x, w, g, b, rm, rv, *, training, **kw):
+    return conv_bn_relu(x, w, g, b, rm, rv, training=training, **kw)
+
+
+def check(got, want, what, rel):
+    names = ["y", "grad_x", "grad_w", "grad_gamma", "grad_beta", "running_mean", "running_var"]
+    for name, a, b in zip(names, got, want):
+        scale = b.abs().max().item() + 1e-12
+        err = (a - b).abs().max().item() / scale
+        assert err <= rel, f"{what}: {name} max error {err:.2e} of its scale (allowed {rel:.0e})"
+
+
+IMPLS = ["simple", "fast"]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request, monkeypatch):
+    monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("case", STAGE_CASES)
+@pytest.mark.parametrize("training", [True, False])
+def test_stage_shapes_bf16_against_cpu_float64(impl, case, training):
+    dtype = torch.bfloat16
+    x, w, g, b, rm, rv, dy, kw = inputs(case, dtype)
+    want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, training, **kw)
+    got = run(ours, "cuda", dtype, x, w, g, b, rm, rv, dy, training, **kw)
+    check(got, want, f"{impl} {case} training={training}", rel=3e-2)
+
+
+@pytest.mark.parametrize("case", ONE_BY_ONE)
+def test_one_by_one_groups_1(impl, case):
+    n, c, h, w_, k, stride = case
+    x, w, g, b, rm, rv, dy, kw = inputs((n, c, h, w_, 1, stride), torch.bfloat16, kernel=1, k_out=k)
+    want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, True, **kw)
+    got = run(ours, "cuda", torch.bfloat16, x, w, g, b, rm, rv, dy, True, **kw)
+    check(got, want, f"{impl} 1x1 {case}", rel=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_other_dtypes(impl, dtype):
+    if impl == "fast" and dtype == torch.float32:
+        pytest.skip("the tensor-core kernels take bf16/fp16; float32 runs the simple ones")
+    x, w, g, b, rm, rv, dy, kw = inputs((2, 256, 14, 14, 32, 1), dtype)
+    want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, True, **kw)
+    got = run(ours, "cuda", dtype, x, w, g, b, rm, rv, dy, True, **kw)
+    check(got, want, f"{impl} {dtype}", rel=1e-4 if dtype == torch.float32 else 1e-2)
+
+
+def test_simple_and_fast_agree(monkeypatch):
+    x, w, g, b, rm, rv, dy, kw = inputs((8, 256, 28, 28, 32, 1), torch.bfloat16)
+    results = {}
+    for name in IMPLS:
+        monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", name)
+        results[name] = run(ours, "cuda", torch.bfloat16, x, w, g, b, rm, rv, dy, True, **kw)
+    check(results["fast"], results["simple"], "fast vs simple", rel=2e-2)
+
+
+def test_no_worse_than_cudnn_in_bf16(impl):
+    # Error against float64 truth within 2x that of PyTorch's own bf16 path (cuDNN) on the same inputs.
+    x, w, g, b, rm, rv, dy, kw = inputs((4, 512, 14, 14, 32, 1), torch.bfloat16)
+    truth = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, True, **kw)
+    theirs = run(reference, "cuda", torch.bfloat16, x, w, g, b, rm, rv, dy, True, **kw)  # fp32 BN params
+    got = run(ours, "cuda", torch.bfloat16, x, w, g, b, rm, rv, dy, True, **kw)
+    for i, name in enumerate(["y", "grad_x", "grad_w"]):
+        err = (got[i] - truth[i]).abs().max().item()
+        err_ref = (theirs[i] - truth[i]).abs().max().item()
+        assert err <= 2 * err_ref + 1e-3 * truth[i].abs().max().item(), f"{impl} {name}: {err} vs cuDNN {err_ref}"
+
+
+def test_fast_refuses_what_it_cannot_do(monkeypatch):
+    monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", "fast")
+    x = torch.randn(2, 64, 8, 8, device="cuda", dtype=torch.bfloat16)  # 2 channels per group
+    w = torch.randn(64, 2, 3, 3, device="cuda", dtype=torch.bfloat16)
+    g, b = torch.ones(64, device="cuda"), torch.zeros(64, device="cuda")
+    with pytest.raises(RuntimeError, match="multiple of 4"):
+        conv_bn_relu(x, w, g, b, None, None, groups=32)
+    monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", "auto")
+    y = conv_bn_relu(x, w, g, b, None, None, groups=32)  # falls back to the simple kernels
+    want = F.relu(F.batch_norm(F.conv2d(x.float(), w.float(), None, 1, 1, 1, 32), None, None, g, b, True))
+    torch.testing.assert_close(y.float(), want, rtol=3e-2, atol=3e-2)
+
+
+def test_opcheck_cuda():
+    x = torch.randn(2, 64, 6, 6, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(64, 8, 3, 3, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.ones(64, device="cuda", requires_grad=True)
+    b = torch.zeros(64, device="cuda", requires_grad=True)
+    torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train.default, (x, w, g, b, 1, 1, 8, 1e-5, True),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
