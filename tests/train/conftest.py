@@ -1,0 +1,79 @@
+"""Shared set-up for the train/ script tests: one small synthetic corpus per session, command helpers."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.engine.dist_launch import quiet_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PRETRAIN = os.path.join(ROOT, "train", "pretrain.py")
+TRANSFER = os.path.join(ROOT, "train", "transfer.py")
+
+
+@pytest.fixture(scope="session")
+def small_args(tmp_path_factory):
+    """Arguments for a pretraining run that takes seconds: tiny corpus, 32 px images, batch 8, CPU."""
+    cache = tmp_path_factory.mktemp("cache")
+    args = ["--cache-dir", str(cache), "--synthetic-images", "48", "--synthetic-classes", "3",
+            "--image-size", "32", "--batch-size", "8", "--log-every", "1", "--num-threads", "1",
+            "--tensorboard", "false", "--device", "cpu", "--warmup-images", "0", "--lr", "0.02"]
+    # Build the corpus once, here, so the tests below time only training.
+    proc = run_script(PRETRAIN, args + ["--out", str(cache / "warmup-run"), "--steps", "2"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return args
+
+
+@pytest.fixture(scope="session")
+def small_checkpoint(small_args):
+    """The checkpoint the small_args session run wrote (2 steps: weights moved, not a trained model)."""
+    from wslfast.engine import list_checkpoints
+
+    cache = small_args[small_args.index("--cache-dir") + 1]
+    return list_checkpoints(os.path.join(cache, "warmup-run"))[-1][1]
+
+
+def run_script(script, args, timeout=240, **kwargs):
+    return subprocess.run([sys.executable, script, *map(str, args)], env=quiet_env(), capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, **kwargs)
+
+
+def start_script(script, args):
+    return subprocess.Popen([sys.executable, script, *map(str, args)], env=quiet_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+@pytest.fixture
+def started():
+    """start_script, with every process it started killed at the end of the test if still running."""
+    procs = []
+
+    def start(script, args):
+        procs.append(start_script(script, args))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def wait_for_line(proc, prefix, timeout=240):
+    """Read proc's stdout until a line starting with prefix; returns the lines read."""
+    import select
+    import time
+
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if " ".join(line.split()).startswith(" ".join(prefix.split())):  # log lines pad step numbers
+                return lines
+    proc.kill()
+    raise AssertionError(f"never saw {prefix!r}; stdout so far:\n{''.join(lines)}\nstderr:\n{proc.stderr.read()}")

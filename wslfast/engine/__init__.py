@@ -1,0 +1,23 @@
+"""What the train/ scripts share: config, distributed set-up, checkpoints, LR schedule, metrics, signals,
+non-finite step handling, a CPU-capable SyncBatchNorm and the pretraining objective module (the only
+piece that calls wslfast.ops, and only when its forward runs fused)."""
+from .checkpoint import (CheckpointError, checkpoint_path, find_resumable, list_checkpoints, load_checkpoint,
+                         save_checkpoint)
+from .config import Config, ConfigError, load_config, parse_overrides
+from .distributed import (DistInfo, all_ranks_max, broadcast_object, capture_rng, cleanup_distributed,
+                          gather_objects, params_digest, pick_device, restore_rng, seed_everything, setup_distributed)
+from .guard import NonFiniteGuard, NonFiniteLossError, nonfinite_flag
+from .objective import HashtagObjective, dense_soft_target_cross_entropy
+from .metrics import MetricsLogger, format_line
+from .schedule import SCHEDULES, LRSchedule
+from .signals import StopSignals
+from .sync_bn import GlobalBatchNorm2d, convert_sync_batchnorm
+
+__all__ = [
+    "CheckpointError", "checkpoint_path", "find_resumable", "list_checkpoints", "load_checkpoint",
+    "save_checkpoint", "Config", "ConfigError", "load_config", "parse_overrides", "DistInfo",
+    "all_ranks_max", "broadcast_object", "capture_rng", "cleanup_distributed", "gather_objects", "params_digest", "HashtagObjective", "dense_soft_target_cross_entropy",
+    "pick_device", "restore_rng", "seed_everything", "setup_distributed", "NonFiniteGuard",
+    "NonFiniteLossError", "nonfinite_flag", "MetricsLogger", "format_line", "SCHEDULES", "LRSchedule",
+    "StopSignals", "GlobalBatchNorm2d", "convert_sync_batchnorm",
+]

@@ -1,0 +1,104 @@
+"""Checkpoint files: atomic writes, keep-last pruning, and `--resume auto` that skips damaged files.
+
+A checkpoint is one torch.save'd dict named ckpt_<step, 9 digits>.pt. It is written to a temporary file in
+the same folder, fsync'ed, then renamed over its final name, so a crash or SIGKILL mid-write leaves either
+the old set of files or the new one, never a half file under a checkpoint's name. Loading always uses
+torch.load(weights_only=True): checkpoints may come from elsewhere and must not run code.
+"""
+from __future__ import annotations
+
+import os
+import re
+import warnings
+
+import torch
+
+__all__ = ["checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint",
+           "find_resumable", "CheckpointError"]
+
+_NAME = re.compile(r"^ckpt_(\d{9,})\.pt$")
+REQUIRED_KEYS = ("step", "model")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or lacks what a resume needs."""
+
+
+def checkpoint_path(out_dir: str, step: int) -> str:
+    return os.path.join(out_dir, f"ckpt_{int(step):09d}.pt")
+
+
+def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
+    """[(step, path)] of the checkpoint files in out_dir, oldest first (temporary files excluded)."""
+    if not os.path.isdir(out_dir):
+        return []
+    found = []
+    for name in os.listdir(out_dir):
+        m = _NAME.match(name)
+        if m:
+            found.append((int(m.group(1)), os.path.join(out_dir, name)))
+    return sorted(found)
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # some filesystems do not allow opening folders; the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict, out_dir: str, step: int, keep_last: int = 0) -> str:
+    """Write state atomically as ckpt_<step>.pt in out_dir; then keep only the newest keep_last files
+    (keep_last <= 0 keeps all). Returns the checkpoint's path."""
+    if "step" not in state:
+        raise ValueError("save_checkpoint: state must hold 'step'")
+    os.makedirs(out_dir, exist_ok=True)
+    final = checkpoint_path(out_dir, step)
+    tmp = os.path.join(out_dir, f".{os.path.basename(final)}.tmp.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(out_dir)
+    if keep_last > 0:
+        for _, old in list_checkpoints(out_dir)[:-keep_last]:
+            try:
+                os.remove(old)
+            except FileNotFoundError:
+                pass
+    return final
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """A checkpoint dict, loaded with weights_only=True; CheckpointError if unreadable or incomplete."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # damaged zip, truncated file, disallowed pickle content, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint "
+                              f"(needs keys {', '.join(REQUIRED_KEYS)})")
+    return state
+
+
+def find_resumable(out_dir: str, map_location="cpu") -> tuple[str | None, dict | None]:
+    """The newest checkpoint in out_dir that loads whole, as (path, state); (None, None) if none.
+
+    Damaged files are skipped with a warning (they stay on disk for a post-mortem)."""
+    for _, path in reversed(list_checkpoints(out_dir)):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except CheckpointError as e:
+            warnings.warn(f"--resume auto: skipping {e}", RuntimeWarning, stacklevel=2)
+    return None, None
