@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../common/torch_dtype.h"
 #include "conv_bn_cuda.h"
 #include "conv_bn_device.h"
 
@@ -20,14 +21,7 @@ namespace {
 
 constexpr auto kCL = at::MemoryFormat::ChannelsLast;
 
-DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "conv_bn_relu (CUDA): x must be float32, bfloat16 or float16, got ", t.scalar_type());
-  }
-}
+DType dtype_of(const at::Tensor& t) { return cuda_dtype_of(t, "conv_bn_relu (CUDA): x"); }
 
 CUstream_st* current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 

@@ -5,6 +5,8 @@
 #ifdef WSLFAST_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "../common/torch_dtype.h"
 #endif
 
 #include "soft_ce.h"
@@ -68,14 +70,7 @@ at::Tensor backward_cpu(const at::Tensor& grad_rows, const at::Tensor& logits, c
 }
 
 #ifdef WSLFAST_WITH_CUDA
-DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "soft_ce (CUDA): logits must be float32, bfloat16 or float16, got ", t.scalar_type());
-  }
-}
+DType dtype_of(const at::Tensor& t) { return cuda_dtype_of(t, "soft_ce (CUDA): logits"); }
 
 Targets targets_of(const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights) {
   return {indices.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), weights.const_data_ptr<float>()};
