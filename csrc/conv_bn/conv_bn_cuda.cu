@@ -170,13 +170,7 @@ __global__ void backward_apply_kernel(const T* __restrict__ dy, const T* __restr
                                       const float* __restrict__ q, bool relu, bool use_pq, T* __restrict__ g,
                                       int64_t total, int64_t K) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t c = i % K;
-    const float x = to_float(src[i]);
-    float d = to_float(dy[i]);
-    if (relu && !(x * ms[c] + mt[c] > 0.f)) d = 0.f;
-    float v = d * k[c];
-    if (use_pq) v += x * p[c] + q[c];
-    g[i] = from_float<T>(v);
+    g[i] = from_float<T>(bn_relu_grad(to_float(dy[i]), to_float(src[i]), i % K, ms, mt, k, p, q, relu, use_pq));
   }
 }
 
@@ -218,15 +212,9 @@ __global__ void backward_apply_vec_kernel(const Vec<T>* __restrict__ dy, const V
     const Vec<T> d_in = dy[i], s_in = src[i];
     Vec<T> out;
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const int64_t c = c0 + j;
-      const float x = to_float(s_in.v[j]);
-      float d = to_float(d_in.v[j]);
-      if (relu && !(x * ms[c] + mt[c] > 0.f)) d = 0.f;
-      float v = d * k[c];
-      if (use_pq) v += x * p[c] + q[c];
-      out.v[j] = from_float<T>(v);
-    }
+    for (int j = 0; j < kVec; ++j)
+      out.v[j] = from_float<T>(bn_relu_grad(to_float(d_in.v[j]), to_float(s_in.v[j]), c0 + j, ms, mt, k, p, q, relu,
+                                            use_pq));
     g[i] = out;
   }
 }

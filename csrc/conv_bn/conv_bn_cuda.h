@@ -50,12 +50,35 @@ void conv_dgrad_simple_cuda(DType dtype, const void* g, const void* w, void* dx,
                             CUstream_st* stream);
 void conv_wgrad_simple_cuda(DType dtype, const void* g, const void* x, float* dw, const ConvShape& shape,
                             CUstream_st* stream);
+
+// The BN+ReLU backward folded into the tensor-core gradient kernels: they read grad_y (dy) and src
+// instead of a stored conv-output gradient g, and form g = mask * dy * k[c] + (use_pq ? src * p[c] + q[c]
+// : 0), mask = relu ? (src * ms[c] + mt[c] > 0) : 1, on the fly, rounded to the storage dtype exactly as
+// bn_relu_backward_apply_cuda would store it. src has dy's layout and dtype; coefficients float32 [K].
+struct BnReluGrad {
+  const void* src;
+  const float *ms, *mt, *k, *p, *q;
+  bool relu, use_pq;
+};
 // Tensor-core versions (bf16/fp16; same support rule as the forward). The data gradient takes the
 // transposed weights w_t [C, R, S, K/groups] (per group, input and output channels swapped); the weight
 // gradient adds into dw, which must be zeroed.
-void conv_dgrad_fast_cuda(DType dtype, const void* g, const void* w_t, void* dx, const ConvShape& shape,
-                          CUstream_st* stream);
-void conv_wgrad_fast_cuda(DType dtype, const void* g, const void* x, float* dw, const ConvShape& shape,
-                          CUstream_st* stream);
+void conv_dgrad_fast_cuda(DType dtype, const void* dy, const BnReluGrad& bn, const void* w_t, void* dx,
+                          const ConvShape& shape, CUstream_st* stream);
+void conv_wgrad_fast_cuda(DType dtype, const void* dy, const BnReluGrad& bn, const void* x, float* dw,
+                          const ConvShape& shape, CUstream_st* stream);
+
+// ---- per-channel finalize kernels (conv_bn_cuda_finalize.cu): one thread per channel, the double math
+// of conv_bn_finalize.h; gamma/beta/mean/var float32 [K], sums double [2, K] ----
+// Forward: sums of z (pivot 0) over count values -> mean, var [K] and scale_shift [2, K].
+void bn_forward_finalize_cuda(const double* sums, double count, const float* gamma, const float* beta, double eps,
+                              float* mean, float* var, float* scale_shift, int64_t K, CUstream_st* stream);
+// scale_shift [2, K] from the stored mean and var (the backward's ReLU mask).
+void bn_scale_shift_cuda(const float* mean, const float* var, const float* gamma, const float* beta, double eps,
+                         float* scale_shift, int64_t K, CUstream_st* stream);
+// Backward: sums (mask * dy, mask * dy * (z - mean)) -> kpq [3, K] and dgamma, dbeta [K].
+void bn_backward_finalize_cuda(const double* sums, double count, const float* mean, const float* var,
+                               const float* gamma, double eps, float* kpq, float* dgamma, float* dbeta, int64_t K,
+                               CUstream_st* stream);
 
 }  // namespace wslfast::conv_bn

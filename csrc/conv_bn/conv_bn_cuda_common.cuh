@@ -24,6 +24,18 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
   return __float2bfloat16_rn(x);
 }
 
+// One element of the BN+ReLU backward (see BnReluGrad): the separate pass and the tensor-core gradient
+// kernels call this same function, so both give the same g bit for bit.
+__device__ __forceinline__ float bn_relu_grad(float dy, float src, int64_t c, const float* __restrict__ ms,
+                                              const float* __restrict__ mt, const float* __restrict__ k,
+                                              const float* __restrict__ p, const float* __restrict__ q, bool relu,
+                                              bool use_pq) {
+  if (relu && !(src * __ldg(ms + c) + __ldg(mt + c) > 0.f)) dy = 0.f;
+  float v = dy * __ldg(k + c);
+  if (use_pq) v += src * __ldg(p + c) + __ldg(q + c);
+  return v;
+}
+
 inline void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)

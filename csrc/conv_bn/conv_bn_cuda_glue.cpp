@@ -66,6 +66,9 @@ at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& w, const float* b
   return z;
 }
 
+// float32 [K] copies of per-channel parameters for the kernels (no copy when they already are).
+at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
 }  // namespace
 
 ConvSums conv_with_sums_cuda(const at::Tensor& x, const at::Tensor& w, const ConvParams& p) {
@@ -73,35 +76,89 @@ ConvSums conv_with_sums_cuda(const at::Tensor& x, const at::Tensor& w, const Con
   const int64_t K = w.size(0);
   at::Tensor sums = at::zeros({2, K}, x.options().dtype(at::kDouble));
   at::Tensor z = conv_forward(x, w, nullptr, false, sums.data_ptr<double>(), p);
-  // The epilogue sums raw values (pivot 0): float per thread, double across the grid.
-  return {z, sums, at::zeros({K}, x.options().dtype(at::kFloat))};
+  // The epilogue sums raw values (pivot 0, an undefined pivot): float per thread, double across the grid.
+  return {z, sums, at::Tensor()};
 }
 
 at::Tensor conv_bias_relu_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const ConvParams& p,
                                bool relu) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor b = bias.to(at::kFloat).contiguous();
+  const at::Tensor b = f32(bias);
   return conv_forward(x, w, b.const_data_ptr<float>(), relu, nullptr, p);
 }
 
-std::tuple<at::Tensor, at::Tensor> conv_backward_cuda(const at::Tensor& g, const at::Tensor& x, const at::Tensor& w,
-                                                      const ConvParams& p) {
+BnForward bn_forward_finalize_cuda(const ConvSums& cs, double count, const at::Tensor& gamma, const at::Tensor& beta,
+                                   double eps) {
+  const c10::cuda::CUDAGuard guard(cs.sums.device());
+  TORCH_CHECK(!cs.pivot.defined(), "conv_bn_relu (CUDA, internal): the CUDA sums are about 0");
+  const int64_t K = cs.sums.size(1);
+  const at::Tensor g = f32(gamma), b = f32(beta);
+  const auto opts = cs.sums.options().dtype(at::kFloat);
+  at::Tensor mean = at::empty({K}, opts), var = at::empty({K}, opts), ss = at::empty({2, K}, opts);
+  bn_forward_finalize_cuda(cs.sums.const_data_ptr<double>(), count, g.const_data_ptr<float>(),
+                           b.const_data_ptr<float>(), eps, mean.data_ptr<float>(), var.data_ptr<float>(),
+                           ss.data_ptr<float>(), K, current_stream());
+  return {mean, var, ss[0], ss[1]};
+}
+
+std::pair<at::Tensor, at::Tensor> bn_scale_shift_cuda(const at::Tensor& mean, const at::Tensor& var,
+                                                      const at::Tensor& gamma, const at::Tensor& beta, double eps) {
+  const c10::cuda::CUDAGuard guard(mean.device());
+  const int64_t K = mean.size(0);
+  const at::Tensor m = f32(mean), v = f32(var), g = f32(gamma), b = f32(beta);
+  at::Tensor ss = at::empty({2, K}, m.options());
+  bn_scale_shift_cuda(m.const_data_ptr<float>(), v.const_data_ptr<float>(), g.const_data_ptr<float>(),
+                      b.const_data_ptr<float>(), eps, ss.data_ptr<float>(), K, current_stream());
+  return {ss[0], ss[1]};
+}
+
+BnBackward bn_backward_finalize_cuda(const at::Tensor& sums, double count, const at::Tensor& mean,
+                                     const at::Tensor& var, const at::Tensor& gamma, double eps) {
+  const c10::cuda::CUDAGuard guard(sums.device());
+  const int64_t K = sums.size(1);
+  const at::Tensor m = f32(mean), v = f32(var), g = f32(gamma);
+  const auto opts = m.options();
+  at::Tensor kpq = at::empty({3, K}, opts), dgamma = at::empty({K}, opts), dbeta = at::empty({K}, opts);
+  bn_backward_finalize_cuda(sums.const_data_ptr<double>(), count, m.const_data_ptr<float>(),
+                            v.const_data_ptr<float>(), g.const_data_ptr<float>(), eps, kpq.data_ptr<float>(),
+                            dgamma.data_ptr<float>(), dbeta.data_ptr<float>(), K, current_stream());
+  return {kpq[0], kpq[1], kpq[2], dgamma, dbeta};
+}
+
+std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& dy, const at::Tensor& src,
+                                                              const at::Tensor& ms, const at::Tensor& mt,
+                                                              const at::Tensor& k, const at::Tensor& p,
+                                                              const at::Tensor& q, bool relu, bool use_pq,
+                                                              const at::Tensor& x, const at::Tensor& w,
+                                                              const ConvParams& params) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor gc = g.contiguous(kCL), xc = x.contiguous(kCL), wc = w.contiguous(kCL);
-  const ConvShape s = shape_of(xc, wc, p);
+  const at::Tensor dyc = dy.contiguous(kCL), srcc = src.contiguous(kCL), xc = x.contiguous(kCL),
+                   wc = w.contiguous(kCL);
+  const at::Tensor msf = f32(ms), mtf = f32(mt), kf = f32(k), pf = f32(p), qf = f32(q);
+  const ConvShape s = shape_of(xc, wc, params);
   const DType dt = dtype_of(xc);
   at::Tensor dx = at::empty_like(xc, xc.options().memory_format(kCL));
   at::Tensor dw = at::zeros({s.K, s.R, s.S, s.C / s.groups}, x.options().dtype(at::kFloat));
   if (use_fast(dt, s)) {
+    // g = BN+ReLU backward of dy is formed inside both gradient kernels' loaders; it is never stored.
+    const BnReluGrad bn{srcc.const_data_ptr(), msf.const_data_ptr<float>(), mtf.const_data_ptr<float>(),
+                        kf.const_data_ptr<float>(), pf.const_data_ptr<float>(), qf.const_data_ptr<float>(), relu,
+                        use_pq};
     // Transposed weights for the data gradient: [G, K/G, C/G, R, S] -> [G, C/G, R, S, K/G] = [C, R, S, K/G].
     const int64_t G = s.groups;
     const at::Tensor w_t = w.reshape({G, s.K / G, s.C / G, s.R, s.S}).permute({0, 2, 3, 4, 1}).contiguous();
-    conv_dgrad_fast_cuda(dt, gc.const_data_ptr(), w_t.const_data_ptr(), dx.data_ptr(), s, current_stream());
-    conv_wgrad_fast_cuda(dt, gc.const_data_ptr(), xc.const_data_ptr(), dw.data_ptr<float>(), s, current_stream());
+    conv_dgrad_fast_cuda(dt, dyc.const_data_ptr(), bn, w_t.const_data_ptr(), dx.data_ptr(), s, current_stream());
+    conv_wgrad_fast_cuda(dt, dyc.const_data_ptr(), bn, xc.const_data_ptr(), dw.data_ptr<float>(), s,
+                         current_stream());
   } else {
-    conv_dgrad_simple_cuda(dt, gc.const_data_ptr(), wc.const_data_ptr(), dx.data_ptr(), s, current_stream());
-    conv_wgrad_simple_cuda(dt, gc.const_data_ptr(), xc.const_data_ptr(), dw.data_ptr<float>(), s,
-                           current_stream());
+    // The reference path: the separate BN+ReLU backward pass stores g, the simple kernels read it.
+    at::Tensor g = at::empty_like(srcc);
+    bn_relu_backward_apply_cuda(dt, dyc.const_data_ptr(), srcc.const_data_ptr(), msf.const_data_ptr<float>(),
+                                mtf.const_data_ptr<float>(), kf.const_data_ptr<float>(), pf.const_data_ptr<float>(),
+                                qf.const_data_ptr<float>(), relu, use_pq, g.data_ptr(), srcc.numel() / s.K, s.K,
+                                current_stream());
+    conv_dgrad_simple_cuda(dt, g.const_data_ptr(), wc.const_data_ptr(), dx.data_ptr(), s, current_stream());
+    conv_wgrad_simple_cuda(dt, g.const_data_ptr(), xc.const_data_ptr(), dw.data_ptr<float>(), s, current_stream());
   }
   // KRSC float32 -> [K, C/groups, R, S] in the weight's dtype and memory format.
   at::Tensor dw_out = dw.permute({0, 3, 1, 2}).to(w.scalar_type()).contiguous(w.suggest_memory_format());
@@ -127,20 +184,6 @@ void bn_relu_backward_sums_cuda_t(const at::Tensor& dy, const at::Tensor& src, c
   bn_relu_backward_sums_cuda(dtype_of(src), dy.const_data_ptr(), src.const_data_ptr(), ms.const_data_ptr<float>(),
                              mt.const_data_ptr<float>(), center.const_data_ptr<float>(), relu,
                              sums.data_ptr<double>(), src.numel() / K, K, current_stream());
-}
-
-void bn_relu_backward_apply_cuda_t(const at::Tensor& dy, const at::Tensor& src, const at::Tensor& ms,
-                                   const at::Tensor& mt, const at::Tensor& k, const at::Tensor& p,
-                                   const at::Tensor& q, bool relu, bool use_pq, at::Tensor& g) {
-  const c10::cuda::CUDAGuard guard(dy.device());
-  check_rows(dy, "grad_y");
-  check_rows(src, "z");
-  check_rows(g, "grad");
-  const int64_t K = src.size(1);
-  bn_relu_backward_apply_cuda(dtype_of(src), dy.const_data_ptr(), src.const_data_ptr(), ms.const_data_ptr<float>(),
-                              mt.const_data_ptr<float>(), k.const_data_ptr<float>(), p.const_data_ptr<float>(),
-                              q.const_data_ptr<float>(), relu, use_pq, g.data_ptr(), src.numel() / K, K,
-                              current_stream());
 }
 
 }  // namespace wslfast::conv_bn

@@ -101,6 +101,52 @@ def test_other_dtypes(impl, dtype):
     check(got, want, f"{impl} {dtype}", rel=1e-4 if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_without_relu(impl, training):
+    # relu=False: no mask in the fused backward (train: p, q terms; eval: plain g = dy).
+    x, w, g, b, rm, rv, dy, kw = inputs((3, 256, 15, 13, 32, 2), torch.bfloat16)
+    want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, training, relu=False, **kw)
+    got = run(ours, "cuda", torch.bfloat16, x, w, g, b, rm, rv, dy, training, relu=False, **kw)
+    check(got, want, f"{impl} relu=False training={training}", rel=3e-2)
+
+
+def test_nchw_input_and_gradient(impl):
+    # Contiguous NCHW x and grad_y (what autograd hands over after a permute) give the same results.
+    x, w, g, b, rm, rv, dy, kw = inputs((2, 128, 9, 11, 32, 1), torch.bfloat16)
+    want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, True, **kw)
+    xs = x.to("cuda", torch.bfloat16).contiguous().requires_grad_()
+    ws = w.to("cuda", torch.bfloat16).requires_grad_()
+    gs, bs = g.to("cuda", torch.float32).requires_grad_(), b.to("cuda", torch.float32).requires_grad_()
+    rms, rvs = rm.to("cuda", torch.float32), rv.to("cuda", torch.float32)
+    y = conv_bn_relu(xs, ws, gs, bs, rms, rvs, training=True, **kw)
+    y.backward(dy.to("cuda", torch.bfloat16).contiguous())
+    got = [t.detach().double().cpu() for t in (y, xs.grad, ws.grad, gs.grad, bs.grad, rms, rvs)]
+    check(got, want, f"{impl} NCHW", rel=3e-2)
+
+
+def test_fast_backward_never_stores_the_conv_output_gradient(monkeypatch):
+    # The tensor-core backward forms g = BN+ReLU backward of grad_y inside its loaders; the simple path
+    # stores g. The backward's peak memory must show the difference: about one conv output.
+    x, w, g, b, rm, rv, dy, kw = inputs((8, 256, 28, 28, 32, 1), torch.bfloat16)
+    peaks = {}
+    for name in IMPLS:
+        monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", name)
+        xs = x.to("cuda", torch.bfloat16).contiguous(memory_format=torch.channels_last).requires_grad_()
+        ws = w.to("cuda", torch.bfloat16).requires_grad_()
+        gs, bs = g.to("cuda", torch.float32).requires_grad_(), b.to("cuda", torch.float32).requires_grad_()
+        y = conv_bn_relu(xs, ws, gs, bs, training=True, **kw)
+        grad = dy.to("cuda", torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        y.backward(grad)
+        torch.cuda.synchronize()
+        peaks[name] = torch.cuda.max_memory_allocated() - base
+        z_bytes = y.numel() * y.element_size()
+        del xs, ws, gs, bs, y, grad
+    assert peaks["fast"] <= peaks["simple"] - 0.9 * z_bytes, (peaks, z_bytes)
+
+
 def test_simple_and_fast_agree(monkeypatch):
     x, w, g, b, rm, rv, dy, kw = inputs((8, 256, 28, 28, 32, 1), torch.bfloat16)
     results = {}
@@ -142,3 +188,17 @@ def test_opcheck_cuda():
     b = torch.zeros(64, device="cuda", requires_grad=True)
     torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train.default, (x, w, g, b, 1, 1, 8, 1e-5, True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_float32_warns_once_that_it_runs_the_simple_kernels(monkeypatch):
+    import wslfast.ops.conv_bn as mod
+    monkeypatch.setattr(mod, "_warned_float32_cuda", False)
+    x = torch.randn(2, 64, 6, 6, device="cuda")
+    w = torch.randn(64, 2, 3, 3, device="cuda")
+    g, b = torch.ones(64, device="cuda"), torch.zeros(64, device="cuda")
+    with pytest.warns(UserWarning, match="simple reference kernels"):
+        conv_bn_relu(x, w, g, b, None, None, groups=32)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conv_bn_relu(x, w, g, b, None, None, groups=32)  # only once

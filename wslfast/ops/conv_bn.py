@@ -12,12 +12,16 @@ statistics; contiguous or channels_last input (channels_last is the fast path; C
 channels_last). Under autocast, x and weight are cast to the autocast dtype as F.conv2d would be.
 
 On CUDA the convolutions are our own kernels, not cuDNN: bfloat16/float16 with channels per group (in
-and out) a multiple of 4 run the tensor-core implicit GEMM (batch statistics in its epilogue); anything
-else (float32, fewer channels per group) runs the simple reference kernels, correct but slow, so train
-in bf16 autocast. WSLFAST_CONV_BN_IMPL=simple|fast|auto forces a choice (the GPU tests compare them).
+and out) a multiple of 4 run the tensor-core implicit GEMM (batch statistics in its epilogue; in the
+backward the BN+ReLU gradient is formed inside the data- and weight-gradient kernels' loaders, so it is
+never stored); anything else (float32, fewer channels per group) runs the simple reference kernels,
+correct but slow, so train in bf16 autocast. One small kernel turns the batch sums into the statistics
+and coefficients (forward and backward). WSLFAST_CONV_BN_IMPL=simple|fast|auto forces a choice (the GPU
+tests compare them).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -143,6 +147,18 @@ def _check(x: Tensor, weight: Tensor, stride: int, padding: int, groups: int) ->
                          "divide by groups")
 
 
+_warned_float32_cuda = False
+
+
+def _warn_float32_cuda() -> None:
+    global _warned_float32_cuda
+    if not _warned_float32_cuda:
+        _warned_float32_cuda = True
+        warnings.warn("wslfast conv_bn_relu: float32 on CUDA runs the simple reference kernels, which are correct "
+                      "but slow; train under torch.autocast('cuda', dtype=torch.bfloat16) for the tensor-core "
+                      "kernels, or build the model with fused=False for cuDNN in float32/TF32", stacklevel=3)
+
+
 def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
                  running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None, *,
                  stride: int = 1, padding: int = 1, groups: int = 32, training: bool = True,
@@ -152,6 +168,8 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
         dt = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dt), weight.to(dt)
     _check(x, weight, stride, padding, groups)
+    if x.is_cuda and x.dtype == torch.float32:
+        _warn_float32_cuda()
     if (running_mean is None) != (running_var is None):
         raise ValueError("conv_bn_relu: give both running_mean and running_var, or neither")
     if not training:

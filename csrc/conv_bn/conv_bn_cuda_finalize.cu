@@ -1,0 +1,76 @@
+// The tiny per-channel kernels between the big passes of the fused conv + BN + ReLU: one thread per
+// channel turns the batch sums into mean/var and scale/shift (forward) or into the backward coefficients.
+// One launch each instead of a dozen [K]-sized torch ops; the math is conv_bn_finalize.h, shared with CPU.
+#include <cstdint>
+
+#include "conv_bn_cuda_common.cuh"
+#include "conv_bn_finalize.h"
+
+namespace wslfast::conv_bn {
+namespace {
+
+constexpr int kThreads = 128;
+
+__global__ void forward_finalize_kernel(const double* __restrict__ sums, double count, const float* __restrict__ gamma,
+                                        const float* __restrict__ beta, double eps, float* __restrict__ mean,
+                                        float* __restrict__ var, float* __restrict__ scale_shift, int64_t K) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= K) return;
+  float m, v;
+  double scale, shift;
+  bn_forward_one<float>(sums[c], sums[K + c], count, 0.0, gamma[c], beta[c], eps, m, v, scale, shift);
+  mean[c] = m;
+  var[c] = v;
+  scale_shift[c] = static_cast<float>(scale);
+  scale_shift[K + c] = static_cast<float>(shift);
+}
+
+__global__ void scale_shift_kernel(const float* __restrict__ mean, const float* __restrict__ var,
+                                   const float* __restrict__ gamma, const float* __restrict__ beta, double eps,
+                                   float* __restrict__ scale_shift, int64_t K) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= K) return;
+  double scale, shift;
+  bn_scale_shift_one(mean[c], var[c], gamma[c], beta[c], eps, scale, shift);
+  scale_shift[c] = static_cast<float>(scale);
+  scale_shift[K + c] = static_cast<float>(shift);
+}
+
+__global__ void backward_finalize_kernel(const double* __restrict__ sums, double count, const float* __restrict__ mean,
+                                         const float* __restrict__ var, const float* __restrict__ gamma, double eps,
+                                         float* __restrict__ kpq, float* __restrict__ dgamma,
+                                         float* __restrict__ dbeta, int64_t K) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= K) return;
+  const BnBackwardCoef r = bn_backward_one(sums[c], sums[K + c], count, mean[c], var[c], gamma[c], eps);
+  kpq[c] = static_cast<float>(r.k);
+  kpq[K + c] = static_cast<float>(r.p);
+  kpq[2 * K + c] = static_cast<float>(r.q);
+  dgamma[c] = static_cast<float>(r.dgamma);
+  dbeta[c] = static_cast<float>(r.dbeta);
+}
+
+}  // namespace
+
+void bn_forward_finalize_cuda(const double* sums, double count, const float* gamma, const float* beta, double eps,
+                              float* mean, float* var, float* scale_shift, int64_t K, CUstream_st* stream) {
+  forward_finalize_kernel<<<blocks_for(K, kThreads), kThreads, 0, stream>>>(sums, count, gamma, beta, eps, mean, var,
+                                                                            scale_shift, K);
+  check_launch("BN forward finalize");
+}
+
+void bn_scale_shift_cuda(const float* mean, const float* var, const float* gamma, const float* beta, double eps,
+                         float* scale_shift, int64_t K, CUstream_st* stream) {
+  scale_shift_kernel<<<blocks_for(K, kThreads), kThreads, 0, stream>>>(mean, var, gamma, beta, eps, scale_shift, K);
+  check_launch("BN scale/shift");
+}
+
+void bn_backward_finalize_cuda(const double* sums, double count, const float* mean, const float* var,
+                               const float* gamma, double eps, float* kpq, float* dgamma, float* dbeta, int64_t K,
+                               CUstream_st* stream) {
+  backward_finalize_kernel<<<blocks_for(K, kThreads), kThreads, 0, stream>>>(sums, count, mean, var, gamma, eps, kpq,
+                                                                             dgamma, dbeta, K);
+  check_launch("BN backward finalize");
+}
+
+}  // namespace wslfast::conv_bn

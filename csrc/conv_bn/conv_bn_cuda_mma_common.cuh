@@ -1,0 +1,133 @@
+// Shared pieces of the tensor-core implicit-GEMM kernels (conv_bn_cuda_mma.cu: forward and data
+// gradient; conv_bn_cuda_mma_wgrad.cu: weight gradient): tile constants, the mma.sync m16n8k16 wrapper
+// and k-tile loop, the vector loads, the fused BN+ReLU backward of a loaded chunk, the launch switches.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <type_traits>
+
+#include "conv_bn_cuda_common.cuh"
+
+namespace wslfast::conv_bn::mma {
+
+inline constexpr int kBM = 128, kBK = 32, kLds = kBK + 8, kWarps = 4, kThreads = kWarps * 32;
+
+template <typename T> struct Mma;
+template <> struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+  }
+};
+template <> struct Mma<__half> {
+  static __device__ __forceinline__ void run(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+  }
+};
+
+// One k-tile of the block GEMM: As [kBM][kLds] (rows x k), Bs [BN][kLds] (columns x k), both k-contiguous.
+// Fragment layouts of mma.m16n8k16 (PTX ISA): lane = 4 * gid + tig; A regs hold (gid | gid+8, 2*tig | +8),
+// B regs hold (k = 2*tig | +8, n = gid), D holds (row gid | gid+8, cols 2*tig, 2*tig+1).
+template <typename T, int BN>
+__device__ __forceinline__ void mma_k_tile(const T (*As)[kLds], const T (*Bs)[kLds], float (&acc)[2][BN / 8][4],
+                                           int warp, int lane) {
+  const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < kBK; kk += 16) {
+    uint32_t a[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int row = warp * 32 + mt * 16 + gid;
+      a[mt][0] = *reinterpret_cast<const uint32_t*>(&As[row][kk + 2 * tig]);
+      a[mt][1] = *reinterpret_cast<const uint32_t*>(&As[row + 8][kk + 2 * tig]);
+      a[mt][2] = *reinterpret_cast<const uint32_t*>(&As[row][kk + 2 * tig + 8]);
+      a[mt][3] = *reinterpret_cast<const uint32_t*>(&As[row + 8][kk + 2 * tig + 8]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      uint32_t b[2];
+      b[0] = *reinterpret_cast<const uint32_t*>(&Bs[nt * 8 + gid][kk + 2 * tig]);
+      b[1] = *reinterpret_cast<const uint32_t*>(&Bs[nt * 8 + gid][kk + 2 * tig + 8]);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) Mma<T>::run(acc[mt][nt], a[mt], b);
+    }
+  }
+}
+
+// Loads kVec storage elements (16 bytes for 8, 8 bytes for 4) into piece h of an 8-element chunk.
+// 4-wide pieces serve groups of 4 channels (ResNeXt 32x4d's first stage), where 8 consecutive k
+// indices span two filter taps and rows are only 8-byte aligned.
+template <int kVec, typename T>
+__device__ __forceinline__ void load_piece(uint4& dst, int h, const T* src) {
+  if constexpr (kVec == 8) {
+    dst = *reinterpret_cast<const uint4*>(src);
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(src);
+    if (h == 0) dst.x = v.x, dst.y = v.y;
+    else dst.z = v.x, dst.w = v.y;
+  }
+}
+
+// g for one 8-element chunk loaded as pieces of kVec: d holds dy, s the same elements of src; piece h
+// holds channels ch[h] .. ch[h] + kVec - 1 and is transformed only where its bit in `valid` is set
+// (elements that are padding or out of range stay 0).
+template <typename T, int kVec>
+__device__ __forceinline__ void bn_grad_chunk(uint4& d, const uint4& s, unsigned valid, const int64_t (&ch)[8 / kVec],
+                                              const BnReluGrad& bn) {
+  T* dv = reinterpret_cast<T*>(&d);
+  const T* sv = reinterpret_cast<const T*>(&s);
+#pragma unroll
+  for (int h = 0; h < 8 / kVec; ++h) {
+    if (!((valid >> h) & 1u)) continue;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      const int e = h * kVec + i;
+      dv[e] = from_float<T>(bn_relu_grad(to_float(dv[e]), to_float(sv[e]), ch[h] + i, bn.ms, bn.mt, bn.k, bn.p, bn.q,
+                                         bn.relu, bn.use_pq));
+    }
+  }
+}
+
+// Columns per block: the smallest of 16, 32, 64 covering the group's output channels (64 beyond).
+template <typename Fn>
+void bn_switch(int64_t cols, Fn&& fn) {
+  if (cols <= 16) fn(std::integral_constant<int, 16>{});
+  else if (cols <= 32) fn(std::integral_constant<int, 32>{});
+  else fn(std::integral_constant<int, 64>{});
+}
+
+// 8-wide (16-byte) loads where channels per group (in and out) are multiples of 8, else 4-wide.
+template <typename Fn>
+void vec_switch(int64_t cg, int64_t kg, Fn&& fn) {
+  if (cg % 8 == 0 && kg % 8 == 0) fn(std::integral_constant<int, 8>{});
+  else fn(std::integral_constant<int, 4>{});
+}
+
+template <typename Fn>
+void half_switch(DType dtype, Fn&& fn) {
+  if (dtype == DType::kBFloat16) fn(__nv_bfloat16{});
+  else if (dtype == DType::kFloat16) fn(__half{});
+  else throw std::invalid_argument("wslfast conv_bn_relu: the tensor-core kernels take bfloat16 or float16");
+}
+
+inline void check_bn_grad(const BnReluGrad& bn) {
+  if (bn.src == nullptr || bn.k == nullptr || (bn.relu && (bn.ms == nullptr || bn.mt == nullptr)) ||
+      (bn.use_pq && (bn.p == nullptr || bn.q == nullptr)))
+    throw std::invalid_argument("wslfast conv_bn_relu: the tensor-core gradient kernels need src and the BN "
+                                "backward coefficients");
+}
+
+}  // namespace wslfast::conv_bn::mma
