@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <tuple>
 #include <utility>
 
@@ -145,6 +146,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_backward(
   return {dx, dw, c.dgamma.to(bn_weight.scalar_type()), c.dbeta.to(bn_bias.scalar_type())};
 }
 
+void update_running_stats(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean,
+                          const at::Tensor& var, double momentum, int64_t count) {
+  static const char* op = "bn_update_running_stats";
+  const int64_t K = mean.numel();
+  using Named = std::pair<const char*, const at::Tensor*>;
+  for (auto [name, t] : {Named{"running_mean", &running_mean}, Named{"running_var", &running_var},
+                         Named{"mean", &mean}, Named{"var", &var}}) {
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == K, op, ": ", name, " must be 1-D with ", K, " entries, got shape ",
+                t->sizes());
+    TORCH_CHECK(at::isFloatingType(t->scalar_type()), op, ": ", name, " must be floating point, got ",
+                t->scalar_type());
+    TORCH_CHECK(t->device() == mean.device(), op, ": ", name, " must be on ", mean.device(), ", got ", t->device());
+  }
+  TORCH_CHECK(running_mean.is_contiguous() && running_var.is_contiguous(), op,
+              ": running_mean and running_var must be contiguous (BatchNorm's buffers are)");
+  TORCH_CHECK(count > 1, op, ": count must be > 1 for the unbiased variance, got ", count);
+  TORCH_CHECK(std::isfinite(momentum), op, ": momentum must be finite, got ", momentum);
+  const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+  WSLFAST_ON_DEVICE(mean, update_running_stats, running_mean, running_var, mean, var, momentum, unbias);
+}
+
 // Eval folds BN into the convolution: weights w * s and bias beta - rm * s, s = gamma / sqrt(rv + eps),
 // in double (off the training path, so plain ATen ops on either device).
 at::Tensor folded_scale(const at::Tensor& bn_weight, const at::Tensor& running_var, double eps) {
@@ -209,6 +231,7 @@ TORCH_LIBRARY_IMPL(wslfast, CPU, m) {
   m.impl("conv_bn_relu_train_backward", &train_backward);
   m.impl("conv_bn_relu_eval", &eval_forward);
   m.impl("conv_bn_relu_eval_backward", &eval_backward);
+  m.impl("bn_update_running_stats", &update_running_stats);
 }
 
 #ifdef WSLFAST_WITH_CUDA
@@ -217,6 +240,7 @@ TORCH_LIBRARY_IMPL(wslfast, CUDA, m) {
   m.impl("conv_bn_relu_train_backward", &train_backward);
   m.impl("conv_bn_relu_eval", &eval_forward);
   m.impl("conv_bn_relu_eval_backward", &eval_backward);
+  m.impl("bn_update_running_stats", &update_running_stats);
 }
 #endif
 

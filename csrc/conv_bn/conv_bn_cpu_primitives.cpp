@@ -3,6 +3,7 @@
 // [K] values: on the late ResNeXt stages the dozens of tiny ATen ops a generic version would run cost as
 // much as the passes over the activations.
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <algorithm>
 #include <vector>
@@ -96,6 +97,24 @@ BnBackward bn_backward_finalize_cpu(const at::Tensor& sums, double count, const 
   const auto ct = mean.scalar_type();
   return {from_doubles(kc, ct, sums), from_doubles(pc, ct, sums), from_doubles(qc, ct, sums),
           from_doubles(dgamma, gamma.scalar_type(), sums), from_doubles(dbeta, gamma.scalar_type(), sums)};
+}
+
+void update_running_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean,
+                              const at::Tensor& var, double momentum, double unbias) {
+  const auto m = to_doubles(mean), v = to_doubles(var);
+  // In the running buffers' own math type, as (1 - momentum) * running + momentum * batch.
+  auto update = [&](at::Tensor& running, const std::vector<double>& batch, double factor) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, running.scalar_type(), "update_running_stats", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      scalar_t* r = running.data_ptr<scalar_t>();
+      const acc_t keep = static_cast<acc_t>(1.0 - momentum), mom = static_cast<acc_t>(momentum);
+      for (size_t c = 0; c < batch.size(); ++c)
+        r[c] = static_cast<scalar_t>(static_cast<acc_t>(r[c]) * keep +
+                                     mom * static_cast<acc_t>(static_cast<acc_t>(batch[c]) * static_cast<acc_t>(factor)));
+    });
+  };
+  update(running_mean, m, 1.0);
+  update(running_var, v, unbias);
 }
 
 std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cpu(const at::Tensor& dy, const at::Tensor& src,

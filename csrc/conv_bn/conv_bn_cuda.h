@@ -81,4 +81,9 @@ void bn_backward_finalize_cuda(const double* sums, double count, const float* me
                                const float* gamma, double eps, float* kpq, float* dgamma, float* dbeta, int64_t K,
                                CUstream_st* stream);
 
+// running = (1 - momentum) * running + momentum * batch * factor (factor 1 for the mean, count / (count - 1)
+// for the variance), in place; running buffers in `dtype` (float32/float16/bfloat16), batch stats float32.
+void update_running_stats_cuda(DType dtype, void* running_mean, void* running_var, const float* mean,
+                               const float* var, double momentum, double unbias, int64_t K, CUstream_st* stream);
+
 }  // namespace wslfast::conv_bn

@@ -1,5 +1,6 @@
 // The tiny per-channel kernels between the big passes of the fused conv + BN + ReLU: one thread per
-// channel turns the batch sums into mean/var and scale/shift (forward) or into the backward coefficients.
+// channel turns the batch sums into mean/var and scale/shift (forward) or into the backward coefficients,
+// or folds the batch statistics into the running ones.
 // One launch each instead of a dozen [K]-sized torch ops; the math is conv_bn_finalize.h, shared with CPU.
 #include <cstdint>
 
@@ -50,7 +51,28 @@ __global__ void backward_finalize_kernel(const double* __restrict__ sums, double
   dbeta[c] = static_cast<float>(r.dbeta);
 }
 
+template <typename T>
+__global__ void running_stats_kernel(T* __restrict__ running_mean, T* __restrict__ running_var,
+                                     const float* __restrict__ mean, const float* __restrict__ var, float momentum,
+                                     float unbias, int64_t K) {
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= K) return;
+  const float keep = 1.f - momentum;
+  running_mean[c] = from_float<T>(to_float(running_mean[c]) * keep + momentum * mean[c]);
+  running_var[c] = from_float<T>(to_float(running_var[c]) * keep + momentum * (var[c] * unbias));
+}
+
 }  // namespace
+
+void update_running_stats_cuda(DType dtype, void* running_mean, void* running_var, const float* mean,
+                               const float* var, double momentum, double unbias, int64_t K, CUstream_st* stream) {
+  WSLFAST_DTYPE_SWITCH(dtype, T, [&] {
+    running_stats_kernel<T><<<blocks_for(K, kThreads), kThreads, 0, stream>>>(
+        static_cast<T*>(running_mean), static_cast<T*>(running_var), mean, var, static_cast<float>(momentum),
+        static_cast<float>(unbias), K);
+    check_launch("BN running statistics");
+  });
+}
 
 void bn_forward_finalize_cuda(const double* sums, double count, const float* gamma, const float* beta, double eps,
                               float* mean, float* var, float* scale_shift, int64_t K, CUstream_st* stream) {

@@ -125,6 +125,18 @@ BnBackward bn_backward_finalize_cuda(const at::Tensor& sums, double count, const
   return {kpq[0], kpq[1], kpq[2], dgamma, dbeta};
 }
 
+void update_running_stats_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean,
+                               const at::Tensor& var, double momentum, double unbias) {
+  const c10::cuda::CUDAGuard guard(mean.device());
+  TORCH_CHECK(running_mean.scalar_type() == running_var.scalar_type(),
+              "bn_update_running_stats (CUDA): running_mean and running_var must have one dtype, got ",
+              running_mean.scalar_type(), " and ", running_var.scalar_type());
+  const at::Tensor m = f32(mean), v = f32(var);
+  update_running_stats_cuda(cuda_dtype_of(running_mean, "bn_update_running_stats (CUDA): running_mean"),
+                            running_mean.data_ptr(), running_var.data_ptr(), m.const_data_ptr<float>(),
+                            v.const_data_ptr<float>(), momentum, unbias, mean.numel(), current_stream());
+}
+
 std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& dy, const at::Tensor& src,
                                                               const at::Tensor& ms, const at::Tensor& mt,
                                                               const at::Tensor& k, const at::Tensor& p,

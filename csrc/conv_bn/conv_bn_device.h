@@ -41,6 +41,9 @@ std::pair<at::Tensor, at::Tensor> bn_scale_shift_cpu(const at::Tensor& mean, con
                                                      const at::Tensor& gamma, const at::Tensor& beta, double eps);
 BnBackward bn_backward_finalize_cpu(const at::Tensor& sums, double count, const at::Tensor& mean,
                                     const at::Tensor& var, const at::Tensor& gamma, double eps);
+// running = (1 - momentum) * running + momentum * batch (unbiased = var * count / (count - 1)), in place.
+void update_running_stats_cpu(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean,
+                              const at::Tensor& var, double momentum, double unbias);
 // dx, dw of the conv from grad_y through the BN+ReLU backward g = mask * dy * k + (use_pq ? src * p + q : 0)
 // with mask = relu ? (src * ms + mt > 0) : 1 (conv_bn.h has the passes).
 std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cpu(const at::Tensor& dy, const at::Tensor& src,
@@ -61,6 +64,8 @@ std::pair<at::Tensor, at::Tensor> bn_scale_shift_cuda(const at::Tensor& mean, co
                                                       const at::Tensor& gamma, const at::Tensor& beta, double eps);
 BnBackward bn_backward_finalize_cuda(const at::Tensor& sums, double count, const at::Tensor& mean,
                                      const at::Tensor& var, const at::Tensor& gamma, double eps);
+void update_running_stats_cuda(at::Tensor& running_mean, at::Tensor& running_var, const at::Tensor& mean,
+                               const at::Tensor& var, double momentum, double unbias);
 // Tensor-core path: the BN+ReLU backward runs inside the gradient kernels' loaders (g never stored).
 std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& dy, const at::Tensor& src,
                                                               const at::Tensor& ms, const at::Tensor& mt,

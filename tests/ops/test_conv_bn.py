@@ -242,3 +242,34 @@ def test_torch_compile_inductor_matches_eager():
         torch.testing.assert_close(a.grad, c.grad)
     torch.testing.assert_close(rm1, rm2)
     torch.testing.assert_close(rv1, rv2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_running_stats_update_matches_pytorch_rule(dtype):
+    # (1 - m) * running + m * batch, with the unbiased variance, as F.batch_norm does it.
+    gen = torch.Generator().manual_seed(3)
+    rm, rv = torch.randn(37, generator=gen).to(dtype), torch.rand(37, generator=gen).to(dtype) + 0.5
+    mean, var = torch.randn(37, generator=gen), torch.rand(37, generator=gen)
+    want_m = (0.7 * rm.double() + 0.3 * mean.double()).to(dtype)
+    want_v = (0.7 * rv.double() + 0.3 * var.double() * 10 / 9).to(dtype)
+    torch.ops.wslfast.bn_update_running_stats(rm, rv, mean, var, 0.3, 10)
+    tol = dict(rtol=1e-2, atol=1e-2) if dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rm, want_m, **tol)
+    torch.testing.assert_close(rv, want_v, **tol)
+
+
+def test_running_stats_update_opcheck_and_bad_inputs():
+    rm, rv, mean, var = torch.zeros(8), torch.ones(8), torch.randn(8), torch.rand(8)
+    torch.library.opcheck(torch.ops.wslfast.bn_update_running_stats.default, (rm, rv, mean, var, 0.1, 5))
+    op = torch.ops.wslfast.bn_update_running_stats
+    with pytest.raises(RuntimeError, match="running_var must be 1-D with 8"):
+        op(rm, torch.ones(7), mean, var, 0.1, 5)
+    with pytest.raises(RuntimeError, match="count must be > 1"):
+        op(rm, rv, mean, var, 0.1, 1)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(torch.zeros(16)[::2], rv, mean, var, 0.1, 5)
+    with pytest.raises(RuntimeError, match="momentum must be finite"):
+        op(rm, rv, mean, var, float("nan"), 5)
+    with pytest.raises(RuntimeError, match="floating point"):
+        op(rm, rv, mean.long(), var, 0.1, 5)
+    assert torch.equal(rm, torch.zeros(8)) and torch.equal(rv, torch.ones(8))  # nothing written on error

@@ -202,3 +202,16 @@ def test_float32_warns_once_that_it_runs_the_simple_kernels(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         conv_bn_relu(x, w, g, b, None, None, groups=32)  # only once
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_running_stats_update_on_cuda_matches_cpu(dtype):
+    gen = torch.Generator().manual_seed(5)
+    rm, rv = torch.randn(300, generator=gen).to(dtype), (torch.rand(300, generator=gen) + 0.5).to(dtype)
+    mean, var = torch.randn(300, generator=gen), torch.rand(300, generator=gen)
+    rm_c, rv_c = rm.cuda(), rv.cuda()
+    torch.ops.wslfast.bn_update_running_stats(rm, rv, mean, var, 0.25, 17)
+    torch.ops.wslfast.bn_update_running_stats(rm_c, rv_c, mean.cuda(), var.cuda(), 0.25, 17)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(rm_c.cpu(), rm, **tol)
+    torch.testing.assert_close(rv_c.cpu(), rv, **tol)
