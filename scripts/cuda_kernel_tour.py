@@ -7,8 +7,9 @@ compute-sanitizer on the GPU machine (scripts/gpu_session.sh), small enough for 
 
 Covers: soft-target CE forward/backward (float32, bfloat16; short and long rows, empty rows, duplicate
 ids) and its fused-linear variant; conv+BN+ReLU training and eval, forward and backward, with and without
-ReLU, for each convolution implementation (simple, tensor-core) on 2, 4 and 8 channels per group,
-stride 2, odd sizes and a 1x1 conv; the running-statistics update. Exits 1 on the first mismatch.
+ReLU, in bfloat16 and float32 (TF32 on the tensor cores), for each convolution implementation (simple,
+tensor-core) on 2, 4 and 8 channels per group, stride 2, odd sizes and a 1x1 conv; the running-statistics
+update. Exits 1 on the first mismatch.
 """
 from __future__ import annotations
 
@@ -82,8 +83,8 @@ def conv_bn_cases(device, impls):
         g, b = 1 + 0.2 * torch.randn(k, generator=gen), 0.2 * torch.randn(k, generator=gen)
         rm, rv = 0.1 * torch.randn(k, generator=gen), 1 + 0.2 * torch.rand(k, generator=gen)
         kw = dict(stride=stride, padding=kernel // 2, groups=groups)
-        dtype = torch.bfloat16 if device != "cpu" else torch.float32
-        x, w = x.to(dtype).float(), w.to(dtype).float()  # values every implementation sees alike
+        x, w = x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()  # exact in every storage dtype
+        dtypes = (torch.bfloat16, torch.float32) if device != "cpu" else (torch.float32,)
         for training in (True, False):
             for relu in (True, False):
                 want = run(x, w, g, b, rm, rv, "cpu", torch.float64, training, relu, kw)
@@ -91,11 +92,15 @@ def conv_bn_cases(device, impls):
                     if impl == "fast" and ((c // groups) % 4 or (k // groups) % 4):
                         continue
                     os.environ["WSLFAST_CONV_BN_IMPL"] = impl
-                    got = run(x, w, g, b, rm, rv, device, dtype, training, relu, kw)
-                    tag = f"conv_bn {impl} {(n, c, h, w_, k, groups, kernel, stride)} training={training} relu={relu}"
-                    for name, a, ref in zip(("y", "grad_x", "grad_w", "grad_gamma", "grad_beta", "running_mean",
-                                             "running_var"), got, want):
-                        close(f"{tag} {name}", a, ref, 3e-2 if dtype != torch.float32 else 1e-4)
+                    for dtype in dtypes:
+                        got = run(x, w, g, b, rm, rv, device, dtype, training, relu, kw)
+                        # float32: full precision on CPU and in the simple kernels, TF32 operands in "fast".
+                        rel = 1e-4 if dtype == torch.float32 and impl != "fast" else 3e-2
+                        tag = (f"conv_bn {impl} {str(dtype)[6:]} {(n, c, h, w_, k, groups, kernel, stride)} "
+                               f"training={training} relu={relu}")
+                        for name, a, ref in zip(("y", "grad_x", "grad_w", "grad_gamma", "grad_beta", "running_mean",
+                                                 "running_var"), got, want):
+                            close(f"{tag} {name}", a, ref, rel)
     os.environ.pop("WSLFAST_CONV_BN_IMPL", None)
 
 

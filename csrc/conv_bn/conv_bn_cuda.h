@@ -6,7 +6,8 @@
 // double [2, K] and must be zeroed by the caller (kernels add into them).
 //
 // Two implementations of each convolution: `simple` (one thread per output element, fp32 FMAs, easy to
-// check by eye) and `fast` (tensor-core implicit GEMM, bf16/fp16 only, statistics in the epilogue).
+// check by eye) and `fast` (tensor-core implicit GEMM, statistics in the epilogue; bf16/fp16 operands,
+// or TF32 for float32 storage).
 // Tests on the GPU machine compare both against the CPU reference and against each other.
 #pragma once
 #include <cstdint>
@@ -26,7 +27,8 @@ struct ConvShape {
 // also sums[k] += z and sums[K + k] += z^2 over all output positions (z before rounding to storage).
 void conv_fwd_simple_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
                           double* sums, const ConvShape& shape, CUstream_st* stream);
-// Whether conv_fwd_fast_cuda handles this case (bf16/fp16, channels per group a multiple of 4).
+// Whether conv_fwd_fast_cuda handles this case (channels per group, in and out, a multiple of 4). It
+// takes float32 too (TF32 operands); whether to use it for float32 is the caller's choice.
 bool conv_fwd_fast_supported(DType dtype, const ConvShape& shape);
 void conv_fwd_fast_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
                         double* sums, const ConvShape& shape, CUstream_st* stream);
@@ -60,7 +62,7 @@ struct BnReluGrad {
   const float *ms, *mt, *k, *p, *q;
   bool relu, use_pq;
 };
-// Tensor-core versions (bf16/fp16; same support rule as the forward). The data gradient takes the
+// Tensor-core versions (same support rule as the forward). The data gradient takes the
 // transposed weights w_t [C, R, S, K/groups] (per group, input and output channels swapped); the weight
 // gradient adds into dw, which must be zeroed.
 void conv_dgrad_fast_cuda(DType dtype, const void* dy, const BnReluGrad& bn, const void* w_t, void* dx,

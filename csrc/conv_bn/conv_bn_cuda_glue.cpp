@@ -2,13 +2,16 @@
 // Activations are handled channels_last (NHWC), weights as KRSC (channels_last weights).
 //
 // WSLFAST_CONV_BN_IMPL picks the convolution kernels: "auto" (default: the tensor-core kernels where
-// they apply, else the simple ones), "simple" or "fast" (an error where fast does not apply). The GPU
+// they apply, else the simple ones), "simple" or "fast" (an error where fast does not apply). float32
+// runs the tensor cores in TF32 when torch.backends.cudnn.allow_tf32 is on (PyTorch's default). The GPU
 // tests use it to check each implementation against the CPU reference and against the other.
 #ifdef WSLFAST_WITH_CUDA
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -35,14 +38,26 @@ ConvShape shape_of(const at::Tensor& x, const at::Tensor& w, const ConvParams& p
   return s;
 }
 
+// float32 takes the tensor cores (TF32) only where PyTorch would let cuDNN do so for its convolutions
+// (torch.backends.cudnn.allow_tf32, on by default); otherwise the simple kernels keep full float32.
+bool fast_allowed(DType dt, const ConvShape& s) {
+  if (dt == DType::kFloat32 && !at::globalContext().allowTF32CuDNN()) return false;
+  return conv_fwd_fast_supported(dt, s);
+}
+
 bool use_fast(DType dt, const ConvShape& s) {
   const char* env = std::getenv("WSLFAST_CONV_BN_IMPL");
-  if (env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto")) return conv_fwd_fast_supported(dt, s);
+  if (env == nullptr || !std::strcmp(env, "") || !std::strcmp(env, "auto")) return fast_allowed(dt, s);
   if (!std::strcmp(env, "simple")) return false;
   TORCH_CHECK(!std::strcmp(env, "fast"), "WSLFAST_CONV_BN_IMPL must be auto, simple or fast, got '", env, "'");
-  TORCH_CHECK(conv_fwd_fast_supported(dt, s), "WSLFAST_CONV_BN_IMPL=fast: the tensor-core kernels need bfloat16 or "
-              "float16 and channels per group (in and out) a multiple of 4");
+  TORCH_CHECK(fast_allowed(dt, s), "WSLFAST_CONV_BN_IMPL=fast: the tensor-core kernels need channels per group "
+              "(in and out) a multiple of 4, and for float32 torch.backends.cudnn.allow_tf32 = True");
   return true;
+}
+
+// The kernels move 16-byte (8-byte) vectors: a view that starts off such a boundary gets a fresh copy.
+at::Tensor aligned(const at::Tensor& t) {
+  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0 ? t : t.clone(t.suggest_memory_format());
 }
 
 void check_rows(const at::Tensor& t, const char* name) {
@@ -52,7 +67,7 @@ void check_rows(const at::Tensor& t, const char* name) {
 
 at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& w, const float* bias, bool relu, double* sums,
                         const ConvParams& p) {
-  const at::Tensor xc = x.contiguous(kCL), wc = w.contiguous(kCL);
+  const at::Tensor xc = aligned(x.contiguous(kCL)), wc = aligned(w.contiguous(kCL));
   const ConvShape s = shape_of(xc, wc, p);
   const DType dt = dtype_of(xc);
   at::Tensor z = at::empty({s.N, s.K, s.P, s.Q}, xc.options().memory_format(kCL));
@@ -144,8 +159,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& 
                                                               const at::Tensor& x, const at::Tensor& w,
                                                               const ConvParams& params) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const at::Tensor dyc = dy.contiguous(kCL), srcc = src.contiguous(kCL), xc = x.contiguous(kCL),
-                   wc = w.contiguous(kCL);
+  const at::Tensor dyc = aligned(dy.contiguous(kCL)), srcc = aligned(src.contiguous(kCL)),
+                   xc = aligned(x.contiguous(kCL)), wc = aligned(w.contiguous(kCL));
   const at::Tensor msf = f32(ms), mtf = f32(mt), kf = f32(k), pf = f32(p), qf = f32(q);
   const ConvShape s = shape_of(xc, wc, params);
   const DType dt = dtype_of(xc);

@@ -1,5 +1,5 @@
-// Tensor-core implicit-GEMM convolutions of the fused conv + BN + ReLU (bf16/fp16, fp32 accumulation,
-// mma.sync m16n8k16, sm_80+). Per group g the forward is the GEMM
+// Tensor-core implicit-GEMM convolutions of the fused conv + BN + ReLU (fp32 accumulation, sm_80+;
+// mma.sync m16n8k16 for bf16/fp16, m16n8k8 TF32 for float32 storage). Per group g the forward is the GEMM
 //   out[m, j] = sum_k A[m, k] * B[j, k],  m = (n, ho, wo), j = output channel in the group, k = (r, s, c)
 // with A gathered from the NHWC input on the fly (implicit GEMM, 16-byte loads of 8 channels) and B the
 // weight rows (KRSC: each output channel's (r, s, c) is contiguous). The same kernel does the data
@@ -14,6 +14,7 @@
 // Tile: 128 rows x BN columns x 32 k per block, 4 warps each owning 32 rows; global loads for the next
 // k-tile go to registers while the tensor cores work on the current one.
 #include <cstdint>
+#include <type_traits>
 
 #include "conv_bn_cuda_mma_common.cuh"
 
@@ -75,23 +76,23 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, BnR
   }
   constexpr int kBVec = BN * kBK / 8;
   constexpr int kBPer = (kBVec + kThreads - 1) / kThreads;
-  uint4 ra[4], rb[kBPer];
+  Chunk<T> ra[4], rb[kBPer];
   // Data gradient only: src pieces, which pieces were loaded (bit 2 * j + h), their first channels.
-  uint4 rs[kDgrad ? 4 : 1];
+  Chunk<T> rs[kDgrad ? 4 : 1];
   unsigned a_valid = 0;
   int64_t a_ch[8 / kVec];
   const T* src = static_cast<const T*>(bn.src);
 
   auto load_tile = [&](int64_t kb) {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) ra[j] = make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < 4; ++j) ra[j].clear();
     if constexpr (kDgrad) {
       a_valid = 0;
 #pragma unroll
       for (int h = 0; h < 8 / kVec; ++h) a_ch[h] = g * cin_g + (kb + kc * 8 + h * kVec) % cin_g;
     }
 #pragma unroll
-    for (int j = 0; j < kBPer; ++j) rb[j] = make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < kBPer; ++j) rb[j].clear();
 #pragma unroll
     for (int h = 0; h < 8 / kVec; ++h) {
       const int64_t k0 = kb + kc * 8 + h * kVec;
@@ -122,12 +123,12 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, BnR
     for (int j = 0; j < 4; ++j) {
       // The BN+ReLU backward runs here, after the tensor cores had the loads' latency to hide.
       if constexpr (kDgrad) bn_grad_chunk<T, kVec>(ra[j], rs[j], (a_valid >> (2 * j)) & 3u, a_ch, bn);
-      *reinterpret_cast<uint4*>(&As[(tid >> 2) + 32 * j][kc * 8]) = ra[j];
+      ra[j].store(&As[(tid >> 2) + 32 * j][kc * 8]);
     }
 #pragma unroll
     for (int j = 0; j < kBPer; ++j) {
       const int v = tid + j * kThreads;
-      if (v < kBVec) *reinterpret_cast<uint4*>(&Bs[v / 4][(v & 3) * 8]) = rb[j];
+      if (v < kBVec) rb[j].store(&Bs[v / 4][(v & 3) * 8]);
     }
   };
 
@@ -137,7 +138,7 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, BnR
     store_tile();
     __syncthreads();
     if (kb + kBK < Kg) load_tile(kb + kBK);  // in flight while the tensor cores run
-    mma_k_tile<T, BN>(As, Bs, acc, warp, lane);
+    mma_k_tile<BN>(As, Bs, acc, warp, lane);
     __syncthreads();
   }
 
@@ -197,7 +198,8 @@ template <bool kDgrad, typename T>
 void launch_gemm(const ConvGemm<T>& cv, const BnReluGrad& bn, const float* bias, bool relu, double* sums,
                  CUstream_st* stream) {
   const int64_t M = cv.N * cv.Hout * cv.Wout, cout_g = cv.Cout / cv.groups;
-  bn_switch(cout_g, [&](auto cols) {
+  // float32 tiles are twice the registers of bf16 ones: at 64 columns the data gradient spills, so 32.
+  bn_switch<std::is_same_v<T, float> ? 32 : 64>(cout_g, [&](auto cols) {
     vec_switch(cv.Cin / cv.groups, cout_g, [&](auto vec) {
       constexpr int BN = decltype(cols)::value, kVec = decltype(vec)::value;
       const dim3 grid(static_cast<unsigned>((M + kBM - 1) / kBM), static_cast<unsigned>((cout_g + BN - 1) / BN),
@@ -211,13 +213,13 @@ void launch_gemm(const ConvGemm<T>& cv, const BnReluGrad& bn, const float* bias,
 }  // namespace
 
 bool conv_fwd_fast_supported(DType dtype, const ConvShape& s) {
-  return (dtype == DType::kBFloat16 || dtype == DType::kFloat16) && (s.C / s.groups) % 4 == 0 &&
-         (s.K / s.groups) % 4 == 0 && s.groups <= 65535;
+  return (dtype == DType::kBFloat16 || dtype == DType::kFloat16 || dtype == DType::kFloat32) &&
+         (s.C / s.groups) % 4 == 0 && (s.K / s.groups) % 4 == 0 && s.groups <= 65535;
 }
 
 void conv_fwd_fast_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
                         double* sums, const ConvShape& s, CUstream_st* stream) {
-  half_switch(dtype, [&](auto tag) {
+  mma_switch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const ConvGemm<T> cv{static_cast<const T*>(x), static_cast<const T*>(w), static_cast<T*>(z), s.N, s.H, s.W,
                          s.C, s.P, s.Q, s.K, s.R, s.S, s.stride, s.pad, s.groups};
@@ -228,7 +230,7 @@ void conv_fwd_fast_cuda(DType dtype, const void* x, const void* w, const float* 
 void conv_dgrad_fast_cuda(DType dtype, const void* dy, const BnReluGrad& bn, const void* w_t, void* dx,
                           const ConvShape& s, CUstream_st* stream) {
   check_bn_grad(bn);
-  half_switch(dtype, [&](auto tag) {
+  mma_switch(dtype, [&](auto tag) {
     using T = decltype(tag);
     // The data gradient is a convolution from K to C channels gathered with the transposed rule.
     const ConvGemm<T> cv{static_cast<const T*>(dy), static_cast<const T*>(w_t), static_cast<T*>(dx), s.N, s.P, s.Q,

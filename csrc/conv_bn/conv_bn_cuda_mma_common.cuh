@@ -1,6 +1,7 @@
 // Shared pieces of the tensor-core implicit-GEMM kernels (conv_bn_cuda_mma.cu: forward and data
-// gradient; conv_bn_cuda_mma_wgrad.cu: weight gradient): tile constants, the mma.sync m16n8k16 wrapper
-// and k-tile loop, the vector loads, the fused BN+ReLU backward of a loaded chunk, the launch switches.
+// gradient; conv_bn_cuda_mma_wgrad.cu: weight gradient): tile constants, the mma.sync wrappers and k-tile
+// loops (m16n8k16 for bf16/fp16; m16n8k8 TF32 for float32, as cuDNN runs float32 convs by default), the
+// vector loads, the fused BN+ReLU backward of a loaded chunk, the launch switches.
 #pragma once
 #include <cstdint>
 #include <stdexcept>
@@ -38,10 +39,32 @@ template <> struct Mma<__half> {
   }
 };
 
+// float32 storage: TF32 operands (10-bit mantissa, rounded to nearest), float32 accumulation.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+#else
+  r = __float_as_uint(x);
+#endif
+  return r;
+}
+
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  __trap();
+#endif
+}
+
 // One k-tile of the block GEMM: As [kBM][kLds] (rows x k), Bs [BN][kLds] (columns x k), both k-contiguous.
 // Fragment layouts of mma.m16n8k16 (PTX ISA): lane = 4 * gid + tig; A regs hold (gid | gid+8, 2*tig | +8),
 // B regs hold (k = 2*tig | +8, n = gid), D holds (row gid | gid+8, cols 2*tig, 2*tig+1).
-template <typename T, int BN>
+template <int BN, typename T>
 __device__ __forceinline__ void mma_k_tile(const T (*As)[kLds], const T (*Bs)[kLds], float (&acc)[2][BN / 8][4],
                                            int warp, int lane) {
   const int gid = lane >> 2, tig = lane & 3;
@@ -67,17 +90,65 @@ __device__ __forceinline__ void mma_k_tile(const T (*As)[kLds], const T (*Bs)[kL
   }
 }
 
-// Loads kVec storage elements (16 bytes for 8, 8 bytes for 4) into piece h of an 8-element chunk.
-// 4-wide pieces serve groups of 4 channels (ResNeXt 32x4d's first stage), where 8 consecutive k
-// indices span two filter taps and rows are only 8-byte aligned.
+// The float32 (TF32) k-tile: mma.m16n8k8, A regs hold (row gid | gid+8, k tig | tig+4), B regs hold
+// (k = tig | tig+4, n = gid), D as above.
+template <int BN>
+__device__ __forceinline__ void mma_k_tile(const float (*As)[kLds], const float (*Bs)[kLds],
+                                           float (&acc)[2][BN / 8][4], int warp, int lane) {
+  const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+  for (int kk = 0; kk < kBK; kk += 8) {
+    uint32_t a[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const int row = warp * 32 + mt * 16 + gid;
+      a[mt][0] = to_tf32(As[row][kk + tig]);
+      a[mt][1] = to_tf32(As[row + 8][kk + tig]);
+      a[mt][2] = to_tf32(As[row][kk + tig + 4]);
+      a[mt][3] = to_tf32(As[row + 8][kk + tig + 4]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      const uint32_t b[2] = {to_tf32(Bs[nt * 8 + gid][kk + tig]), to_tf32(Bs[nt * 8 + gid][kk + tig + 4])};
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) mma_tf32(acc[mt][nt], a[mt], b);
+    }
+  }
+}
+
+// 8 consecutive k elements of one row: the unit every loader moves through registers (16 bytes of
+// bf16/fp16, 32 of float32).
+template <typename T>
+struct Chunk {
+  static constexpr int kWords = 8 * sizeof(T) / 16;
+  uint4 u[kWords];
+  __device__ __forceinline__ void clear() {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) u[i] = make_uint4(0, 0, 0, 0);
+  }
+  // Writes the chunk to 16-byte aligned memory (a shared tile row).
+  __device__ __forceinline__ void store(T* dst) const {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) reinterpret_cast<uint4*>(dst)[i] = u[i];
+  }
+  __device__ __forceinline__ T* elems() { return reinterpret_cast<T*>(u); }
+  __device__ __forceinline__ const T* elems() const { return reinterpret_cast<const T*>(u); }
+};
+
+// Loads kVec storage elements into piece h (elements h * kVec ..) of an 8-element chunk, in 16-byte
+// loads (8-byte for 4 bf16/fp16). 4-wide pieces serve groups of 4 channels (ResNeXt 32x4d's first
+// stage), where 8 consecutive k indices span two filter taps and rows are only 8- or 16-byte aligned.
 template <int kVec, typename T>
-__device__ __forceinline__ void load_piece(uint4& dst, int h, const T* src) {
-  if constexpr (kVec == 8) {
-    dst = *reinterpret_cast<const uint4*>(src);
+__device__ __forceinline__ void load_piece(Chunk<T>& dst, int h, const T* src) {
+  constexpr int kBytes = kVec * static_cast<int>(sizeof(T));
+  if constexpr (kBytes % 16 == 0) {
+#pragma unroll
+    for (int i = 0; i < kBytes / 16; ++i) dst.u[h * (kBytes / 16) + i] = reinterpret_cast<const uint4*>(src)[i];
   } else {
+    static_assert(kBytes == 8, "pieces are 8 bytes or whole 16-byte words");
     const uint2 v = *reinterpret_cast<const uint2*>(src);
-    if (h == 0) dst.x = v.x, dst.y = v.y;
-    else dst.z = v.x, dst.w = v.y;
+    if (h == 0) dst.u[0].x = v.x, dst.u[0].y = v.y;
+    else dst.u[0].z = v.x, dst.u[0].w = v.y;
   }
 }
 
@@ -85,10 +156,10 @@ __device__ __forceinline__ void load_piece(uint4& dst, int h, const T* src) {
 // holds channels ch[h] .. ch[h] + kVec - 1 and is transformed only where its bit in `valid` is set
 // (elements that are padding or out of range stay 0).
 template <typename T, int kVec>
-__device__ __forceinline__ void bn_grad_chunk(uint4& d, const uint4& s, unsigned valid, const int64_t (&ch)[8 / kVec],
-                                              const BnReluGrad& bn) {
-  T* dv = reinterpret_cast<T*>(&d);
-  const T* sv = reinterpret_cast<const T*>(&s);
+__device__ __forceinline__ void bn_grad_chunk(Chunk<T>& d, const Chunk<T>& s, unsigned valid,
+                                              const int64_t (&ch)[8 / kVec], const BnReluGrad& bn) {
+  T* dv = d.elems();
+  const T* sv = s.elems();
 #pragma unroll
   for (int h = 0; h < 8 / kVec; ++h) {
     if (!((valid >> h) & 1u)) continue;
@@ -101,12 +172,13 @@ __device__ __forceinline__ void bn_grad_chunk(uint4& d, const uint4& s, unsigned
   }
 }
 
-// Columns per block: the smallest of 16, 32, 64 covering the group's output channels (64 beyond).
-template <typename Fn>
+// Columns per block: the smallest of 16, 32, kMax covering the group's output channels (kMax beyond).
+template <int kMax = 64, typename Fn>
 void bn_switch(int64_t cols, Fn&& fn) {
+  static_assert(kMax == 32 || kMax == 64);
   if (cols <= 16) fn(std::integral_constant<int, 16>{});
-  else if (cols <= 32) fn(std::integral_constant<int, 32>{});
-  else fn(std::integral_constant<int, 64>{});
+  else if (kMax == 32 || cols <= 32) fn(std::integral_constant<int, 32>{});
+  else if constexpr (kMax == 64) fn(std::integral_constant<int, 64>{});
 }
 
 // 8-wide (16-byte) loads where channels per group (in and out) are multiples of 8, else 4-wide.
@@ -117,10 +189,11 @@ void vec_switch(int64_t cg, int64_t kg, Fn&& fn) {
 }
 
 template <typename Fn>
-void half_switch(DType dtype, Fn&& fn) {
+void mma_switch(DType dtype, Fn&& fn) {
   if (dtype == DType::kBFloat16) fn(__nv_bfloat16{});
   else if (dtype == DType::kFloat16) fn(__half{});
-  else throw std::invalid_argument("wslfast conv_bn_relu: the tensor-core kernels take bfloat16 or float16");
+  else if (dtype == DType::kFloat32) fn(float{});
+  else throw std::invalid_argument("wslfast conv_bn_relu: the tensor-core kernels take bfloat16, float16 or float32");
 }
 
 inline void check_bn_grad(const BnReluGrad& bn) {

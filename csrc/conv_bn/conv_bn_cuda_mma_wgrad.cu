@@ -1,4 +1,4 @@
-// Tensor-core weight gradient of the fused conv + BN + ReLU (bf16/fp16, fp32 accumulation): per group
+// Tensor-core weight gradient of the fused conv + BN + ReLU (bf16/fp16 or TF32, fp32 accumulation): per group
 // dw[kk, (r, s, c)] = sum_m g[m, kk] * patch[m, (r, s, c)], with g formed from grad_y and the saved
 // z by the BN+ReLU backward as the tile is loaded (BnReluGrad). The m reduction is split over blocks,
 // which add into dw with float atomics.
@@ -33,7 +33,8 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
     for (int v = tid; v < kBM / kVec * kBK; v += kThreads) {
       const int ml = v % kBK, jl = (v / kBK) * kVec;
       const int64_t m = mb + ml, j = j0 + jl;
-      uint4 val = make_uint4(0, 0, 0, 0);
+      Chunk<T> val;
+      val.clear();
       if (m < m_end && j < J) {
         const int64_t tap = j / cg, c = j % cg, r = tap / s.S, t = tap % s.S;
         const int64_t q = m % s.Q, p = (m / s.Q) % s.P, n = m / (s.Q * s.P);
@@ -41,16 +42,18 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
         if (h >= 0 && h < s.H && w >= 0 && w < s.W)
           load_piece<kVec>(val, 0, x + ((n * s.H + h) * s.W + w) * s.C + g * cg + c);
       }
-      const T* e = reinterpret_cast<const T*>(&val);
+      const T* e = val.elems();
 #pragma unroll
       for (int i = 0; i < kVec; ++i) As[jl + i][ml] = e[i];
     }
     for (int v = tid; v < BN / kVec * kBK; v += kThreads) {
       const int ml = v % kBK, kl = (v / kBK) * kVec;
       const int64_t m = mb + ml, kk = n0 + kl;
-      uint4 val = make_uint4(0, 0, 0, 0);
+      Chunk<T> val;
+      val.clear();
       if (m < m_end && kk < kg) {
-        uint4 sv = make_uint4(0, 0, 0, 0);
+        Chunk<T> sv;
+        sv.clear();
         const int64_t off = m * s.K + g * kg + kk;
         load_piece<kVec>(val, 0, gz + off);
         load_piece<kVec>(sv, 0, static_cast<const T*>(bn.src) + off);
@@ -58,12 +61,12 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
         ch[0] = g * kg + kk;
         bn_grad_chunk<T, kVec>(val, sv, 1u, ch, bn);  // piece 0 holds the kVec loaded channels
       }
-      const T* e = reinterpret_cast<const T*>(&val);
+      const T* e = val.elems();
 #pragma unroll
       for (int i = 0; i < kVec; ++i) Bs[kl + i][ml] = e[i];
     }
     __syncthreads();
-    mma_k_tile<T, BN>(As, Bs, acc, warp, lane);
+    mma_k_tile<BN>(As, Bs, acc, warp, lane);
     __syncthreads();
   }
   const int gid = lane >> 2, tig = lane & 3;
@@ -88,7 +91,7 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
 void conv_wgrad_fast_cuda(DType dtype, const void* dy, const BnReluGrad& bn, const void* x, float* dw,
                           const ConvShape& s, CUstream_st* stream) {
   check_bn_grad(bn);
-  half_switch(dtype, [&](auto tag) {
+  mma_switch(dtype, [&](auto tag) {
     using T = decltype(tag);
     const int64_t kg = s.K / s.groups, J = s.R * s.S * (s.C / s.groups), M = s.N * s.P * s.Q;
     // Split the m reduction so the grid fills the GPU: ~8k positions per block, at most 65535 blocks in z.

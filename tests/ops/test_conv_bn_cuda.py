@@ -92,13 +92,41 @@ def test_one_by_one_groups_1(impl, case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_other_dtypes(impl, dtype):
-    if impl == "fast" and dtype == torch.float32:
-        pytest.skip("the tensor-core kernels take bf16/fp16; float32 runs the simple ones")
+@pytest.mark.parametrize("training", [True, False])
+def test_other_dtypes(impl, dtype, training):
+    # float32: the simple kernels keep full float32; the tensor-core ones use TF32 operands (10-bit mantissa).
     x, w, g, b, rm, rv, dy, kw = inputs((2, 256, 14, 14, 32, 1), dtype)
+    want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, training, **kw)
+    got = run(ours, "cuda", dtype, x, w, g, b, rm, rv, dy, training, **kw)
+    check(got, want, f"{impl} {dtype}", rel=1e-4 if (dtype == torch.float32 and impl == "simple") else 1e-2)
+
+
+def test_float32_follows_allow_tf32(monkeypatch):
+    # TF32 off: auto takes the simple kernels (full float32 accuracy) and "fast" refuses.
+    x, w, g, b, rm, rv, dy, kw = inputs((2, 128, 9, 9, 32, 1), torch.float32)
     want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, True, **kw)
-    got = run(ours, "cuda", dtype, x, w, g, b, rm, rv, dy, True, **kw)
-    check(got, want, f"{impl} {dtype}", rel=1e-4 if dtype == torch.float32 else 1e-2)
+    import wslfast.ops.conv_bn as mod
+    monkeypatch.setattr(mod, "_warned_float32_cuda", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", "auto")
+    with pytest.warns(UserWarning, match="allow_tf32"):
+        got = run(ours, "cuda", torch.float32, x, w, g, b, rm, rv, dy, True, **kw)
+    check(got, want, "float32 without TF32", rel=1e-4)
+    monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", "fast")
+    with pytest.raises(RuntimeError, match="allow_tf32"):
+        run(ours, "cuda", torch.float32, x, w, g, b, rm, rv, dy, True, **kw)
+
+
+def test_unaligned_views_are_copied_not_misread(impl):
+    # A channels_last view that starts 2 elements into its storage: 16-byte vector loads would be misaligned.
+    x, w, g, b, rm, rv, dy, kw = inputs((2, 128, 9, 9, 32, 1), torch.bfloat16)
+    want = run(reference, "cpu", torch.float64, x, w, g, b, rm, rv, dy, True, **kw)
+    base = torch.empty(x.numel() + 2, device="cuda", dtype=torch.bfloat16)
+    xs = base[2:].view(2, 9, 9, 128).permute(0, 3, 1, 2)
+    xs.copy_(x.to("cuda", torch.bfloat16))
+    y = conv_bn_relu(xs, w.to("cuda", torch.bfloat16), g.to("cuda", torch.float32), b.to("cuda", torch.float32),
+                     training=True, **kw)
+    torch.testing.assert_close(y.double().cpu(), want[0], rtol=3e-2, atol=3e-2 * want[0].abs().max().item())
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -193,6 +221,7 @@ def test_opcheck_cuda():
 def test_float32_warns_once_that_it_runs_the_simple_kernels(monkeypatch):
     import wslfast.ops.conv_bn as mod
     monkeypatch.setattr(mod, "_warned_float32_cuda", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     x = torch.randn(2, 64, 6, 6, device="cuda")
     w = torch.randn(64, 2, 3, 3, device="cuda")
     g, b = torch.ones(64, device="cuda"), torch.zeros(64, device="cuda")

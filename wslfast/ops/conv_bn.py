@@ -11,11 +11,12 @@ bias, groups dividing both channel counts; float32/bfloat16/float16 storage (flo
 statistics; contiguous or channels_last input (channels_last is the fast path; CUDA returns
 channels_last). Under autocast, x and weight are cast to the autocast dtype as F.conv2d would be.
 
-On CUDA the convolutions are our own kernels, not cuDNN: bfloat16/float16 with channels per group (in
-and out) a multiple of 4 run the tensor-core implicit GEMM (batch statistics in its epilogue; in the
-backward the BN+ReLU gradient is formed inside the data- and weight-gradient kernels' loaders, so it is
-never stored); anything else (float32, fewer channels per group) runs the simple reference kernels,
-correct but slow, so train in bf16 autocast. One small kernel turns the batch sums into the statistics
+On CUDA the convolutions are our own kernels, not cuDNN: with channels per group (in and out) a multiple
+of 4 they run the tensor-core implicit GEMM (bf16/fp16 operands; float32 storage as TF32 operands, as
+cuDNN does by default, unless torch.backends.cudnn.allow_tf32 is off), with the batch statistics in its
+epilogue and, in the backward, the BN+ReLU gradient formed inside the data- and weight-gradient kernels'
+loaders, so it is never stored. Anything else (fewer channels per group, float32 with TF32 off) runs the
+simple reference kernels, correct but slow. One small kernel turns the batch sums into the statistics
 and coefficients (forward and backward). WSLFAST_CONV_BN_IMPL=simple|fast|auto forces a choice (the GPU
 tests compare them).
 """
@@ -125,9 +126,9 @@ def _warn_float32_cuda() -> None:
     global _warned_float32_cuda
     if not _warned_float32_cuda:
         _warned_float32_cuda = True
-        warnings.warn("wslfast conv_bn_relu: float32 on CUDA runs the simple reference kernels, which are correct "
-                      "but slow; train under torch.autocast('cuda', dtype=torch.bfloat16) for the tensor-core "
-                      "kernels, or build the model with fused=False for cuDNN in float32/TF32", stacklevel=3)
+        warnings.warn("wslfast conv_bn_relu: float32 on CUDA with torch.backends.cudnn.allow_tf32 = False runs the "
+                      "simple reference kernels, which keep full float32 but are slow; allow TF32 or train under "
+                      "torch.autocast('cuda', dtype=torch.bfloat16) for the tensor-core kernels", stacklevel=3)
 
 
 def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
@@ -139,7 +140,7 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
         dt = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dt), weight.to(dt)
     _check(x, weight, stride, padding, groups)
-    if x.is_cuda and x.dtype == torch.float32:
+    if x.is_cuda and x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         _warn_float32_cuda()
     if (running_mean is None) != (running_var is None):
         raise ValueError("conv_bn_relu: give both running_mean and running_var, or neither")
