@@ -4,6 +4,7 @@
     (from a checkout built in place: PYTHONPATH=. python benchmarks/bench_conv_bn.py)
     python benchmarks/bench_conv_bn.py --no-compile      # skip the torch.compile baseline
     python benchmarks/bench_conv_bn.py --no-step         # skip the whole-model training step
+    python benchmarks/bench_conv_bn.py --widths 8,16 --batches 32   # a subset of the block cases
     python benchmarks/bench_conv_bn.py --out FILE.json
 
 Block cases: the stride-1 grouped 3x3 conv (groups 32) of each stage of ResNeXt-101 32x{4,8,16}d at
@@ -209,6 +210,18 @@ def summarize(records):
             print(f"{mode:6s} {case}: wslfast {ms:.2f} ms; speed-up vs " + ", ".join(ratios))
 
 
+def parse_ints(text, flag):
+    if not text:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{flag}: expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise SystemExit(f"{flag}: values must be >= 1, got {text!r}")
+    return values
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -217,6 +230,9 @@ def main():
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (torch.set_num_threads); 1 gives steadier numbers on busy shared cores")
+    ap.add_argument("--widths", default=None, help="channels per group of the 32xCd models, e.g. 8,16 "
+                    "(default: 4,8,16 on CUDA, 4 on CPU)")
+    ap.add_argument("--batches", default=None, help="e.g. 32,128 (default: 32,128 on CUDA, 8 on CPU)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--mem-child", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -226,10 +242,11 @@ def main():
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        dtype, cases, repeats = torch.bfloat16, stage_cases((4, 8, 16), (32, 128), torch.bfloat16), 20
-    else:
-        dtype, cases, repeats = torch.float32, stage_cases((4,), (8,), torch.float32), 15
+    gpu = device.type == "cuda"
+    widths = parse_ints(args.widths, "--widths") or ((4, 8, 16) if gpu else (4,))
+    batches = parse_ints(args.batches, "--batches") or ((32, 128) if gpu else (8,))
+    dtype, repeats = (torch.bfloat16, 20) if gpu else (torch.float32, 15)
+    cases = stage_cases(widths, batches, dtype)
     repeats = args.repeats or repeats
     records = []
     run_blocks(cases, device, dtype, not args.no_compile, repeats, records)

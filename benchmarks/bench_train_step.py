@@ -9,6 +9,8 @@ own subprocess so peak memory is its own. Appends flat records to benchmarks/res
     python benchmarks/bench_train_step.py                                  # CPU: resnext_tiny, batch 16, 64 px
     python benchmarks/bench_train_step.py --arch resnext101_32x8d --batch-size 64 --image-size 224 \
         --amp bf16 --device cuda --workers 8 --data /path/to/shards        # the GPU goal: >= 1.3x stock
+    python benchmarks/bench_train_step.py --loader synthetic --arch resnext101_32x8d --batch-size 64 \
+        --image-size 224 --amp bf16 --device cuda --classes 17000        # no data, no DALI: model+loss+SGD
 
 The stock model for resnext_tiny (which torchvision lacks) is wslfast's create_model(fused=False): the same
 architecture in stock nn.Conv2d / nn.BatchNorm2d / nn.Linear layers.
@@ -91,13 +93,43 @@ def stock_batches(shard_dir, batch_size, image_size, workers, seed):
         yield from dl
 
 
+def synthetic_batches(impl, batch_size, image_size, num_classes, device):
+    """One fixed batch in device memory, yielded forever: random images and 1 to 5 tags an image, as
+    SparseTargets (wslfast) or the dense 1/k target (stock). No decode, so the step is model, loss and
+    optimizer alone (the GPU machine has no DALI)."""
+    from wslfast.sparse_targets import SparseTargets
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+    counts = torch.randint(1, 6, (batch_size,), generator=gen)
+    rows = [torch.randperm(num_classes, generator=gen)[:int(c)].tolist() for c in counts]
+    targets = SparseTargets.from_lists(rows, num_classes=num_classes)
+    targets = targets.to(device) if impl == "wslfast" else targets.to_dense().to(device)
+    while True:
+        yield images, targets
+
+
 def run_one(args) -> dict:
     """One implementation in this process: returns its record."""
     from wslfast.engine import HashtagObjective, dense_soft_target_cross_entropy, pick_device
     device = pick_device(args.device)
     torch.manual_seed(0)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    if args.impl == "wslfast":
+    if args.loader == "synthetic":
+        from wslfast.models import create_model
+        num_classes = args.classes
+        it = synthetic_batches(args.impl, args.batch_size, args.image_size, num_classes, device)
+        if args.impl == "wslfast":
+            model = create_model(args.arch, num_classes=num_classes, fused=True, zero_init_residual=True)
+            objective = HashtagObjective(model, fused=True)
+
+            def loss_of(images, targets):
+                return objective(images, targets)
+        else:
+            model = stock_model(args.arch, num_classes)
+
+            def loss_of(images, dense_targets):
+                return dense_soft_target_cross_entropy(model(images), dense_targets)
+    elif args.impl == "wslfast":
         from wslfast.data.dali import train_loader
         from wslfast.models import create_model
         loader = train_loader(args.data, args.batch_size, device=device.type, image_size=args.image_size,
@@ -151,7 +183,8 @@ def run_one(args) -> dict:
     p20, p50, p80 = (float(np.percentile(times, q)) for q in (20, 50, 80))
     mem = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
     case = {"arch": args.arch, "batch": args.batch_size, "image_size": args.image_size, "amp": args.amp,
-            "channels_last": args.channels_last, "workers": args.workers, "classes": num_classes}
+            "channels_last": args.channels_last, "workers": args.workers, "classes": num_classes,
+            "loader": args.loader}
     return record("train_step", case, args.impl, "step", (p20, p50, p80), mem, device,
                   img_per_s=round(args.batch_size * 1e3 / p50, 2), steps=args.steps)
 
@@ -168,6 +201,10 @@ def main():
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--data", default="", help="a shard folder (default: the synthetic demo corpus's shards)")
+    ap.add_argument("--loader", choices=("data", "synthetic"), default="data",
+                    help="data: DALI (wslfast) vs PIL DataLoader (stock) over the shards; synthetic: one fixed "
+                         "batch already on the device (model + loss + optimizer only; no DALI needed)")
+    ap.add_argument("--classes", type=int, default=1000, help="vocabulary size with --loader synthetic")
     ap.add_argument("--impls", default="wslfast,stock")
     ap.add_argument("--rounds", type=int, default=2, help="each impl runs this many times, alternating")
     ap.add_argument("--impl", default="", help=argparse.SUPPRESS)  # set in the child processes
@@ -176,7 +213,9 @@ def main():
     if args.impl:  # child: run one implementation, print its record as the last line
         print(json.dumps(run_one(args)), flush=True)
         return
-    if not args.data:
+    if args.loader == "synthetic":
+        args.data = "synthetic"
+    elif not args.data:
         from train.demo_data import prepare_shards
         from wslfast.engine import Config, DistInfo
         demo = Config(data="synthetic", synthetic_images=2000, synthetic_classes=10, sampling="natural",

@@ -3,9 +3,10 @@
 # most 10 per call, a bare machine whenever it went cold). Run from the repository root on the GPU
 # machine; every phase writes its log and results under $OUT, which the device tool brings back.
 #
-#   bash scripts/gpu_session.sh build test sanitize     # call 1: build, CUDA tests, compute-sanitizer
-#   bash scripts/gpu_session.sh build bench-ce profile  # call 2: soft-CE benchmark, step profile
-#   bash scripts/gpu_session.sh build bench-conv        # call 3: conv+BN blocks and the 32x8d step
+#   bash scripts/gpu_session.sh build test sanitize           # call 1: build, CUDA tests, compute-sanitizer
+#   bash scripts/gpu_session.sh build bench-conv-8 bench-step # call 2: 32x8d blocks + model step, train step
+#   bash scripts/gpu_session.sh build bench-conv-16 profile   # call 3: 32x16d blocks, step profile
+#   bash scripts/gpu_session.sh build bench-ce bench-conv-4   # call 4: soft-CE, 32x4d blocks
 #
 # `build` is quick when the machine is still warm (pip reuses the in-place build). Phases run in the
 # order given; a failing phase is reported and the next one still runs; the exit status is the number
@@ -56,8 +57,20 @@ for step in "$@"; do
     bench-ce)
       phase bench_soft_ce 540 "$PY" benchmarks/bench_soft_ce.py --device cuda --out "$OUT/results.json"
       ;;
-    bench-conv)
-      phase bench_conv_bn 570 "$PY" benchmarks/bench_conv_bn.py --device cuda --out "$OUT/results.json"
+    bench-conv-4|bench-conv-8|bench-conv-16)
+      # One width per call (torch.compile of each shape takes a while); the 32x8d call adds the
+      # whole-model step (ResNeXt-101 32x8d, batch 64, bf16, fused vs unfused).
+      width=${step#bench-conv-}
+      extra=(--no-step)
+      [ "$width" = 8 ] && extra=()
+      phase "bench_conv_bn_$width" 570 "$PY" benchmarks/bench_conv_bn.py --device cuda --widths "$width" \
+        "${extra[@]}" --out "$OUT/results.json"
+      ;;
+    bench-step)
+      # The training step without data or DALI (the GPU machine has none): model + loss + SGD.
+      phase bench_train_step 400 "$PY" benchmarks/bench_train_step.py --loader synthetic --device cuda \
+        --arch resnext101_32x8d --batch-size 64 --image-size 224 --amp bf16 --classes 17000 --steps 20 \
+        --out "$OUT/results.json"
       ;;
     profile)
       phase profile_step 300 "$PY" benchmarks/profile_step.py --device cuda --out "$OUT/results.json" \
@@ -65,7 +78,7 @@ for step in "$@"; do
       cat "$OUT/profile_step.log"
       ;;
     *)
-      echo "unknown phase '$step' (build, test, sanitize, bench-ce, bench-conv, profile)" >&2
+      echo "unknown phase '$step' (build, test, sanitize, bench-ce, bench-conv-{4,8,16}, bench-step, profile)" >&2
       failed=$((failed + 1))
       ;;
   esac

@@ -35,3 +35,17 @@ def test_session_script_is_valid_bash_and_counts_failed_phases(tmp_path):
                        env=dict(ENV, OUT=str(tmp_path)), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "unknown phase 'no-such-phase'" in r.stderr
+
+
+def test_session_script_phases_call_the_benchmarks_as_planned(tmp_path):
+    # PYTHON=echo: each phase writes the command it would run to its log instead of running it.
+    r = subprocess.run(["bash", "scripts/gpu_session.sh", "bench-conv-8", "bench-conv-16", "bench-step"], cwd=ROOT,
+                       env=dict(ENV, OUT=str(tmp_path), PYTHON="echo"), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    conv8 = (tmp_path / "bench_conv_bn_8.log").read_text().split()
+    conv16 = (tmp_path / "bench_conv_bn_16.log").read_text().split()
+    step = (tmp_path / "bench_train_step.log").read_text().split()
+    assert conv8[:5] == ["benchmarks/bench_conv_bn.py", "--device", "cuda", "--widths", "8"]
+    assert "--no-step" not in conv8 and "--no-step" in conv16 and conv16[4] == "16"
+    assert step[0] == "benchmarks/bench_train_step.py" and "synthetic" in step and "resnext101_32x8d" in step
+    assert all(words[-2:] == ["--out", str(tmp_path / "results.json")] for words in (conv8, conv16, step))
