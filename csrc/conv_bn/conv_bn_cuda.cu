@@ -112,7 +112,7 @@ struct BackwardTerms {
   __device__ void operator()(int64_t i, int64_t c, double& t0, double& t1) const {
     const float x = to_float(src[i]);
     float d = to_float(dy[i]);
-    if (relu && !(x * ms[c] + mt[c] > 0.f)) d = 0.f;
+    if (relu && !(__fmaf_rn(x, ms[c], mt[c]) > 0.f)) d = 0.f;  // the forward's fma, so the same mask
     t0 = d;
     t1 = static_cast<double>(d) * (x - center[c]);
   }
@@ -158,7 +158,7 @@ __global__ void scale_shift_relu_kernel(const T* __restrict__ z, const float* __
                                         int64_t K) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = i % K;
-    float v = to_float(z[i]) * scale[c] + shift[c];
+    float v = __fmaf_rn(to_float(z[i]), scale[c], shift[c]);
     y[i] = from_float<T>(relu ? fmaxf(v, 0.f) : v);
   }
 }
@@ -193,7 +193,7 @@ __global__ void scale_shift_relu_vec_kernel(const Vec<T>* __restrict__ z, const 
     Vec<T> out;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      const float v = to_float(in.v[j]) * scale[c0 + j] + shift[c0 + j];
+      const float v = __fmaf_rn(to_float(in.v[j]), scale[c0 + j], shift[c0 + j]);
       out.v[j] = from_float<T>(relu ? fmaxf(v, 0.f) : v);
     }
     y[i] = out;

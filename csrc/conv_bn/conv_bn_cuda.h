@@ -55,7 +55,7 @@ void conv_wgrad_simple_cuda(DType dtype, const void* g, const void* x, float* dw
 
 // The BN+ReLU backward folded into the tensor-core gradient kernels: they read grad_y (dy) and src
 // instead of a stored conv-output gradient g, and form g = mask * dy * k[c] + (use_pq ? src * p[c] + q[c]
-// : 0), mask = relu ? (src * ms[c] + mt[c] > 0) : 1, on the fly, rounded to the storage dtype exactly as
+// : 0), mask = relu ? (src * ms[c] + mt[c] > 0) : 1, on the fly, rounded to the storage dtype as
 // bn_relu_backward_apply_cuda would store it. src has dy's layout and dtype; coefficients float32 [K].
 struct BnReluGrad {
   const void* src;

@@ -25,15 +25,15 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 }
 
 // One element of the BN+ReLU backward (see BnReluGrad): the separate pass and the tensor-core gradient
-// kernels call this same function, so both give the same g bit for bit.
+// kernels call this same function, and its roundings are spelled out (__fmaf_rn, no contraction left to
+// the compiler), so both give the same g bit for bit. The mask is the forward's: y = relu(fma(z, s, t)).
 __device__ __forceinline__ float bn_relu_grad(float dy, float src, int64_t c, const float* __restrict__ ms,
                                               const float* __restrict__ mt, const float* __restrict__ k,
                                               const float* __restrict__ p, const float* __restrict__ q, bool relu,
                                               bool use_pq) {
-  if (relu && !(src * __ldg(ms + c) + __ldg(mt + c) > 0.f)) dy = 0.f;
-  float v = dy * __ldg(k + c);
-  if (use_pq) v += src * __ldg(p + c) + __ldg(q + c);
-  return v;
+  if (relu && !(__fmaf_rn(src, __ldg(ms + c), __ldg(mt + c)) > 0.f)) dy = 0.f;
+  if (!use_pq) return __fmul_rn(dy, __ldg(k + c));
+  return __fmaf_rn(dy, __ldg(k + c), __fmaf_rn(src, __ldg(p + c), __ldg(q + c)));
 }
 
 inline void check_launch(const char* what) {
