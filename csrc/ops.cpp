@@ -34,8 +34,10 @@ TORCH_LIBRARY(wslfast, m) {
   // Fused conv2d (no bias, dilation 1) + BatchNorm + optional ReLU (csrc/conv_bn); autograd registered in
   // wslfast/ops/conv_bn.py. Training returns the conv output z and the batch mean and biased variance
   // (float32, float64 for float64 x) for the backward; the caller updates the running statistics.
-  m.def("conv_bn_relu_train(Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, int stride, int padding,"
-        " int groups, float eps, bool relu) -> (Tensor y, Tensor z, Tensor mean, Tensor var)");
+  // An optional residual is added before the ReLU (y = relu(bn(conv(x)) + residual), a ResNet block's
+  // tail); its backward is the ReLU mask of y, applied by the autograd before the backward ops.
+  m.def("conv_bn_relu_train(Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, Tensor? residual,"
+        " int stride, int padding, int groups, float eps, bool relu) -> (Tensor y, Tensor z, Tensor mean, Tensor var)");
   m.def("conv_bn_relu_train_backward(Tensor grad_y, Tensor x, Tensor weight, Tensor z, Tensor bn_weight,"
         " Tensor bn_bias, Tensor mean, Tensor var, int stride, int padding, int groups, float eps, bool relu)"
         " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bn_weight, Tensor grad_bn_bias)");
@@ -45,7 +47,7 @@ TORCH_LIBRARY(wslfast, m) {
         " float momentum, int count) -> ()");
   // Eval: BatchNorm with the running statistics, folded into the convolution.
   m.def("conv_bn_relu_eval(Tensor x, Tensor weight, Tensor bn_weight, Tensor bn_bias, Tensor running_mean,"
-        " Tensor running_var, int stride, int padding, int groups, float eps, bool relu) -> Tensor");
+        " Tensor running_var, Tensor? residual, int stride, int padding, int groups, float eps, bool relu) -> Tensor");
   m.def("conv_bn_relu_eval_backward(Tensor grad_y, Tensor y, Tensor x, Tensor weight, Tensor bn_weight,"
         " Tensor running_mean, Tensor running_var, int stride, int padding, int groups, float eps, bool relu)"
         " -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bn_weight, Tensor grad_bn_bias)");

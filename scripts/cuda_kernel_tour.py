@@ -7,7 +7,7 @@ compute-sanitizer on the GPU machine (scripts/gpu_session.sh), small enough for 
 
 Covers: soft-target CE forward/backward (float32, bfloat16; short and long rows, empty rows, duplicate
 ids) and its fused-linear variant; conv+BN+ReLU training and eval, forward and backward, with and without
-ReLU, in bfloat16 and float32 (TF32 on the tensor cores), for each convolution implementation (simple,
+ReLU and with a residual before the ReLU, in bfloat16 and float32 (TF32 on the tensor cores), for each convolution implementation (simple,
 tensor-core) on 2, 4 and 8 channels per group, stride 2, odd sizes and a 1x1 conv; the running-statistics
 update. Exits 1 on the first mismatch.
 """
@@ -85,35 +85,38 @@ def conv_bn_cases(device, impls):
         kw = dict(stride=stride, padding=kernel // 2, groups=groups)
         x, w = x.to(torch.bfloat16).float(), w.to(torch.bfloat16).float()  # exact in every storage dtype
         dtypes = (torch.bfloat16, torch.float32) if device != "cpu" else (torch.float32,)
+        p, q = (h + 2 * (kernel // 2) - kernel) // stride + 1, (w_ + 2 * (kernel // 2) - kernel) // stride + 1
+        res = torch.randn(n, k, p, q, generator=gen).to(torch.bfloat16).float()
         for training in (True, False):
-            for relu in (True, False):
-                want = run(x, w, g, b, rm, rv, "cpu", torch.float64, training, relu, kw)
+            for relu, r in ((True, None), (True, res), (False, None)):
+                want = run(x, w, g, b, rm, rv, "cpu", torch.float64, training, relu, kw, r)
                 for impl in impls:
                     if impl == "fast" and ((c // groups) % 4 or (k // groups) % 4):
                         continue
                     os.environ["WSLFAST_CONV_BN_IMPL"] = impl
                     for dtype in dtypes:
-                        got = run(x, w, g, b, rm, rv, device, dtype, training, relu, kw)
+                        got = run(x, w, g, b, rm, rv, device, dtype, training, relu, kw, r)
                         # float32: full precision on CPU and in the simple kernels, TF32 operands in "fast".
                         rel = 1e-4 if dtype == torch.float32 and impl != "fast" else 3e-2
                         tag = (f"conv_bn {impl} {str(dtype)[6:]} {(n, c, h, w_, k, groups, kernel, stride)} "
-                               f"training={training} relu={relu}")
+                               f"training={training} relu={relu} residual={r is not None}")
                         for name, a, ref in zip(("y", "grad_x", "grad_w", "grad_gamma", "grad_beta", "running_mean",
-                                                 "running_var"), got, want):
+                                                 "running_var", "grad_residual"), got, want):
                             close(f"{tag} {name}", a, ref, rel)
     os.environ.pop("WSLFAST_CONV_BN_IMPL", None)
 
 
-def run(x, w, g, b, rm, rv, device, dtype, training, relu, kw):
+def run(x, w, g, b, rm, rv, device, dtype, training, relu, kw, residual=None):
     xs = fresh(x, device, dtype, torch.channels_last)
+    rs = None if residual is None else fresh(residual, device, dtype, torch.channels_last)
     ws = fresh(w, device, dtype)
     coef = torch.float64 if dtype == torch.float64 else torch.float32
     gs, bs = fresh(g, device, coef), fresh(b, device, coef)
     rms, rvs = rm.to(device, coef).clone(), rv.to(device, coef).clone()
-    y = conv_bn_relu(xs, ws, gs, bs, rms, rvs, training=training, relu=relu, **kw)
+    y = conv_bn_relu(xs, ws, gs, bs, rms, rvs, training=training, relu=relu, residual=rs, **kw)
     dy = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape).to(device, y.dtype)
     y.backward(dy)
-    return [y, xs.grad, ws.grad, gs.grad, bs.grad, rms, rvs]
+    return [y, xs.grad, ws.grad, gs.grad, bs.grad, rms, rvs] + ([] if rs is None else [rs.grad])
 
 
 def main():

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <tuple>
 #include <utility>
 
@@ -68,11 +69,31 @@ at::Tensor as_coef(const at::Tensor& t, const at::Tensor& x) { return t.to(coef_
 #define WSLFAST_ON_DEVICE(t, fn, ...) fn##_cpu(__VA_ARGS__)
 #endif
 
-void apply(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, bool relu, at::Tensor& y) {
+// y = relu?(z * scale + shift (+ residual)), a new tensor in z's layout.
+at::Tensor apply(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, bool relu,
+                 const at::Tensor* residual) {
+  at::Tensor y = at::empty_like(z);
 #ifdef WSLFAST_WITH_CUDA
-  if (z.is_cuda()) return scale_shift_relu_cuda_t(z, scale, shift, relu, y);
+  if (z.is_cuda()) {
+    scale_shift_relu_cuda_t(z, scale, shift, relu, residual, y);
+    return y;
+  }
 #endif
-  scale_shift_relu_cpu(z, scale, shift, relu, y);
+  scale_shift_relu_cpu(z, scale, shift, relu, residual, y);
+  return y;
+}
+
+// The residual added before the ReLU: the output's shape, x's dtype and device; returned in z's layout.
+std::optional<at::Tensor> check_residual(const char* op, const std::optional<at::Tensor>& residual,
+                                         const at::Tensor& x, const at::Tensor& z) {
+  if (!residual.has_value() || !residual->defined()) return std::nullopt;
+  const at::Tensor& r = *residual;
+  TORCH_CHECK(r.sizes() == z.sizes(), op, ": residual must have the output's shape ", z.sizes(), ", got ",
+              r.sizes());
+  TORCH_CHECK(r.scalar_type() == x.scalar_type(), op, ": residual dtype ", r.scalar_type(), " must match x dtype ",
+              x.scalar_type());
+  TORCH_CHECK(r.device() == x.device(), op, ": residual must be on ", x.device(), ", got ", r.device());
+  return r.contiguous(format_of(z));
 }
 
 void backward_sums(const at::Tensor& dy, const at::Tensor& src, const at::Tensor& ms, const at::Tensor& mt,
@@ -97,7 +118,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward(const at::Tensor& dy, c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
     const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight, const at::Tensor& bn_bias,
-    int64_t stride, int64_t padding, int64_t groups, double eps, bool relu) {
+    const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, int64_t groups, double eps,
+    bool relu) {
   static const char* op = "conv_bn_relu (training)";
   const ConvParams p{stride, padding, groups};
   const auto [P, Q] = check_conv(op, x, weight, p);
@@ -113,8 +135,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> train_forward(
   // backward, which gets the rounded ones, recomputes the very same scale/shift (and ReLU mask).
   const BnForward bn =
       WSLFAST_ON_DEVICE(x, bn_forward_finalize, cs, static_cast<double>(count), bn_weight, bn_bias, eps);
-  at::Tensor y = at::empty_like(cs.z);
-  apply(cs.z, bn.scale, bn.shift, relu, y);
+  const auto res = check_residual(op, residual, x, cs.z);
+  at::Tensor y = apply(cs.z, bn.scale, bn.shift, relu, res ? &*res : nullptr);
   return {y, cs.z, bn.mean, bn.var};
 }
 
@@ -175,7 +197,8 @@ at::Tensor folded_scale(const at::Tensor& bn_weight, const at::Tensor& running_v
 
 at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight,
                         const at::Tensor& bn_bias, const at::Tensor& running_mean, const at::Tensor& running_var,
-                        int64_t stride, int64_t padding, int64_t groups, double eps, bool relu) {
+                        const std::optional<at::Tensor>& residual, int64_t stride, int64_t padding, int64_t groups,
+                        double eps, bool relu) {
   static const char* op = "conv_bn_relu (eval)";
   const ConvParams p{stride, padding, groups};
   check_conv(op, x, weight, p);
@@ -186,7 +209,12 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   const at::Tensor s = folded_scale(bn_weight, running_var, eps);
   const at::Tensor shift = bn_bias.to(at::kDouble) - running_mean.to(at::kDouble) * s;
   const at::Tensor wf = (weight.to(at::kDouble) * s.view({K, 1, 1, 1})).to(x.scalar_type());
-  return WSLFAST_ON_DEVICE(x, conv_bias_relu, x, wf, shift, p, relu);
+  if (!residual.has_value() || !residual->defined()) return WSLFAST_ON_DEVICE(x, conv_bias_relu, x, wf, shift, p, relu);
+  // With a residual the ReLU comes after the sum: conv + bias, then one pass relu(. + residual).
+  const at::Tensor z = WSLFAST_ON_DEVICE(x, conv_bias_relu, x, wf, shift, p, false);
+  const auto res = check_residual(op, residual, x, z);
+  const auto ct = coef_type(x);
+  return apply(z, at::ones({K}, x.options().dtype(ct)), at::zeros({K}, x.options().dtype(ct)), relu, &*res);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> eval_backward(

@@ -14,9 +14,10 @@ namespace conv_bn {
 // The pivot (a sample of each channel) keeps E[z^2] - E[z]^2 from cancelling when |mean| >> std.
 void channel_sums_cpu(const at::Tensor& z, const at::Tensor& pivot, at::Tensor& sums);
 
-// y = relu?(z * scale[c] + shift[c]); scale/shift float32 [C]; y has z's shape, dtype and layout.
+// y = relu?(z * scale[c] + shift[c] (+ residual)); scale/shift float32 [C]; y and the residual (or
+// nullptr) have z's shape, dtype and layout.
 void scale_shift_relu_cpu(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift,
-                          bool relu, at::Tensor& y);
+                          bool relu, const at::Tensor* residual, at::Tensor& y);
 
 // The ReLU mask of the backward is (src * ms[c] + mt[c] > 0): src = z with the BN scale/shift in
 // training, src = y with (1, 0) in eval. Without relu the mask is all ones.

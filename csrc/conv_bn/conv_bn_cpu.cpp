@@ -52,8 +52,8 @@ void channel_sums_cpu(const at::Tensor& z, const at::Tensor& pivot, at::Tensor& 
 }
 
 void scale_shift_relu_cpu(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, bool relu,
-                          at::Tensor& y) {
-  WSLFAST_CPU_CALL(scale_shift_relu, z, scale, shift, relu, y);
+                          const at::Tensor* residual, at::Tensor& y) {
+  WSLFAST_CPU_CALL(scale_shift_relu, z, scale, shift, relu, residual, y);
 }
 
 void bn_relu_backward_sums_cpu(const at::Tensor& dy, const at::Tensor& src, const at::Tensor& ms,

@@ -141,30 +141,36 @@ template <typename scalar_t>
 struct ApplyFn {
   using op_t = at::opmath_type<scalar_t>;
   const scalar_t* z;
+  const scalar_t* res;  // nullable: y = relu?(z * scale + shift + res)
   scalar_t* y;
   const op_t *scale, *shift;
   int64_t C;
   bool relu;
-  void row(int64_t r) const {
-    const scalar_t* __restrict__ p = z + r * C;
-    scalar_t* __restrict__ q = y + r * C;
-    const op_t* __restrict__ scale = this->scale;
-    const op_t* __restrict__ shift = this->shift;
-    if (relu) {
-      for (int64_t c = 0; c < C; ++c) q[c] = std::max(static_cast<op_t>(p[c]) * scale[c] + shift[c], op_t(0));
-    } else {
-      for (int64_t c = 0; c < C; ++c) q[c] = static_cast<op_t>(p[c]) * scale[c] + shift[c];
+  // One loop per (relu, residual, layout) case keeps each branch-free, so it vectorizes. kRow: per-element
+  // coefficients (a channels_last row); else one channel's scalar coefficients (an NCHW plane).
+  template <bool kRelu, bool kRes, bool kRow>
+  static void run(const scalar_t* __restrict__ p, const scalar_t* __restrict__ r, scalar_t* __restrict__ q,
+                  const op_t* __restrict__ s, const op_t* __restrict__ t, int64_t n) {
+    const op_t s0 = s[0], t0 = t[0];
+    for (int64_t i = 0; i < n; ++i) {
+      op_t v = kRow ? static_cast<op_t>(p[i]) * s[i] + t[i] : static_cast<op_t>(p[i]) * s0 + t0;
+      if constexpr (kRes) v += static_cast<op_t>(r[i]);
+      q[i] = kRelu ? std::max(v, op_t(0)) : v;
     }
   }
-  void plane(int64_t c, int64_t first, int64_t count) const {
-    const scalar_t* __restrict__ p = z + first;
-    scalar_t* __restrict__ q = y + first;
-    const op_t s = scale[c], t = shift[c];
+  template <bool kRow>
+  void dispatch(const scalar_t* p, const scalar_t* r, scalar_t* q, const op_t* s, const op_t* t, int64_t n) const {
     if (relu) {
-      for (int64_t i = 0; i < count; ++i) q[i] = std::max(static_cast<op_t>(p[i]) * s + t, op_t(0));
+      if (r) run<true, true, kRow>(p, r, q, s, t, n);
+      else run<true, false, kRow>(p, r, q, s, t, n);
     } else {
-      for (int64_t i = 0; i < count; ++i) q[i] = static_cast<op_t>(p[i]) * s + t;
+      if (r) run<false, true, kRow>(p, r, q, s, t, n);
+      else run<false, false, kRow>(p, r, q, s, t, n);
     }
+  }
+  void row(int64_t r) const { dispatch<true>(z + r * C, res ? res + r * C : nullptr, y + r * C, scale, shift, C); }
+  void plane(int64_t c, int64_t first, int64_t count) const {
+    dispatch<false>(z + first, res ? res + first : nullptr, y + first, scale + c, shift + c, count);
   }
 };
 
@@ -284,11 +290,11 @@ void channel_sums(const at::Tensor& z, const at::Tensor& pivot, at::Tensor& sums
 }
 
 void scale_shift_relu(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift,
-                          bool relu, at::Tensor& y) {
+                          bool relu, const at::Tensor* residual, at::Tensor& y) {
   const View3 v = view3(z);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, z.scalar_type(), "scale_shift_relu_cpu", [&] {
-    ApplyFn<scalar_t> f{z.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), coef<scalar_t>(scale),
-                        coef<scalar_t>(shift), v.channels, relu};
+    ApplyFn<scalar_t> f{z.const_data_ptr<scalar_t>(), residual ? residual->const_data_ptr<scalar_t>() : nullptr,
+                        y.data_ptr<scalar_t>(), coef<scalar_t>(scale), coef<scalar_t>(shift), v.channels, relu};
     channel_map(v, f);
   });
 }

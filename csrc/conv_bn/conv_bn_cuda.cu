@@ -154,11 +154,12 @@ void launch_channel_sums(const Terms& terms, int64_t rows, int64_t K, double* su
 
 template <typename T>
 __global__ void scale_shift_relu_kernel(const T* __restrict__ z, const float* __restrict__ scale,
-                                        const float* __restrict__ shift, bool relu, T* __restrict__ y, int64_t total,
-                                        int64_t K) {
+                                        const float* __restrict__ shift, const T* __restrict__ res, bool relu,
+                                        T* __restrict__ y, int64_t total, int64_t K) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c = i % K;
     float v = __fmaf_rn(to_float(z[i]), scale[c], shift[c]);
+    if (res != nullptr) v = __fadd_rn(v, to_float(res[i]));
     y[i] = from_float<T>(relu ? fmaxf(v, 0.f) : v);
   }
 }
@@ -184,16 +185,19 @@ struct alignas(16) Vec {
 
 template <typename T>
 __global__ void scale_shift_relu_vec_kernel(const Vec<T>* __restrict__ z, const float* __restrict__ scale,
-                                            const float* __restrict__ shift, bool relu, Vec<T>* __restrict__ y,
-                                            int64_t vecs, int64_t K) {
+                                            const float* __restrict__ shift, const Vec<T>* __restrict__ res,
+                                            bool relu, Vec<T>* __restrict__ y, int64_t vecs, int64_t K) {
   constexpr int kVec = Vec<T>::kVec;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < vecs; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t c0 = (i * kVec) % K;
     const Vec<T> in = z[i];
+    Vec<T> r{};
+    if (res != nullptr) r = res[i];
     Vec<T> out;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      const float v = __fmaf_rn(to_float(in.v[j]), scale[c0 + j], shift[c0 + j]);
+      float v = __fmaf_rn(to_float(in.v[j]), scale[c0 + j], shift[c0 + j]);
+      if (res != nullptr) v = __fadd_rn(v, to_float(r.v[j]));
       out.v[j] = from_float<T>(relu ? fmaxf(v, 0.f) : v);
     }
     y[i] = out;
@@ -263,17 +267,19 @@ void conv_wgrad_simple_cuda(DType dtype, const void* g, const void* x, float* dw
   });
 }
 
-void scale_shift_relu_cuda(DType dtype, const void* z, const float* scale, const float* shift, bool relu, void* y,
-                           int64_t rows, int64_t K, CUstream_st* stream) {
+void scale_shift_relu_cuda(DType dtype, const void* z, const float* scale, const float* shift, const void* residual,
+                           bool relu, void* y, int64_t rows, int64_t K, CUstream_st* stream) {
   const int64_t total = rows * K;
   WSLFAST_DTYPE_SWITCH(dtype, T, [&] {
-    if (vec_ok<T>(K, {z, y})) {
+    if (vec_ok<T>(K, {z, y, residual != nullptr ? residual : z})) {
       const int64_t vecs = total / Vec<T>::kVec;
       scale_shift_relu_vec_kernel<T><<<grid_for(vecs), kThreads, 0, stream>>>(
-          static_cast<const Vec<T>*>(z), scale, shift, relu, static_cast<Vec<T>*>(y), vecs, K);
+          static_cast<const Vec<T>*>(z), scale, shift, static_cast<const Vec<T>*>(residual), relu,
+          static_cast<Vec<T>*>(y), vecs, K);
     } else {
       scale_shift_relu_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(
-          static_cast<const T*>(z), scale, shift, relu, static_cast<T*>(y), total, K);
+          static_cast<const T*>(z), scale, shift, static_cast<const T*>(residual), relu, static_cast<T*>(y), total,
+          K);
     }
     check_launch("scale+shift+relu");
   });

@@ -33,9 +33,9 @@ bool conv_fwd_fast_supported(DType dtype, const ConvShape& shape);
 void conv_fwd_fast_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
                         double* sums, const ConvShape& shape, CUstream_st* stream);
 
-// y = relu?(z * scale[k] + shift[k]) over rows x K.
-void scale_shift_relu_cuda(DType dtype, const void* z, const float* scale, const float* shift, bool relu,
-                           void* y, int64_t rows, int64_t K, CUstream_st* stream);
+// y = relu?(z * scale[k] + shift[k] (+ residual)) over rows x K; residual (z's layout) or nullptr.
+void scale_shift_relu_cuda(DType dtype, const void* z, const float* scale, const float* shift, const void* residual,
+                           bool relu, void* y, int64_t rows, int64_t K, CUstream_st* stream);
 
 // mask = relu ? (src * ms[k] + mt[k] > 0) : 1.
 // sums[k] += mask * dy, sums[K + k] += mask * dy * (src - center[k]).

@@ -193,13 +193,16 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& 
 }
 
 void scale_shift_relu_cuda_t(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, bool relu,
-                             at::Tensor& y) {
+                             const at::Tensor* residual, at::Tensor& y) {
   const c10::cuda::CUDAGuard guard(z.device());
   check_rows(z, "z");
   check_rows(y, "y");
+  if (residual != nullptr) check_rows(*residual, "residual");
   const int64_t K = z.size(1);
-  scale_shift_relu_cuda(dtype_of(z), z.const_data_ptr(), scale.const_data_ptr<float>(),
-                        shift.const_data_ptr<float>(), relu, y.data_ptr(), z.numel() / K, K, current_stream());
+  const at::Tensor s = f32(scale), t = f32(shift);
+  scale_shift_relu_cuda(dtype_of(z), z.const_data_ptr(), s.const_data_ptr<float>(), t.const_data_ptr<float>(),
+                        residual != nullptr ? residual->const_data_ptr() : nullptr, relu, y.data_ptr(),
+                        z.numel() / K, K, current_stream());
 }
 
 void bn_relu_backward_sums_cuda_t(const at::Tensor& dy, const at::Tensor& src, const at::Tensor& ms,

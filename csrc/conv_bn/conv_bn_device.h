@@ -74,7 +74,7 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& 
                                                               const at::Tensor& x, const at::Tensor& w,
                                                               const ConvParams& params);
 void scale_shift_relu_cuda_t(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, bool relu,
-                             at::Tensor& y);
+                             const at::Tensor* residual, at::Tensor& y);
 void bn_relu_backward_sums_cuda_t(const at::Tensor& dy, const at::Tensor& src, const at::Tensor& ms,
                                   const at::Tensor& mt, const at::Tensor& center, bool relu, at::Tensor& sums);
 #endif

@@ -151,10 +151,15 @@ def test_opcheck():
     for fmt in (torch.contiguous_format, torch.channels_last):
         xs = x.contiguous(memory_format=fmt).requires_grad_()
         wr, gr, br = w.requires_grad_(), g.requires_grad_(), b.requires_grad_()
-        args = (xs, wr, gr, br, kw["stride"], kw["padding"], kw["groups"], 1e-5, True)
+        conv = (kw["stride"], kw["padding"], kw["groups"], 1e-5, True)
+        out_shape = (x.shape[0], w.shape[0], x.shape[2], x.shape[3])
+        res = torch.randn(out_shape, dtype=x.dtype).contiguous(memory_format=fmt).requires_grad_()
+        args = (xs, wr, gr, br, None, *conv)
         torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train.default, args)
-        eval_args = (xs, wr, gr, br, rm, rv, kw["stride"], kw["padding"], kw["groups"], 1e-5, True)
+        torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train.default, (xs, wr, gr, br, res, *conv))
+        eval_args = (xs, wr, gr, br, rm, rv, None, *conv)
         torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_eval.default, eval_args)
+        torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_eval.default, (xs, wr, gr, br, rm, rv, res, *conv))
         # The backward ops are not differentiable themselves: schema and fake kernels only.
         y, z, mean, var = torch.ops.wslfast.conv_bn_relu_train(*[a.detach() if torch.is_tensor(a) else a for a in args])
         utils = ("test_schema", "test_faketensor")

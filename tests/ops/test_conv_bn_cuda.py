@@ -214,7 +214,7 @@ def test_opcheck_cuda():
     w = torch.randn(64, 8, 3, 3, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     g = torch.ones(64, device="cuda", requires_grad=True)
     b = torch.zeros(64, device="cuda", requires_grad=True)
-    torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train.default, (x, w, g, b, 1, 1, 8, 1e-5, True),
+    torch.library.opcheck(torch.ops.wslfast.conv_bn_relu_train.default, (x, w, g, b, None, 1, 1, 8, 1e-5, True),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
@@ -244,3 +244,27 @@ def test_running_stats_update_on_cuda_matches_cpu(dtype):
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(rm_c.cpu(), rm, **tol)
     torch.testing.assert_close(rv_c.cpu(), rv, **tol)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_residual_on_cuda(impl, training, dtype):
+    # relu(bn(conv(x)) + r): the apply pass adds r; the autograd masks dy by y > 0 for r and the backward.
+    x, w, g, b, rm, rv, dy, kw = inputs((2, 256, 14, 14, 32, 1), dtype)
+    r = torch.randn(dy.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(dtype).double()
+    grads = {}
+    for device, dt in (("cpu", torch.float64), ("cuda", dtype)):
+        leaves = [t.to(device, dt).contiguous(memory_format=torch.channels_last).requires_grad_() for t in (x, r)]
+        ws = w.to(device, dt).requires_grad_()
+        coef = torch.float64 if dt == torch.float64 else torch.float32
+        gs, bs = g.to(device, coef).requires_grad_(), b.to(device, coef).requires_grad_()
+        y = conv_bn_relu(leaves[0], ws, gs, bs, rm.to(device, coef), rv.to(device, coef), training=training,
+                         residual=leaves[1], **kw)
+        y.backward(dy.to(device, dt))
+        grads[device] = [t.detach().double().cpu() for t in (y, leaves[0].grad, ws.grad, gs.grad, bs.grad,
+                                                              leaves[1].grad)]
+    rel = 1e-4 if (dtype == torch.float32 and impl == "simple") else 3e-2
+    for name, a, e in zip(["y", "grad_x", "grad_w", "grad_gamma", "grad_beta", "grad_residual"], grads["cuda"],
+                          grads["cpu"]):
+        err = (a - e).abs().max().item() / (e.abs().max().item() + 1e-12)
+        assert err <= rel, f"{impl} {dtype} training={training} {name}: {err:.2e}"

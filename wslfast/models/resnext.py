@@ -44,18 +44,17 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused:
-            out = fused_conv_bn(self.conv1, self.bn1, x, relu=True)
-            out = fused_conv_bn(self.conv2, self.bn2, out, relu=True)
-            out = fused_conv_bn(self.conv3, self.bn3, out, relu=False)
             identity = x if self.downsample is None else fused_conv_bn(self.downsample[0], self.downsample[1], x,
                                                                        relu=False)
-        else:
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-            identity = x if self.downsample is None else self.downsample(x)
-        # Out of place: in eval the fused op keeps its output for the ReLU mask of its backward.
-        return F.relu(out + identity, inplace=True)
+            out = fused_conv_bn(self.conv1, self.bn1, x, relu=True)
+            out = fused_conv_bn(self.conv2, self.bn2, out, relu=True)
+            # The block's tail, relu(bn3(conv3(out)) + identity), in the same pass as bn3.
+            return fused_conv_bn(self.conv3, self.bn3, out, relu=True, residual=identity)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + identity)
 
 
 class ResNeXt(nn.Module):

@@ -31,9 +31,11 @@ def _check_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
         raise ValueError("ConvBNReLU: the BatchNorm must be affine (have weight and bias)")
 
 
-def fused_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = True) -> Tensor:
-    """relu?(bn(conv(x))) through the fused op, with nn.BatchNorm2d's own bookkeeping (momentum=None means
-    a cumulative average; track_running_stats=False means batch statistics in eval too)."""
+def fused_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = True,
+                  residual: Tensor | None = None) -> Tensor:
+    """relu?(bn(conv(x)) (+ residual)) through the fused op, with nn.BatchNorm2d's own bookkeeping
+    (momentum=None means a cumulative average; track_running_stats=False means batch statistics in eval
+    too)."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
         bn.num_batches_tracked.add_(1)
@@ -43,7 +45,8 @@ def fused_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor, relu: bool = T
     track = not bn.training or bn.track_running_stats
     return conv_bn_relu(x, conv.weight, bn.weight, bn.bias, bn.running_mean if track else None,
                         bn.running_var if track else None, stride=conv.stride[0], padding=conv.padding[0],
-                        groups=conv.groups, training=use_batch_stats, momentum=momentum, eps=bn.eps, relu=relu)
+                        groups=conv.groups, training=use_batch_stats, momentum=momentum, eps=bn.eps, relu=relu,
+                        residual=residual)
 
 
 class ConvBNReLU(nn.Module):

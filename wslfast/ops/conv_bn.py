@@ -6,7 +6,8 @@
 has the value and the gradients (x, weight, bn_weight, bn_bias) of
 ``F.relu(F.batch_norm(F.conv2d(x, weight, None, stride, padding, 1, groups), running_mean, running_var,
 bn_weight, bn_bias, training, momentum, eps))`` and updates the running statistics in place in training
-(unbiased variance, as PyTorch). Supported: any kernel size, stride and padding, dilation 1, no conv
+(unbiased variance, as PyTorch). ``residual=r`` (the output's shape and dtype) adds r before the ReLU,
+``relu(bn(conv(x)) + r)``, a ResNet block's tail in the same pass, with r's gradient. Supported: any kernel size, stride and padding, dilation 1, no conv
 bias, groups dividing both channel counts; float32/bfloat16/float16 storage (float64 on CPU) with float32
 statistics; contiguous or channels_last input (channels_last is the fast path; CUDA returns
 channels_last). Under autocast, x and weight are cast to the autocast dtype as F.conv2d would be.
@@ -60,7 +61,7 @@ def _grad_like(t: Tensor) -> Tensor:
 # ---- fake (meta) kernels: shapes, dtypes and strides for torch.compile and opcheck ----
 
 @torch.library.register_fake("wslfast::conv_bn_relu_train")
-def _train_fake(x, weight, bn_weight, bn_bias, stride, padding, groups, eps, relu):
+def _train_fake(x, weight, bn_weight, bn_bias, residual, stride, padding, groups, eps, relu):
     p, q = _out_hw(x, weight, stride, padding)
     k = weight.shape[0]
     fmt = _activation_format(x)
@@ -71,7 +72,8 @@ def _train_fake(x, weight, bn_weight, bn_bias, stride, padding, groups, eps, rel
 
 
 @torch.library.register_fake("wslfast::conv_bn_relu_eval")
-def _eval_fake(x, weight, bn_weight, bn_bias, running_mean, running_var, stride, padding, groups, eps, relu):
+def _eval_fake(x, weight, bn_weight, bn_bias, running_mean, running_var, residual, stride, padding, groups, eps,
+               relu):
     p, q = _out_hw(x, weight, stride, padding)
     return torch.empty((x.shape[0], weight.shape[0], p, q), dtype=x.dtype, device=x.device,
                        memory_format=_activation_format(x))
@@ -134,12 +136,23 @@ def _warn_float32_cuda() -> None:
 def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
                  running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None, *,
                  stride: int = 1, padding: int = 1, groups: int = 32, training: bool = True,
-                 momentum: float = 0.1, eps: float = 1e-5, relu: bool = True) -> Tensor:
-    """relu(batch_norm(conv2d(x, weight))) in one fused op; see the module docstring."""
+                 momentum: float = 0.1, eps: float = 1e-5, relu: bool = True,
+                 residual: Optional[Tensor] = None) -> Tensor:
+    """relu(batch_norm(conv2d(x, weight)) + residual) in one fused op (no residual: relu(batch_norm(...)));
+    see the module docstring."""
     if torch.is_autocast_enabled(x.device.type):
         dt = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dt), weight.to(dt)
+        residual = residual.to(dt) if residual is not None else None
     _check(x, weight, stride, padding, groups)
+    if residual is not None:
+        p, q = _out_hw(x, weight, stride, padding)
+        want = (x.shape[0], weight.shape[0], p, q)
+        if not isinstance(residual, Tensor) or tuple(residual.shape) != want:
+            raise ValueError(f"conv_bn_relu: residual must have the output's shape {list(want)}, got "
+                             f"{list(getattr(residual, 'shape', [])) or type(residual).__name__}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"conv_bn_relu: residual dtype {residual.dtype} must match x dtype {x.dtype}")
     if x.is_cuda and x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         _warn_float32_cuda()
     if (running_mean is None) != (running_var is None):
@@ -147,15 +160,15 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
     if not training:
         if running_mean is None:
             raise ValueError("conv_bn_relu: eval mode (training=False) needs running_mean and running_var")
-        return torch.ops.wslfast.conv_bn_relu_eval(x, weight, bn_weight, bn_bias, running_mean, running_var, stride,
-                                                   padding, groups, float(eps), bool(relu))
+        return torch.ops.wslfast.conv_bn_relu_eval(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
+                                                   stride, padding, groups, float(eps), bool(relu))
     p, q = _out_hw(x, weight, stride, padding)
     count = x.shape[0] * p * q
     if count <= 1:
         raise ValueError("Expected more than 1 value per channel when training, got output size "
                          f"{[x.shape[0], weight.shape[0], p, q]}")
-    y, _, mean, var = torch.ops.wslfast.conv_bn_relu_train(x, weight, bn_weight, bn_bias, stride, padding, groups,
-                                                           float(eps), bool(relu))
+    y, _, mean, var = torch.ops.wslfast.conv_bn_relu_train(x, weight, bn_weight, bn_bias, residual, stride, padding,
+                                                           groups, float(eps), bool(relu))
     if running_mean is not None:
         torch.ops.wslfast.bn_update_running_stats(running_mean, running_var, mean, var, float(momentum), count)
     return y
