@@ -30,7 +30,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import append_results, peak_rss_bytes, record, sync  # noqa: E402
+from benchmarks.common import append_results, peak_rss_bytes, record, sync, synthetic_hashtag_batch  # noqa: E402
 
 TORCHVISION_ARCHS = {"resnext101_32x4d": 4, "resnext101_32x8d": 8, "resnext101_32x16d": 16,
                      "resnext101_32x32d": 32, "resnext101_32x48d": 48}
@@ -94,16 +94,12 @@ def stock_batches(shard_dir, batch_size, image_size, workers, seed):
 
 
 def synthetic_batches(impl, batch_size, image_size, num_classes, device):
-    """One fixed batch in device memory, yielded forever: random images and 1 to 5 tags an image, as
+    """One fixed batch in device memory, yielded forever: common.synthetic_hashtag_batch, its targets as
     SparseTargets (wslfast) or the dense 1/k target (stock). No decode, so the step is model, loss and
     optimizer alone (the GPU machine has no DALI)."""
-    from wslfast.sparse_targets import SparseTargets
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
-    counts = torch.randint(1, 6, (batch_size,), generator=gen)
-    rows = [torch.randperm(num_classes, generator=gen)[:int(c)].tolist() for c in counts]
-    targets = SparseTargets.from_lists(rows, num_classes=num_classes)
-    targets = targets.to(device) if impl == "wslfast" else targets.to_dense().to(device)
+    images, targets = synthetic_hashtag_batch(batch_size, image_size, num_classes, device)
+    if impl != "wslfast":
+        targets = targets.to_dense()
     while True:
         yield images, targets
 

@@ -68,6 +68,17 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 2, rep
     return q[1], statistics.median(times), q[7]
 
 
+def synthetic_hashtag_batch(batch: int, image_size: int, num_classes: int, device: torch.device, seed: int = 0):
+    """(images [B, 3, S, S], SparseTargets on `device`): random pixels and 1 to 5 distinct tags an image,
+    as hashtags go (the paper's 1/k targets). The same seed gives the same batch."""
+    from wslfast.sparse_targets import SparseTargets
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, image_size, image_size, generator=gen).to(device)
+    counts = torch.randint(1, 6, (batch,), generator=gen)
+    rows = [torch.randperm(num_classes, generator=gen)[:int(c)].tolist() for c in counts]
+    return images, SparseTargets.from_lists(rows, num_classes=num_classes).to(device)
+
+
 def current_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -25,10 +25,9 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.common import append_results, record, sync  # noqa: E402
+from benchmarks.common import append_results, record, sync, synthetic_hashtag_batch  # noqa: E402
 from wslfast.models import create_model  # noqa: E402
 from wslfast.nn import SoftTargetCrossEntropy  # noqa: E402
-from wslfast.sparse_targets import SparseTargets  # noqa: E402
 
 # (kind, substrings of the op name); the first match wins, so specific names come first.
 KINDS = [
@@ -54,20 +53,12 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def synthetic_batch(batch, size, num_classes, device, gen):
-    images = torch.randn(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=torch.channels_last)
-    # 1 to 5 tags per image, as hashtags go: the paper's 1/k targets.
-    counts = torch.randint(1, 6, (batch,), generator=gen)
-    rows = [torch.randperm(num_classes, generator=gen)[:int(c)].tolist() for c in counts]
-    return images, SparseTargets.from_lists(rows, num_classes=num_classes).to(device)
-
-
 def profile_step(arch, batch, size, num_classes, device, fused, amp, steps, trace=None):
-    gen = torch.Generator().manual_seed(0)
     model = create_model(arch, num_classes=num_classes, fused=fused).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     loss_fn = SoftTargetCrossEntropy()
-    images, targets = synthetic_batch(batch, size, num_classes, device, gen)
+    images, targets = synthetic_hashtag_batch(batch, size, num_classes, device)
+    images = images.contiguous(memory_format=torch.channels_last)
 
     def step():
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):

@@ -18,9 +18,6 @@
 namespace wslfast::conv_bn {
 namespace {
 
-// Per-channel coefficients and statistics: float32, or float64 for float64 storage (gradcheck).
-at::ScalarType coef_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::MemoryFormat format_of(const at::Tensor& t) {
   return t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous() ? at::MemoryFormat::ChannelsLast
                                                                                 : at::MemoryFormat::Contiguous;
@@ -190,9 +187,22 @@ void update_running_stats(at::Tensor& running_mean, at::Tensor& running_var, con
 }
 
 // Eval folds BN into the convolution: weights w * s and bias beta - rm * s, s = gamma / sqrt(rv + eps),
-// in double (off the training path, so plain ATen ops on either device).
-at::Tensor folded_scale(const at::Tensor& bn_weight, const at::Tensor& running_var, double eps) {
-  return bn_weight.to(at::kDouble) / (running_var.to(at::kDouble) + eps).sqrt();
+// in double (off the training path, so plain ATen ops on either device). Forward and backward both fold.
+struct Folded {
+  at::Tensor s;   // [K] double
+  at::Tensor wf;  // w * s in x's dtype
+};
+
+Folded fold(const at::Tensor& weight, const at::Tensor& bn_weight, const at::Tensor& running_var, double eps,
+            const at::Tensor& x) {
+  const at::Tensor s = bn_weight.to(at::kDouble) / (running_var.to(at::kDouble) + eps).sqrt();
+  return {s, (weight.to(at::kDouble) * s.view({weight.size(0), 1, 1, 1})).to(x.scalar_type())};
+}
+
+// Scale 1 and shift 0 in the coefficient dtype: the per-channel passes as a plain ReLU / mask.
+std::pair<at::Tensor, at::Tensor> unit_coefs(int64_t K, const at::Tensor& x) {
+  const auto opts = x.options().dtype(coef_type(x));
+  return {at::ones({K}, opts), at::zeros({K}, opts)};
 }
 
 at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bn_weight,
@@ -206,15 +216,14 @@ at::Tensor eval_forward(const at::Tensor& x, const at::Tensor& weight, const at:
   for (auto [name, t] : {std::pair{"bn_weight", &bn_weight}, {"bn_bias", &bn_bias},
                          {"running_mean", &running_mean}, {"running_var", &running_var}})
     check_channel_vector(op, name, *t, K, x);
-  const at::Tensor s = folded_scale(bn_weight, running_var, eps);
+  const auto [s, wf] = fold(weight, bn_weight, running_var, eps, x);
   const at::Tensor shift = bn_bias.to(at::kDouble) - running_mean.to(at::kDouble) * s;
-  const at::Tensor wf = (weight.to(at::kDouble) * s.view({K, 1, 1, 1})).to(x.scalar_type());
   if (!residual.has_value() || !residual->defined()) return WSLFAST_ON_DEVICE(x, conv_bias_relu, x, wf, shift, p, relu);
   // With a residual the ReLU comes after the sum: conv + bias, then one pass relu(. + residual).
   const at::Tensor z = WSLFAST_ON_DEVICE(x, conv_bias_relu, x, wf, shift, p, false);
   const auto res = check_residual(op, residual, x, z);
-  const auto ct = coef_type(x);
-  return apply(z, at::ones({K}, x.options().dtype(ct)), at::zeros({K}, x.options().dtype(ct)), relu, &*res);
+  const auto [one, zero] = unit_coefs(K, x);
+  return apply(z, one, zero, relu, &*res);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> eval_backward(
@@ -232,12 +241,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> eval_backward(
   for (auto [name, t] : {std::pair{"bn_weight", &bn_weight}, {"running_mean", &running_mean},
                          {"running_var", &running_var}})
     check_channel_vector(op, name, *t, K, x);
-  const auto ct = coef_type(x);
-  const at::Tensor s = folded_scale(bn_weight, running_var, eps);
-  const at::Tensor wf = (weight.to(at::kDouble) * s.view({K, 1, 1, 1})).to(x.scalar_type());
+  const auto [s, wf] = fold(weight, bn_weight, running_var, eps, x);
   const at::Tensor yc = y.contiguous(format_of(y));
   const at::Tensor dy = grad_y.contiguous(format_of(yc));
-  const at::Tensor one = at::ones({K}, x.options().dtype(ct)), zero = at::zeros({K}, x.options().dtype(ct));
+  const auto [one, zero] = unit_coefs(K, x);
   // g = mask(y > 0) * dy, and dshift = sum of g per channel.
   at::Tensor sums = at::zeros({2, K}, x.options().dtype(at::kDouble));
   backward_sums(dy, yc, one, zero, zero, relu, sums);

@@ -15,8 +15,6 @@
 namespace wslfast::conv_bn {
 namespace {
 
-at::ScalarType coef_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 std::vector<double> to_doubles(const at::Tensor& t) {
   std::vector<double> out(static_cast<size_t>(t.numel()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t.scalar_type(), "to_doubles", [&] {

@@ -14,6 +14,11 @@ struct ConvParams {
   int64_t stride, padding, groups;
 };
 
+// Per-channel coefficients and statistics: float32, or float64 for float64 storage (gradcheck).
+inline at::ScalarType coef_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 // z = conv(x, w) and its per-channel sums about `pivot`: sums [2, K] double, pivot [K] in the
 // coefficient dtype; an undefined pivot means 0 (the CUDA epilogue sums raw values).
 struct ConvSums {

@@ -140,17 +140,19 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
                  residual: Optional[Tensor] = None) -> Tensor:
     """relu(batch_norm(conv2d(x, weight)) + residual) in one fused op (no residual: relu(batch_norm(...)));
     see the module docstring."""
-    if torch.is_autocast_enabled(x.device.type):
+    autocast = torch.is_autocast_enabled(x.device.type)
+    if autocast:
         dt = torch.get_autocast_dtype(x.device.type)
         x, weight = x.to(dt), weight.to(dt)
-        residual = residual.to(dt) if residual is not None else None
     _check(x, weight, stride, padding, groups)
+    p, q = _out_hw(x, weight, stride, padding)
     if residual is not None:
-        p, q = _out_hw(x, weight, stride, padding)
         want = (x.shape[0], weight.shape[0], p, q)
         if not isinstance(residual, Tensor) or tuple(residual.shape) != want:
             raise ValueError(f"conv_bn_relu: residual must have the output's shape {list(want)}, got "
                              f"{list(getattr(residual, 'shape', [])) or type(residual).__name__}")
+        if autocast:
+            residual = residual.to(x.dtype)
         if residual.dtype != x.dtype:
             raise TypeError(f"conv_bn_relu: residual dtype {residual.dtype} must match x dtype {x.dtype}")
     if x.is_cuda and x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
@@ -162,7 +164,6 @@ def conv_bn_relu(x: Tensor, weight: Tensor, bn_weight: Tensor, bn_bias: Tensor,
             raise ValueError("conv_bn_relu: eval mode (training=False) needs running_mean and running_var")
         return torch.ops.wslfast.conv_bn_relu_eval(x, weight, bn_weight, bn_bias, running_mean, running_var, residual,
                                                    stride, padding, groups, float(eps), bool(relu))
-    p, q = _out_hw(x, weight, stride, padding)
     count = x.shape[0] * p * q
     if count <= 1:
         raise ValueError("Expected more than 1 value per channel when training, got output size "
