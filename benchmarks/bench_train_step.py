@@ -12,8 +12,16 @@ own subprocess so peak memory is its own. Appends flat records to benchmarks/res
     python benchmarks/bench_train_step.py --loader synthetic --arch resnext101_32x8d --batch-size 64 \
         --image-size 224 --amp bf16 --device cuda --classes 17000        # no data, no DALI: model+loss+SGD
 
-The stock model for resnext_tiny (which torchvision lacks) is wslfast's create_model(fused=False): the same
-architecture in stock nn.Conv2d / nn.BatchNorm2d / nn.Linear layers.
+    python benchmarks/bench_train_step.py --loader synthetic --arch regnet_y_tiny --batch-size 16 \
+        --image-size 64 --device cpu --classes 1000                   # SWAG's RegNetY, fused vs stock, CPU
+    python benchmarks/bench_train_step.py --loader synthetic --arch regnet_y_16gf --batch-size 64 \
+        --image-size 224 --amp bf16 --device cuda --classes 27000     # GPU shapes (also regnet_y_32gf at 32,
+                                                                      # regnet_y_128gf at 16 per GPU)
+
+The stock model for resnext_tiny and regnet_y_tiny (which torchvision lacks) is wslfast's
+create_model(fused=False): the same architecture in stock nn.Conv2d / nn.BatchNorm2d / nn.Linear layers
+(for RegNetY, torchvision's own block forward). regnet_y_16gf/32gf/128gf and vit_* compare against
+torchvision's builders (for ViT: nn.MultiheadAttention against our scaled-dot-product attention).
 """
 from __future__ import annotations
 
@@ -36,13 +44,20 @@ TORCHVISION_ARCHS = {"resnext101_32x4d": 4, "resnext101_32x8d": 8, "resnext101_3
                      "resnext101_32x32d": 32, "resnext101_32x48d": 48}
 
 
-def stock_model(arch: str, num_classes: int):
+TORCHVISION_BUILDERS = ("regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf", "vit_b_16", "vit_l_16", "vit_h_14")
+
+
+def stock_model(arch: str, num_classes: int, image_size: int = 224):
+    if arch in TORCHVISION_BUILDERS:
+        import torchvision.models as tvm
+        kwargs = {"image_size": image_size} if arch.startswith("vit") else {}
+        return getattr(tvm, arch)(weights=None, num_classes=num_classes, **kwargs)
     if arch in TORCHVISION_ARCHS:
         from torchvision.models.resnet import Bottleneck, ResNet
         return ResNet(Bottleneck, [3, 4, 23, 3], num_classes=num_classes, groups=32,
                       width_per_group=TORCHVISION_ARCHS[arch], zero_init_residual=True)
     from wslfast.models import create_model
-    return create_model(arch, num_classes=num_classes, fused=False, zero_init_residual=True)
+    return create_model(arch, num_classes=num_classes, fused=False, zero_init_residual=True, image_size=image_size)
 
 
 class ShardImages(torch.utils.data.Dataset):
@@ -115,13 +130,14 @@ def run_one(args) -> dict:
         num_classes = args.classes
         it = synthetic_batches(args.impl, args.batch_size, args.image_size, num_classes, device)
         if args.impl == "wslfast":
-            model = create_model(args.arch, num_classes=num_classes, fused=True, zero_init_residual=True)
+            model = create_model(args.arch, num_classes=num_classes, fused=True, zero_init_residual=True,
+                                 image_size=args.image_size)
             objective = HashtagObjective(model, fused=True)
 
             def loss_of(images, targets):
                 return objective(images, targets)
         else:
-            model = stock_model(args.arch, num_classes)
+            model = stock_model(args.arch, num_classes, args.image_size)
 
             def loss_of(images, dense_targets):
                 return dense_soft_target_cross_entropy(model(images), dense_targets)
@@ -131,7 +147,8 @@ def run_one(args) -> dict:
         loader = train_loader(args.data, args.batch_size, device=device.type, image_size=args.image_size,
                               num_threads=args.workers, seed=0)
         num_classes = loader.num_classes
-        model = create_model(args.arch, num_classes=num_classes, fused=True, zero_init_residual=True)
+        model = create_model(args.arch, num_classes=num_classes, fused=True, zero_init_residual=True,
+                                 image_size=args.image_size)
         objective = HashtagObjective(model, fused=True)
 
         def batches():
@@ -144,7 +161,7 @@ def run_one(args) -> dict:
     else:
         from wslfast.data.shards import read_manifest
         num_classes = int(read_manifest(args.data)["num_classes"])
-        model = stock_model(args.arch, num_classes)
+        model = stock_model(args.arch, num_classes, args.image_size)
         it = stock_batches(args.data, args.batch_size, args.image_size, args.workers, seed=0)
 
         def loss_of(images, dense_targets):

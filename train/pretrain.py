@@ -48,7 +48,8 @@ DEFAULTS = dict(
     sync_bn=False, amp="none",                  # amp: none | bf16
     # optimisation (Goyal et al. 2017 / Mahajan et al. 2018). lr null -> 0.1 x global batch / 256, the
     # paper's rule (the configs use it); the demo's tiny model at batch 32 learns faster with 0.4.
-    batch_size=32, lr=0.4, momentum=0.9, nesterov=True, weight_decay=1e-4,
+    # optimizer: sgd (momentum, nesterov) | adamw (betas, null -> [0.9, 0.999]; ViT): wslfast.engine.optim
+    batch_size=32, lr=0.4, optimizer="sgd", momentum=0.9, nesterov=True, betas=None, weight_decay=1e-4,
     total_images=32_000, steps=None,            # steps, when set, wins over total_images
     warmup_images=3_200, warmup_start_lr=None,  # null -> 0.1 (one 256-image batch), capped at the peak
     lr_schedule="step", halvings=2, min_lr=0.0,  # lr_schedule: step | cosine | constant
@@ -86,7 +87,8 @@ schedule = LRSchedule(peak_lr, total_steps * global_batch, min(cfg.warmup_images
 from wslfast.models import create_model  # noqa: E402
 
 torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-model = create_model(cfg.arch, num_classes=num_classes, fused=cfg.fused, zero_init_residual=cfg.zero_init_residual)
+model = create_model(cfg.arch, num_classes=num_classes, fused=cfg.fused, zero_init_residual=cfg.zero_init_residual,
+                     image_size=cfg.image_size)
 torch.manual_seed(cfg.seed + info.rank)  # back to this rank's own stream
 if cfg.sync_bn and info.world_size > 1:
     # The fused conv+BN op computes each GPU's own statistics, so synchronised BN runs the stock conv layers
@@ -97,8 +99,12 @@ if cfg.sync_bn and info.world_size > 1:
 model = model.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
 objective = HashtagObjective(model, fused=cfg.fused)
 params = [p for p in model.parameters() if p.requires_grad]
-optimizer = torch.optim.SGD(params, lr=peak_lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                            weight_decay=cfg.weight_decay)
+from wslfast.engine.optim import build_optimizer  # noqa: E402
+
+try:
+    optimizer = build_optimizer(cfg, model, lr=peak_lr)
+except ValueError as e:
+    raise SystemExit(str(e))
 guard = NonFiniteGuard(model, cfg.max_nonfinite)
 
 # ---------------------------------------------------------------- resume

@@ -2,12 +2,19 @@
 
     python train/transfer.py                         # the demo: runs/default's newest checkpoint on the
                                                      # demo target task, beside a randomly initialised backbone
-    python train/transfer.py --checkpoint PATH --data DIR --mode linear|finetune [--key value ...]
+    python train/transfer.py --checkpoint PATH --data DIR --mode linear|finetune|zeroshot [--key value ...]
+    python train/transfer.py --config train/configs/finetune_regnet_y_128gf_in1k_swag.yaml --checkpoint PATH --data DIR
 
 mode=linear (the paper's main protocol): the backbone is frozen, the average-pooled features of every image
 (resize, centre crop) are computed once, and a linear softmax classifier is fitted on the training split's
 features (standardised, L2-regularised, full-batch L-BFGS: deterministic, no LR to tune).
-mode=finetune: every weight trains, with a fresh head, SGD + momentum and random horizontal flips.
+mode=finetune: every weight trains, with a fresh head, SGD + momentum and random horizontal flips; SWAG's
+recipe adds --image-size (ViT position embeddings are interpolated on load), --mixup ALPHA, --label-smoothing
+EPS (soft-target CE) and --ema DECAY (the weight average is evaluated too); see wslfast.transfer.
+mode=zeroshot: no training: each class, a WordNet synset (folders named by wnid, or --class-map FILE), is
+scored from the pretrained hashtag head over its synset and hyponyms (wslfast.transfer.zeroshot); the
+vocabulary comes from --vocab (vocab.json or a shards manifest.json) or the pretraining data.
+Several modes at once: --mode linear,finetune,zeroshot.
 DIR is an ImageFolder-style tree (train/ and val/ with a folder per class). PATH is a pretrain.py checkpoint
 or a torchvision-format ResNeXt state_dict (e.g. the released WSL weights: --arch resnext101_32x8d).
 """
@@ -27,17 +34,21 @@ DEFAULTS = dict(
     checkpoint="",           # "" -> newest checkpoint in runs/default (the default pretraining run)
     data="",                 # "" -> the demo target task of the checkpoint's synthetic corpus
     arch="",                 # "" -> the checkpoint's arch (needed for plain state_dicts)
-    mode="linear",           # linear | finetune
+    mode="linear",           # linear | finetune | zeroshot, or several: linear,finetune,zeroshot
     baseline=True,           # also run the same protocol on a randomly initialised backbone
     image_size=0, resize_size=0,  # 0 -> the pretraining image size, and that x 256/224
     batch_size=64, num_threads=2, device="auto", seed=0,
     l2=1e-3, lbfgs_iters=200,     # linear probe
     epochs=10, lr=0.01, momentum=0.9, weight_decay=1e-4,  # finetune
+    mixup=0.0, label_smoothing=0.0,  # finetune, SWAG: mixup alpha 0.1 with soft-target CE
+    ema=0.0, ema_warmup=0.05,        # finetune: weight-EMA decay (0 = off); copy-only for this fraction of steps
+    vocab="", class_map="", pooling="logsumexp", hyponyms=True,  # zeroshot (see wslfast.transfer.zeroshot)
 )
 
 cfg = load_config(DEFAULTS, sys.argv[1:])
-if cfg.mode not in ("linear", "finetune"):
-    raise SystemExit(f"mode must be linear or finetune, got {cfg.mode!r}")
+modes = [m.strip() for m in str(cfg.mode).split(",") if m.strip()]
+if not modes or any(m not in ("linear", "finetune", "zeroshot") for m in modes):
+    raise SystemExit(f"mode must be linear, finetune or zeroshot (or a comma-separated list), got {cfg.mode!r}")
 device = pick_device(cfg.device)
 
 # ---------------------------------------------------------------- backbone weights
@@ -59,7 +70,9 @@ elif isinstance(loaded, dict) and all(isinstance(v, torch.Tensor) for v in loade
         raise SystemExit("a plain state_dict does not name its architecture: give --arch")
 else:
     raise SystemExit(f"{checkpoint} is neither a pretrain.py checkpoint nor a state_dict")
-backbone_weights = {k: v for k, v in weights.items() if not k.startswith("fc.")}
+from wslfast.models import CLASSIFIER_PREFIXES  # noqa: E402
+
+backbone_weights = {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER_PREFIXES)}
 
 # ---------------------------------------------------------------- target task
 data = cfg.data
@@ -80,6 +93,15 @@ from wslfast.data.dali import eval_loader  # noqa: E402
 from wslfast.models import create_model  # noqa: E402
 
 
+def vocabulary_path_of(pre_cfg, data):
+    """The pretraining vocabulary: the demo corpus's vocab.json, else the shards' manifest.json."""
+    if pre_cfg.get("data") == "synthetic":
+        return os.path.join(demo_corpus_dir(pre_cfg), "vocab.json")
+    if pre_cfg.get("data") and os.path.isfile(os.path.join(pre_cfg["data"], "manifest.json")):
+        return os.path.join(pre_cfg["data"], "manifest.json")
+    raise SystemExit("zeroshot: cannot find the pretraining vocabulary: give --vocab (vocab.json or manifest.json)")
+
+
 def load_split(split):
     """All (images, labels) batches of a split, on the device (the demo task is small; big tasks stream)."""
     return eval_loader(os.path.join(data, split), cfg.batch_size, device=device.type, image_size=image_size,
@@ -88,10 +110,10 @@ def load_split(split):
 
 def make_backbone(pretrained: bool):
     seed_everything(cfg.seed)
-    model = create_model(arch, num_classes=len(classes), fused=True, zero_init_residual=False)
+    model = create_model(arch, num_classes=len(classes), fused=True, zero_init_residual=False, image_size=image_size)
     if pretrained:
         missing, unexpected = model.load_state_dict(backbone_weights, strict=False)
-        if [k for k in missing if not k.startswith("fc.")] or unexpected:
+        if [k for k in missing if not k.startswith(CLASSIFIER_PREFIXES)] or unexpected:
             raise SystemExit(f"{checkpoint} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device, memory_format=torch.channels_last)
 
@@ -136,6 +158,8 @@ def finetune(model):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_batches = list(load_split("train"))
     steps, step = cfg.epochs * len(train_batches), 0
+    ema = ModelEMA(model, cfg.ema, int(cfg.ema_warmup * steps)) if cfg.ema > 0 else None
+    mix_gen = torch.Generator().manual_seed(cfg.seed)
     for _ in range(cfg.epochs):
         model.train()
         for images, y in train_batches:
@@ -144,11 +168,24 @@ def finetune(model):
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
             for g in opt.param_groups:  # cosine decay over the whole fine-tuning run
                 g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-            loss = F.cross_entropy(model(images), y.to(images.device))
+            if cfg.mixup > 0 or cfg.label_smoothing > 0:  # SWAG: soft-target CE on mixed images and labels
+                images, soft, _, _ = mixup_batch(images, y, len(classes), cfg.mixup, mix_gen)
+                loss = mixup_cross_entropy(model(images), soft, cfg.label_smoothing)
+            else:
+                loss = F.cross_entropy(model(images), y.to(images.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
+    if ema is not None:  # the raw weights' score too, for comparison; the EMA's is the result
+        print(f"  (finetune, last weights: top-1 {evaluate(model)[0]:5.1f}%; EMA {cfg.ema} weights below)")
+        return evaluate(ema.module)
+    return evaluate(model)
+
+
+def evaluate(model):
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
@@ -158,14 +195,50 @@ def finetune(model):
     return topk(torch.cat(logits), torch.cat(labels))
 
 
-protocol = linear_probe if cfg.mode == "linear" else finetune
-print(f"transfer: {cfg.mode} on {data} ({len(classes)} classes, {image_size}px), {arch}, {device.type}", flush=True)
-results = [("pretrained " + checkpoint, protocol(make_backbone(True)))]
-if cfg.baseline:
-    results.append(("random init (same protocol)", protocol(make_backbone(False))))
-width = max(len(name) for name, _ in results)
-for name, (top1, top5) in results:
-    print(f"  {name:<{width}}  top-1 {top1:5.1f}%  top-5 {top5:5.1f}%")
-if cfg.baseline:
-    gain = results[0][1][0] - results[1][1][0]
-    print(f"  pretraining gain: {gain:+.1f} top-1 points")
+def zeroshot(model):
+    """No training: the pretrained hashtag head, pooled per class over the class's WordNet subtree."""
+    return zeroshot_evaluate(model, load_split("val"), class_sets, cfg.pooling)[:2]
+
+
+def make_hashtag_model(pretrained: bool):
+    seed_everything(cfg.seed)
+    model = create_model(arch, num_classes=len(vocab), fused=True, zero_init_residual=False, image_size=image_size)
+    if pretrained:
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as e:
+            raise SystemExit(f"zeroshot: {checkpoint} does not fit {arch} with a {len(vocab)}-hashtag head "
+                             f"({str(e).splitlines()[0]}); is --vocab the vocabulary it was trained on?")
+    return model.to(device, memory_format=torch.channels_last)
+
+
+from wslfast.transfer import (ModelEMA, class_hashtag_sets, load_vocabulary, mixup_batch,  # noqa: E402
+                              mixup_cross_entropy, read_class_map, resolve_class_synsets, synthetic_class_map,
+                              zeroshot_evaluate)
+
+if "zeroshot" in modes:
+    vocab_path = cfg.vocab or vocabulary_path_of(pre_cfg, data)
+    try:
+        vocab = load_vocabulary(vocab_path)
+        class_map = (read_class_map(cfg.class_map) if cfg.class_map else
+                     synthetic_class_map(classes) if not cfg.data and pre_cfg.get("data") == "synthetic" else None)
+        class_sets = class_hashtag_sets(resolve_class_synsets(classes, class_map), vocab, hyponyms=cfg.hyponyms)
+    except (OSError, ValueError) as e:
+        raise SystemExit(str(e))
+    covered = sum(1 for s in class_sets if s)
+    print(f"zeroshot: {covered}/{len(classes)} classes have hashtags in {vocab_path} ({len(vocab)} labels); "
+          f"pooling {cfg.pooling}; chance top-1 {100.0 / len(classes):.1f}%", flush=True)
+
+for mode in modes:
+    protocol = {"linear": linear_probe, "finetune": finetune, "zeroshot": zeroshot}[mode]
+    build = make_hashtag_model if mode == "zeroshot" else make_backbone
+    print(f"transfer: {mode} on {data} ({len(classes)} classes, {image_size}px), {arch}, {device.type}", flush=True)
+    results = [("pretrained " + checkpoint, protocol(build(True)))]
+    if cfg.baseline:
+        results.append(("random init (same protocol)", protocol(build(False))))
+    width = max(len(name) for name, _ in results)
+    for name, (top1, top5) in results:
+        print(f"  {name:<{width}}  top-1 {top1:5.1f}%  top-5 {top5:5.1f}%")
+    if cfg.baseline:
+        gain = results[0][1][0] - results[1][1][0]
+        print(f"  pretraining gain: {gain:+.1f} top-1 points")

@@ -41,7 +41,7 @@ def test_finetune_from_plain_state_dict(small_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args,match", [
     (["--checkpoint", "/nonexistent.pt"], "does not exist"),
-    (["--mode", "zeroshot"], "mode must be linear or finetune"),
+    (["--mode", "fewshot"], "mode must be linear, finetune or zeroshot"),
 ])
 def test_bad_input(args, match, tmp_path):
     proc = run_script(TRANSFER, args)

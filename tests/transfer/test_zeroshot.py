@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from wslfast.data.vocab import HashtagVocabulary
-from wslfast.transfer import (class_hashtag_sets, read_class_map, resolve_class_synsets, zeroshot_evaluate,
+from wslfast.transfer import (class_hashtag_sets, load_vocabulary, read_class_map, resolve_class_synsets, zeroshot_evaluate,
                               zeroshot_scores)
 
 
@@ -85,6 +85,20 @@ def test_evaluate_end_to_end_with_a_fixed_hashtag_head():
     assert scores.shape == (4, 2) and torch.equal(y, labels)
     # row 2: dog = log(2e^0/Z) > cat = log(1/Z): predicted dog, right; row 3: dog wins too, wrong
     assert top1 == pytest.approx(75.0) and top5 == pytest.approx(100.0)
+
+
+def test_vocabulary_from_vocab_json_or_manifest(tmp_path):
+    import json
+
+    vocab = fake_vocab()
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab.to_dict()))
+    (tmp_path / "manifest.json").write_text(json.dumps({"num_classes": 4, "vocab": vocab.to_dict()}))
+    assert load_vocabulary(str(tmp_path / "vocab.json")) == vocab == load_vocabulary(str(tmp_path / "manifest.json"))
+    with pytest.raises(ValueError, match="cannot read a hashtag vocabulary"):
+        load_vocabulary(str(tmp_path / "none.json"))
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="cannot read a hashtag vocabulary"):
+        load_vocabulary(str(tmp_path / "bad.json"))
 
 
 def test_class_names_and_maps(tmp_path):
