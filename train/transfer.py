@@ -3,7 +3,8 @@
     python train/transfer.py                         # the demo: runs/default's newest checkpoint on the
                                                      # demo target task, beside a randomly initialised backbone
     python train/transfer.py --checkpoint PATH --data DIR --mode linear|finetune|zeroshot [--key value ...]
-    python train/transfer.py --config train/configs/finetune_regnet_y_128gf_in1k_swag.yaml --checkpoint PATH --data DIR
+    python train/transfer.py --config train/configs/transfer/finetune_regnet_y_128gf_in1k_swag.yaml --checkpoint PATH \
+        --data DIR                                   # SWAG's fine-tuning recipe
 
 mode=linear (the paper's main protocol): the backbone is frozen, the average-pooled features of every image
 (resize, centre crop) are computed once, and a linear softmax classifier is fitted on the training split's
@@ -49,6 +50,10 @@ cfg = load_config(DEFAULTS, sys.argv[1:])
 modes = [m.strip() for m in str(cfg.mode).split(",") if m.strip()]
 if not modes or any(m not in ("linear", "finetune", "zeroshot") for m in modes):
     raise SystemExit(f"mode must be linear, finetune or zeroshot (or a comma-separated list), got {cfg.mode!r}")
+if cfg.mixup < 0 or not 0 <= cfg.label_smoothing < 1 or not 0 <= cfg.ema < 1 or not 0 <= cfg.ema_warmup <= 1:
+    raise SystemExit("need mixup >= 0, label_smoothing in [0, 1), ema (a decay) in [0, 1), ema_warmup in [0, 1]")
+if cfg.pooling not in ("logsumexp", "max"):
+    raise SystemExit(f"pooling must be logsumexp or max, got {cfg.pooling!r}")
 device = pick_device(cfg.device)
 
 # ---------------------------------------------------------------- backbone weights
@@ -223,7 +228,7 @@ if "zeroshot" in modes:
         class_map = (read_class_map(cfg.class_map) if cfg.class_map else
                      synthetic_class_map(classes) if not cfg.data and pre_cfg.get("data") == "synthetic" else None)
         class_sets = class_hashtag_sets(resolve_class_synsets(classes, class_map), vocab, hyponyms=cfg.hyponyms)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: WordNet missing (with the apt command)
         raise SystemExit(str(e))
     covered = sum(1 for s in class_sets if s)
     print(f"zeroshot: {covered}/{len(classes)} classes have hashtags in {vocab_path} ({len(vocab)} labels); "

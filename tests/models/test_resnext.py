@@ -130,7 +130,9 @@ def test_forward_features_and_head():
 
 def test_names_and_bad_arguments():
     assert set(model_names()) == {"resnext101_32x4d", "resnext101_32x8d", "resnext101_32x16d",
-                                  "resnext101_32x32d", "resnext101_32x48d", "resnext_tiny"}
+                                  "resnext101_32x32d", "resnext101_32x48d", "resnext_tiny",
+                                  "regnet_y_16gf", "regnet_y_32gf", "regnet_y_128gf", "regnet_y_tiny",
+                                  "vit_b_16", "vit_l_16", "vit_h_14", "vit_tiny"}
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet50")
     model = resnext_tiny()
