@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from wslfast.data.vocab import HashtagVocabulary
-from wslfast.transfer import (class_hashtag_sets, load_vocabulary, read_class_map, resolve_class_synsets, zeroshot_evaluate,
-                              zeroshot_scores)
+from wslfast.transfer import (class_hashtag_sets, load_vocabulary, read_class_map, resolve_class_synsets,
+                              zeroshot_evaluate, zeroshot_scores)
 
 
 def test_scores_match_a_hand_computed_case():
@@ -61,7 +61,8 @@ class FakeWordNet:
 def fake_vocab():
     # labels: 0 beagle, 1 cat, 2 dog, 3 car (not in the tree); animal itself is no label
     return HashtagVocabulary(["beagle.n.01", "cat.n.01", "dog.n.01", "car.n.01"],
-                             ["n00000004", "n00000005", "n00000002", "n00000099"], {"beagle": 0, "cat": 1, "dog": 2, "car": 3})
+                             ["n00000004", "n00000005", "n00000002", "n00000099"],
+                             {"beagle": 0, "cat": 1, "dog": 2, "car": 3})
 
 
 def test_hashtag_sets_follow_the_hyponym_tree():

@@ -18,7 +18,8 @@ from .resnext import Bottleneck, ResNeXt
 from .vit import VIT_PARAMS, SDPAttention, ViT
 
 __all__ = ["ResNeXt", "Bottleneck", "RegNetY", "RegNetYBlock", "ViT", "SDPAttention", "create_model",
-           "model_names", "model_family", "classifier_keys", "CLASSIFIER_PREFIXES", "resnext101_32x4d", "resnext101_32x8d",
+           "model_names", "model_family", "classifier_keys", "CLASSIFIER_PREFIXES", "resnext101_32x4d",
+           "resnext101_32x8d",
            "resnext101_32x16d", "resnext101_32x32d", "resnext101_32x48d", "resnext_tiny"]
 
 _CONFIGS = {

@@ -6,4 +6,5 @@ from .zeroshot import (POOLINGS, class_hashtag_sets, load_vocabulary, parse_syns
                        resolve_class_synsets, synthetic_class_map, zeroshot_evaluate, zeroshot_scores)
 
 __all__ = ["ModelEMA", "mixup_batch", "mixup_cross_entropy", "POOLINGS", "class_hashtag_sets", "load_vocabulary",
-           "parse_synset_id", "read_class_map", "synthetic_class_map", "resolve_class_synsets", "zeroshot_evaluate", "zeroshot_scores"]
+           "parse_synset_id", "read_class_map", "synthetic_class_map", "resolve_class_synsets", "zeroshot_evaluate",
+           "zeroshot_scores"]

@@ -23,7 +23,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-__all__ = ["POOLINGS", "parse_synset_id", "read_class_map", "load_vocabulary", "synthetic_class_map", "resolve_class_synsets", "class_hashtag_sets",
+__all__ = ["POOLINGS", "parse_synset_id", "read_class_map", "load_vocabulary", "synthetic_class_map",
+           "resolve_class_synsets", "class_hashtag_sets",
            "zeroshot_scores", "zeroshot_evaluate"]
 
 POOLINGS = ("logsumexp", "max")
