@@ -107,3 +107,21 @@ def test_bad_input_is_one_clear_error():
     with pytest.raises(ValueError, match="unknown model"):
         create_model("regnet_y_7gf")
     assert isinstance(m, RegNetY)
+
+
+@pytest.mark.slow
+def test_full_size_16gf_from_torchvision_gives_its_outputs():
+    """The real architecture, not only its shapes: torchvision's regnet_y_16gf weights (random init) in ours,
+    fused and unfused, eval mode, small images."""
+    torch.manual_seed(3)
+    tv = tvm.regnet_y_16gf(weights=None, num_classes=10).eval()
+    randomize_bn(tv)
+    ours = create_model("regnet_y_16gf", num_classes=10, fused=True).eval()
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = tv(x)
+        got_fused = ours(x)
+        got_plain = ours.set_fused(False)(x)
+    torch.testing.assert_close(got_plain, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_fused, want, rtol=1e-3, atol=1e-3 * want.abs().max().item())

@@ -122,3 +122,17 @@ def test_bad_arguments():
         create_model("vit_tiny", image_size=36)
     assert isinstance(create_model("vit_tiny", image_size=16), ViT)
     assert math.isclose(create_model("vit_tiny", image_size=16).encoder.pos_embedding.shape[1], 5)
+
+
+@pytest.mark.slow
+def test_full_size_b16_from_torchvision_gives_its_outputs():
+    """torchvision's vit_b_16 (random init, nn.MultiheadAttention) in ours (SDPA), at 32 px (2 x 2 patches)."""
+    torch.manual_seed(4)
+    tv = tvm.vit_b_16(weights=None, num_classes=10, image_size=32).eval()
+    randomize(tv)
+    ours = create_model("vit_b_16", num_classes=10, image_size=32).eval()
+    ours.load_state_dict(tv.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want, got = tv(x), ours(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
