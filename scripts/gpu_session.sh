@@ -75,7 +75,8 @@ for step in "${steps[@]}"; do
       phase racecheck 90 "$SANITIZER" --tool racecheck --error-exitcode 9 "$PY" scripts/cuda_kernel_tour.py
       ;;
     bench-ce)
-      phase bench_soft_ce 60 "$PY" benchmarks/bench_soft_ce.py --device cuda --no-compile --out "$OUT/results.json"
+      phase bench_soft_ce 60 "$PY" benchmarks/bench_soft_ce.py --device cuda --goal --no-compile \
+        --out "$OUT/results.json"
       ;;
     bench-conv-4|bench-conv-8|bench-conv-16)
       width=${step#bench-conv-}

@@ -70,7 +70,7 @@ __global__ void __launch_bounds__(kThreads) conv_gemm_kernel(ConvGemm<T> cv, BnR
     if constexpr (kDgrad) {
       a_valid = 0;
 #pragma unroll
-      for (int h = 0; h < 8 / kVec; ++h) a_ch[h] = g * cin_g + (kb + kc * 8 + h * kVec) % cin_g;
+      for (int h = 0; h < 8 / kVec; ++h) a_ch[h] = gemm_a_channel(d, g, kb + kc * 8 + h * kVec);
     }
 #pragma unroll
     for (int j = 0; j < kBPer; ++j) rb[j].clear();

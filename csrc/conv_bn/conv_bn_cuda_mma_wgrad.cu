@@ -25,7 +25,7 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
   __shared__ __align__(16) T Bs[BN][kLds];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int64_t g = blockIdx.z / splits, split = blockIdx.z % splits;
-  const int64_t kg = d.K / d.groups, J = d.R * d.S * (d.C / d.groups), M = d.N * d.P * d.Q;
+  const int64_t J = d.R * d.S * (d.C / d.groups), M = d.N * d.P * d.Q;
   const int64_t j0 = int64_t(blockIdx.x) * kBM, n0 = int64_t(blockIdx.y) * BN;
   const int64_t m_begin = split * m_per_split, m_end = m_begin + m_per_split < M ? m_begin + m_per_split : M;
   float* slice = out + split * (d.K * J);
@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
         load_piece<kVec>(val, 0, gz + off);
         load_piece<kVec>(sv, 0, static_cast<const T*>(bn.src) + off);
         int64_t ch[8 / kVec] = {};
-        ch[0] = g * kg + kk;
+        ch[0] = wgrad_g_channel(d, g, kk);
         bn_grad_chunk<T, kVec>(val, sv, 1u, ch, bn);  // piece 0 holds the kVec loaded channels
       }
       const T* e = val.elems();

@@ -94,6 +94,12 @@ WSLFAST_IDX_HD int64_t gemm_a_offset(const GemmDims& d, int64_t g, const GemmRow
   if (!source_pixel<kDgrad>(row.ho, row.wo, r, s, d.stride, d.pad, d.Hin, d.Win, hi, wi)) return -1;
   return ((row.n * d.Hin + hi) * d.Win + wi) * d.Cin + g * cin_g + c;
 }
+// The input channel of A[., k] in group g: for the data gradient the channel of grad_y (and z) whose BN
+// coefficients the loader's fused BN+ReLU backward applies to that element.
+WSLFAST_IDX_HD int64_t gemm_a_channel(const GemmDims& d, int64_t g, int64_t k) {
+  const int64_t cin_g = d.Cin / d.groups;
+  return g * cin_g + k % cin_g;
+}
 // B[j, k] of group g: the weight row of output channel j in the group (KRSC, k contiguous), or -1.
 WSLFAST_IDX_HD int64_t gemm_b_offset(const GemmDims& d, int64_t g, int64_t j, int64_t k) {
   const int64_t cout_g = d.Cout / d.groups, Kg = d.R * d.S * (d.Cin / d.groups);
@@ -127,6 +133,8 @@ WSLFAST_IDX_HD int64_t wgrad_g_offset(const WgradDims& d, int64_t g, int64_t m, 
   if (m >= M || kk >= kg) return -1;
   return m * d.K + g * kg + kk;
 }
+// The channel of gz[., kk] in group g (whose BN coefficients the B loader applies).
+WSLFAST_IDX_HD int64_t wgrad_g_channel(const WgradDims& d, int64_t g, int64_t kk) { return g * (d.K / d.groups) + kk; }
 // dw element (kk, j) of group g (KRSC: [K][R*S*cg]) or -1.
 WSLFAST_IDX_HD int64_t wgrad_dw_offset(const WgradDims& d, int64_t g, int64_t kk, int64_t j) {
   const int64_t kg = d.K / d.groups, J = d.R * d.S * (d.C / d.groups);

@@ -157,6 +157,8 @@ def implicit_gemm(dgrad, inp, wt, dims, vec):
                 if off >= 0:
                     assert off % vec == 0 and off + vec <= flat_in.size, "misaligned or out-of-bounds load"
                     A[m, k0:k0 + vec] = flat_in[off:off + vec]
+                    # the BN coefficients the dgrad loader applies are those of the loaded channel
+                    assert gemm(4, dims, g, 0, k0) == off % Cin
         B = np.zeros((cout_g, Kg))
         for j, k0 in itertools.product(range(cout_g + 1), range(0, Kg + vec, vec)):
             off = gemm(2, dims, g, j, k0)
@@ -228,6 +230,7 @@ def test_weight_gradient_gathers_are_conv2d_weight(case):
             assert (off == -1) == (m >= M or kk >= kg)
             if off >= 0:
                 gz[m, kk] = fg[off]
+                assert lib.mma_wgrad_offset(3, ptr(dims), g, 0, kk) == off % K
         D = gz.T @ patch
         for kk, j in itertools.product(range(kg + 1), range(J + 1)):
             off = lib.mma_wgrad_offset(2, ptr(dims), g, kk, j)

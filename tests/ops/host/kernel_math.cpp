@@ -125,7 +125,7 @@ void mma_slots(int kind, int a, int b, int* out) {
 }
 
 // dims: N, Hin, Win, Cin, Hout, Wout, Cout, R, S, stride, pad, groups. kind 0: A forward, 1: A dgrad,
-// 2: B, 3: output. For kinds 0/1 `a` is the GEMM row m; the result is the element offset or -1.
+// 2: B, 3: output, 4: the channel of A's column b (a ignored). For kinds 0/1 `a` is the GEMM row m; the result is the element offset or -1.
 int64_t mma_gemm_offset(int kind, const int64_t* dims, int64_t g, int64_t a, int64_t b) {
   using namespace conv_bn::mma;
   const GemmDims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8], dims[9],
@@ -134,16 +134,23 @@ int64_t mma_gemm_offset(int kind, const int64_t* dims, int64_t g, int64_t a, int
     case 0: return gemm_a_offset<false>(d, g, gemm_row(d, a), b);
     case 1: return gemm_a_offset<true>(d, g, gemm_row(d, a), b);
     case 2: return gemm_b_offset(d, g, a, b);
+    case 4: return gemm_a_channel(d, g, b);
     default: return gemm_out_offset(d, g, a, b);
   }
 }
 
-// dims: N, H, W, C, K, R, S, P, Q, stride, pad, groups. kind 0: x (m, j), 1: gz (m, kk), 2: dw (kk, j).
+// dims: N, H, W, C, K, R, S, P, Q, stride, pad, groups. kind 0: x (m, j), 1: gz (m, kk), 2: dw (kk, j),
+// 3: the channel of gz's column b.
 int64_t mma_wgrad_offset(int kind, const int64_t* dims, int64_t g, int64_t a, int64_t b) {
   using namespace conv_bn::mma;
   const WgradDims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], dims[6], dims[7], dims[8], dims[9],
                     dims[10], dims[11]};
-  return kind == 0 ? wgrad_x_offset(d, g, a, b) : (kind == 1 ? wgrad_g_offset(d, g, a, b) : wgrad_dw_offset(d, g, a, b));
+  switch (kind) {
+    case 0: return wgrad_x_offset(d, g, a, b);
+    case 1: return wgrad_g_offset(d, g, a, b);
+    case 3: return wgrad_g_channel(d, g, b);
+    default: return wgrad_dw_offset(d, g, a, b);
+  }
 }
 
 void mma_wgrad_plan(int64_t M, int64_t groups, int64_t chunk, int64_t* out) {
