@@ -186,23 +186,42 @@ def time_conv_bn(device, dtype, quick, reps):
 
 # ---- driver ----
 
+def with_impl(impl, fn, *args):
+    """fn(*args) with WSLFAST_CONV_BN_IMPL = impl (the CUDA glue reads it on every call)."""
+    old = os.environ.get("WSLFAST_CONV_BN_IMPL")
+    os.environ["WSLFAST_CONV_BN_IMPL"] = impl
+    try:
+        return fn(*args)
+    finally:
+        if old is None:
+            os.environ.pop("WSLFAST_CONV_BN_IMPL")
+        else:
+            os.environ["WSLFAST_CONV_BN_IMPL"] = old
+
+
 def device_rows(device: torch.device, timing: bool, quick: bool, reps: int) -> list[Row]:
     rows = []
     dtypes = [torch.float32] + ([torch.float64] if device.type == "cpu" else [torch.bfloat16])
+    timed_dtype = torch.float32 if device.type == "cpu" else torch.bfloat16  # what training runs in there
     # float32 convolutions on CUDA run the tensor cores in TF32 (as cuDNN by default).
-    conv_tol = lambda dt: TOLERANCE["tf32"] if (device.type == "cuda" and dt == torch.float32) else TOLERANCE[dt]  # noqa: E731
+    def conv_tol(dt):
+        return TOLERANCE["tf32"] if (device.type == "cuda" and dt == torch.float32) else TOLERANCE[dt]
     checks = []
     for dt in dtypes:
         name = str(dt).replace("torch.", "")
         checks.append((f"soft_ce fwd+bwd {name}", lambda dt=dt: check_soft_ce(device, dt), TOLERANCE[dt],
-                       (lambda dt=dt: time_soft_ce(device, dt, quick, reps)) if dt == dtypes[0] else None))
+                       (lambda dt=dt: time_soft_ce(device, dt, quick, reps)) if dt == timed_dtype else None))
         checks.append((f"linear_soft_ce fwd+bwd {name}", lambda dt=dt: check_linear_soft_ce(device, dt),
                        TOLERANCE[dt], None))
-        for training in (True, False):
-            mode = "train" if training else "eval"
-            checks.append((f"conv_bn_relu {mode} fwd+bwd {name}", lambda dt=dt, tr=training: check_conv_bn(device, dt, tr),
-                           conv_tol(dt), (lambda dt=dt: time_conv_bn(device, dt, quick, reps))
-                           if training and dt == dtypes[0] else None))
+        # On CUDA each convolution implementation separately (WSLFAST_CONV_BN_IMPL): tensor-core and simple.
+        for impl in (("fast", "simple") if device.type == "cuda" else ("auto",)):
+            for training in (True, False):
+                mode = "train" if training else "eval"
+                label = f"conv_bn_relu {mode} fwd+bwd {name}" + ("" if impl == "auto" else f" {impl}")
+                checks.append((label, lambda dt=dt, tr=training, im=impl: with_impl(im, check_conv_bn, device, dt, tr),
+                               conv_tol(dt) if impl != "simple" else TOLERANCE[dt],
+                               (lambda dt=dt, im=impl: with_impl(im, time_conv_bn, device, dt, quick, reps))
+                               if training and dt == timed_dtype and impl != "simple" else None))
     for name, check, tol, timer in checks:
         row = Row(name, str(device))
         try:
@@ -225,13 +244,14 @@ def fmt(v, spec):
 
 def print_table(rows: list[Row], out=None) -> None:
     out = out or sys.stdout
-    head = f"{'kernel':<34} {'device':<8} {'max error':>10} {'pass':>5} {'ours ms':>9} {'stock ms':>9} {'ratio':>6}  note"
+    head = (f"{'kernel':<44} {'device':<8} {'max error':>10} {'pass':>5} {'ours ms':>9} {'stock ms':>9} "
+            f"{'ratio':>6}  note")
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in rows:
         ok = "skip" if r.ok is None else ("yes" if r.ok else "FAIL")
         ratio = r.stock_ms / r.ours_ms if r.ours_ms and r.stock_ms else None
-        print(f"{r.kernel:<34} {r.device:<8} {fmt(r.error, '10.2e'):>10} {ok:>5} {fmt(r.ours_ms, '9.3f'):>9} "
+        print(f"{r.kernel:<44} {r.device:<8} {fmt(r.error, '10.2e'):>10} {ok:>5} {fmt(r.ours_ms, '9.3f'):>9} "
               f"{fmt(r.stock_ms, '9.3f'):>9} {fmt(ratio, '6.2f'):>6}  {r.note}", file=out)
 
 
@@ -247,7 +267,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     info = build_info()
     print(f"wslfast {info['version']} built against torch {info['torch']} (running {info['torch_runtime']}), "
-          f"CUDA compiled: {info['cuda_compiled']} {','.join(info['cuda_archs'])}; {torch.get_num_threads()} CPU threads")
+          f"CUDA compiled: {info['cuda_compiled']} {','.join(info['cuda_archs'])}; "
+          f"{torch.get_num_threads()} CPU threads")
     rows = []
     if args.device in ("cpu", "all"):
         rows += device_rows(torch.device("cpu"), not args.no_timing, args.quick, args.reps)
