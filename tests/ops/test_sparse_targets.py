@@ -60,7 +60,7 @@ def test_empty_batch_and_all_empty_rows():
 @pytest.mark.parametrize("indices,offsets", [
     ([2, 1], [0, 2]),          # unsorted within a row
     ([1, 1], [0, 2]),          # duplicate
-    ([0, 3, 3], [0, 2, 3]),    # duplicate inside the first row, second row fine
+    ([0, 3, 3, 1], [0, 3, 4]), # duplicate inside the first row, second row fine
     ([0, 2, 1], [0, 1, 3, 3]), # unsorted second row, empty last row
 ])
 def test_canonical_true_is_checked_not_trusted(indices, offsets):
