@@ -8,8 +8,10 @@
 
 #ifdef __CUDACC__
 #define WSLFAST_HD __host__ __device__ __forceinline__
+#define WSLFAST_UNROLL _Pragma("unroll")
 #else
 #define WSLFAST_HD inline
+#define WSLFAST_UNROLL
 #endif
 
 namespace wslfast::soft_ce {
@@ -37,11 +39,11 @@ WSLFAST_HD void rescale(MaxSum& st, float mn) {
 template <int n>
 WSLFAST_HD void add_values(MaxSum& st, const float (&x)[n]) {
   float vm = -INFINITY;
-#pragma unroll
+WSLFAST_UNROLL
   for (int i = 0; i < n; ++i) vm = nan_max(vm, x[i]);
   rescale(st, nan_max(st.m, vm));
   if (st.m != -INFINITY) {  // NaN != -inf: a NaN max poisons the sum too
-#pragma unroll
+WSLFAST_UNROLL
     for (int i = 0; i < n; ++i) st.s += expf(x[i] - st.m);
   }
 }
