@@ -4,7 +4,8 @@
 
 CUDA kernels compile whenever nvcc is found (CUDA_HOME, PATH or /usr/local/cuda), CPU-only otherwise.
 Environment: WSLFAST_CUDA_ARCHS (default "90a;80"), MAX_JOBS (ninja parallelism),
-WSLFAST_FORCE_CPU=1 (skip CUDA even where nvcc is found).
+WSLFAST_FORCE_CPU=1 (skip CUDA even where nvcc is found). Supported torch: 2.11 to 2.14 (built and tested
+with 2.11.0 and 2.14.1); the C++ standard is named here (cxx_standard), not left to torch.
 """
 import glob
 import os
@@ -67,6 +68,21 @@ def cuda_arch_flags(archs):
     return names, flags
 
 
+def cxx_standard():
+    """The C++ standard for the sources that include torch's headers, named rather than left to torch's
+    BuildExtension: C++17 where the installed torch's headers allow it (torch 2.11, the GPU machine's),
+    C++20 where they require it (torch 2.14's ATen.h refuses anything older). The CUDA kernels include no
+    torch headers and always build as C++17."""
+    import torch
+
+    aten = os.path.join(os.path.dirname(torch.__file__), "include", "ATen", "ATen.h")
+    try:
+        text = open(aten).read()
+    except OSError:
+        return "c++17"
+    return "c++20" if "C++20 or later" in text else "c++17"
+
+
 def wheel_cuda_include_dirs():
     """Include folders of the nvidia-* pip wheels torch depends on (cuBLAS/cuSPARSE headers that
     torch's CUDA headers include live there, not in the CUDA toolkit nvcc came with)."""
@@ -89,7 +105,7 @@ def extensions():
     force_cpu = os.environ.get("WSLFAST_FORCE_CPU", "0") not in ("", "0")
     with_cuda = bool(cu) and not force_cpu and cpp_extension.CUDA_HOME is not None
     # -fno-trapping-math lets GCC if-convert the clamps in our CPU loops, which then vectorize.
-    cxx = ["-O3", "-fno-trapping-math", "-DWSLFAST_VERSION=\"%s\"" % read_version(),
+    cxx = ["-O3", f"-std={cxx_standard()}", "-fno-trapping-math", "-DWSLFAST_VERSION=\"%s\"" % read_version(),
            "-DWSLFAST_TORCH_VERSION=\"%s\"" % torch.__version__]
     archs = []
     if with_cuda:
@@ -99,7 +115,7 @@ def extensions():
         defines = ["-DWSLFAST_WITH_CUDA", "-DWSLFAST_CUDA_ARCHS=\"%s\"" % ";".join(archs)]
         # -idirafter: wheel headers only fill what the toolkit lacks, they never shadow it.
         wheel_inc = [f for d in wheel_cuda_include_dirs() for f in ("-idirafter", d)]
-        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", *gencode, *defines]
+        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *gencode, *defines]
         return [cpp_extension.CUDAExtension(
             "wslfast._C", cpp + cu,
             extra_compile_args={"cxx": cxx + defines + wheel_inc, "nvcc": nvcc},

@@ -16,7 +16,7 @@
 TORCH_LIBRARY(wslfast, m) {
   // Sparse multi-hot soft-target softmax cross-entropy (csrc/soft_ce). Targets are canonical CSR rows
   // (ids sorted and unique within a row; SparseTargets makes them so).
-  // Differentiable ops (autograd registered in wslfast/ops/soft_ce.py); both return the per-row loss
+  // Differentiable ops (autograd registered in C++, csrc/soft_ce/soft_ce_autograd.cpp); both return the per-row loss
   // l_i = sum_j w_ij (lse_i - z_i[t_ij]) and lse_i, which the backward reuses.
   m.def("soft_ce(Tensor logits, Tensor indices, Tensor offsets, Tensor weights) -> (Tensor loss, Tensor lse)");
   m.def("soft_ce_backward(Tensor grad_rows, Tensor logits, Tensor lse, Tensor indices, Tensor offsets,"

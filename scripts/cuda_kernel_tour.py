@@ -6,7 +6,8 @@ compute-sanitizer on the GPU machine (scripts/gpu_session.sh), small enough for 
     python scripts/cuda_kernel_tour.py --device cpu    # the same calls on CPU (checks this script)
 
 Covers: soft-target CE forward/backward (float32, bfloat16; short and long rows, empty rows, duplicate
-ids) and its fused-linear variant; conv+BN+ReLU training and eval, forward and backward, with and without
+ids; one block per row and the split-vocabulary path; on CUDA a direct op call with broken CSR targets)
+and its fused-linear variant; conv+BN+ReLU training and eval, forward and backward, with and without
 ReLU and with a residual before the ReLU, in bfloat16 and float32 (TF32 on the tensor cores), for each convolution implementation (simple,
 tensor-core) on 2, 4 and 8 channels per group, stride 2, odd sizes and a 1x1 conv; the running-statistics
 update. Exits 1 on the first mismatch.
@@ -41,7 +42,9 @@ def fresh(t, device, dtype, memory_format=torch.contiguous_format):
 
 def soft_ce_cases(device):
     gen = torch.Generator().manual_seed(0)
-    for V in (257, 17011):
+    # splits: blocks per row of the CUDA kernels (the split-vocabulary path at 3; CPU ignores it)
+    for V, splits in ((257, "1"), (17011, "1"), (17011, "3")):
+        os.environ["WSLFAST_SOFT_CE_SPLITS"] = splits
         rows = [[], [3], [1, 1, 5], list(range(0, V, max(1, V // 40)))]
         targets = SparseTargets.from_lists(rows, num_classes=V)
         logits = torch.randn(len(rows), V, generator=gen) * 3
@@ -52,8 +55,20 @@ def soft_ce_cases(device):
                 loss = soft_target_cross_entropy(z, targets.to(dev), "sum")
                 loss.backward()
                 outs[dev] = (loss, z.grad)
-            close(f"soft_ce V={V} {dtype} loss", outs[device][0], outs["cpu"][0], rel)
-            close(f"soft_ce V={V} {dtype} grad", outs[device][1], outs["cpu"][1], rel)
+            close(f"soft_ce V={V} splits={splits} {dtype} loss", outs[device][0], outs["cpu"][0], rel)
+            close(f"soft_ce V={V} splits={splits} {dtype} grad", outs[device][1], outs["cpu"][1], rel)
+    os.environ.pop("WSLFAST_SOFT_CE_SPLITS")
+    if device != "cpu":
+        # A direct op call with broken CSR (unsorted row 0, offsets past nnz in row 1): NaN rows, and under
+        # memcheck no read outside the targets (the CPU op refuses these with an error instead).
+        z = torch.randn(2, 17011, device=device, requires_grad=True)
+        ids, offs = torch.tensor([9, 2, 4], device=device), torch.tensor([0, 2, 1 << 40], device=device)
+        loss, _ = torch.ops.wslfast.soft_ce(z, ids, offs, torch.ones(3, device=device))
+        loss.sum().backward()
+        if not (torch.isnan(loss).all() and torch.isnan(z.grad).all()):
+            print("MISMATCH soft_ce broken CSR: expected NaN rows", flush=True)
+            sys.exit(1)
+        print("ok soft_ce broken CSR gives NaN rows", flush=True)
     targets = SparseTargets.from_lists([[0, 7], [], [99], [5, 5, 6]], num_classes=100)
     feats, weight, bias = (torch.randn(4, 24, generator=gen), torch.randn(100, 24, generator=gen) * 0.2,
                            torch.randn(100, generator=gen))

@@ -43,7 +43,7 @@ class SparseTargets:
                 raise ValueError(f"SparseTargets: weights has {weights.numel()} entries but indices has {nnz}")
             weights = weights.to(device=indices.device, dtype=torch.float32)
         self.num_classes = int(num_classes)
-        self._validate(indices, offsets, weights)
+        self._validate(indices, offsets, weights, canonical)
         counts = offsets[1:] - offsets[:-1]
         if weights is None:
             per_row = 1.0 / counts.clamp(min=1).to(torch.float32)
@@ -52,15 +52,25 @@ class SparseTargets:
             indices, offsets, weights = self._canonicalize(indices, counts, weights)
         self.indices, self.offsets, self.weights = indices, offsets, weights
 
-    def _validate(self, indices, offsets, weights):
-        """All checks in one device->host copy, so a CUDA batch costs a single sync."""
+    def _validate(self, indices, offsets, weights, canonical=False):
+        """All checks in one device->host copy, so a CUDA batch costs a single sync. canonical=True promises
+        sorted, unique ids per row: that is checked too (the kernels rely on it)."""
         nnz, V = indices.numel(), self.num_classes
+        never = offsets[0] != offsets[0]
+        unsorted = never
+        if canonical and nnz > 1:
+            # An id must exceed its predecessor unless it starts a row (offsets clamped: bad offsets are
+            # reported by the checks before this one; empty rows at the end mark position nnz).
+            starts = torch.zeros(nnz + 1, dtype=torch.bool, device=indices.device)
+            starts.index_fill_(0, offsets[:-1].clamp(0, nnz), True)
+            unsorted = ((indices[1:] <= indices[:-1]) & ~starts[1:nnz]).any()
         checks = [
             offsets[0] != 0,
             offsets[-1] != nnz,
-            (offsets[1:] < offsets[:-1]).any() if offsets.numel() > 1 else offsets[0] != offsets[0],
-            ((indices < 0) | (indices >= V)).any() if nnz else offsets[0] != offsets[0],
-            (~torch.isfinite(weights)).any() if weights is not None and nnz else offsets[0] != offsets[0],
+            (offsets[1:] < offsets[:-1]).any() if offsets.numel() > 1 else never,
+            ((indices < 0) | (indices >= V)).any() if nnz else never,
+            (~torch.isfinite(weights)).any() if weights is not None and nnz else never,
+            unsorted,
         ]
         bad = torch.stack([c.reshape(()) for c in checks]).tolist()
         if bad[0]:
@@ -74,6 +84,8 @@ class SparseTargets:
             raise ValueError(f"SparseTargets: class ids must lie in [0, {V}), got ids in [{lo}, {hi}]")
         if bad[4]:
             raise ValueError("SparseTargets: weights must be finite")
+        if bad[5]:
+            raise ValueError("SparseTargets: canonical=True but the ids of a row are not sorted and unique")
 
     def _canonicalize(self, indices, counts, weights):
         """Sort ids within each row and merge duplicates (adding weights)."""

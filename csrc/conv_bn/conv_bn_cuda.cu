@@ -6,6 +6,7 @@
 #include <initializer_list>
 
 #include "conv_bn_cuda_common.cuh"
+#include "conv_bn_stats.h"
 
 namespace wslfast::conv_bn {
 namespace {
@@ -91,18 +92,8 @@ __global__ void conv_wgrad_simple_kernel(const T* __restrict__ g, const T* __res
   if (threadIdx.x == 0) dw[e] = part[0];
 }
 
-// ---- per-channel reductions: block (32 channels, 8 row lanes), double per thread, atomics per block ----
-
-// Terms for channel c at element i: (t0, t1). Stats: (z, z^2). Backward: (m*dy, m*dy*(src - center)).
-template <typename T>
-struct StatTerms {
-  const T* z;
-  __device__ void operator()(int64_t i, int64_t, double& t0, double& t1) const {
-    const double v = to_float(z[i]);
-    t0 = v;
-    t1 = v * v;
-  }
-};
+// ---- per-channel reductions: block (32 channels, 8 row lanes), double per thread, one partial per block
+// (no atomics), merged in a fixed order by a second kernel: the results repeat bit for bit ----
 
 template <typename T>
 struct BackwardTerms {
@@ -118,8 +109,16 @@ struct BackwardTerms {
   }
 };
 
+constexpr int64_t kMaxParts = 4096;
+
+int64_t parts_for(int64_t rows) {
+  const int64_t p = (rows + 8 * 64 - 1) / (8 * 64);  // ~64 rows per thread
+  return p < 1 ? 1 : (p > kMaxParts ? kMaxParts : p);
+}
+
+// Block (channel group, part): sums of the terms over the part's rows (grid-strided by part) -> part.
 template <typename Terms>
-__global__ void channel_sums_kernel(Terms terms, int64_t rows, int64_t K, double* __restrict__ sums) {
+__global__ void channel_sums_kernel(Terms terms, int64_t rows, int64_t K, double* __restrict__ part) {
   const int64_t c = blockIdx.x * 32 + threadIdx.x;
   double a0 = 0.0, a1 = 0.0;
   if (c < K) {
@@ -136,18 +135,61 @@ __global__ void channel_sums_kernel(Terms terms, int64_t rows, int64_t K, double
   __syncthreads();
   if (threadIdx.y == 0 && c < K) {
     for (int j = 1; j < blockDim.y; ++j) a0 += s0[j][threadIdx.x], a1 += s1[j][threadIdx.x];
-    atomicAdd(sums + c, a0);
-    atomicAdd(sums + K + c, a1);
+    part[blockIdx.y * K + c] = a0;
+    part[(gridDim.y + blockIdx.y) * K + c] = a1;
   }
 }
 
+constexpr int kSlices = 16;
+
+// Block (32 channels, 16 slices): sums of the parts, slice j taking parts j, j + 16, ..., then the slices.
+__global__ void reduce_parts_kernel(const double* __restrict__ part, int64_t nparts, int64_t K,
+                                    double* __restrict__ sums) {
+  __shared__ double s0[kSlices][32], s1[kSlices][32];
+  const int64_t c = blockIdx.x * int64_t(32) + threadIdx.x;
+  double a0 = 0.0, a1 = 0.0;
+  if (c < K) sum_parts(part, nparts, K, c, threadIdx.y, kSlices, a0, a1);
+  s0[threadIdx.y][threadIdx.x] = a0;
+  s1[threadIdx.y][threadIdx.x] = a1;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= K) return;
+  for (int j = 1; j < kSlices; ++j) a0 += s0[j][threadIdx.x], a1 += s1[j][threadIdx.x];
+  sums[c] = a0;
+  sums[K + c] = a1;
+}
+
 template <typename Terms>
-void launch_channel_sums(const Terms& terms, int64_t rows, int64_t K, double* sums, CUstream_st* stream) {
-  const dim3 block(32, 8);
-  const int64_t row_blocks = (rows + 8 * 64 - 1) / (8 * 64);  // ~64 rows per thread
-  const dim3 grid(static_cast<unsigned>((K + 31) / 32), static_cast<unsigned>(row_blocks < 1 ? 1 : (row_blocks > 4096 ? 4096 : row_blocks)));
-  channel_sums_kernel<<<grid, block, 0, stream>>>(terms, rows, K, sums);
+void launch_channel_sums(const Terms& terms, int64_t rows, int64_t K, double* sums, double* workspace,
+                         CUstream_st* stream) {
+  const int64_t nparts = parts_for(rows);
+  channel_sums_kernel<<<dim3(static_cast<unsigned>((K + 31) / 32), static_cast<unsigned>(nparts)), dim3(32, 8), 0,
+                        stream>>>(terms, rows, K, workspace);
   check_launch("channel sums");
+  reduce_parts_kernel<<<static_cast<unsigned>((K + 31) / 32), dim3(32, kSlices), 0, stream>>>(workspace, nparts, K,
+                                                                                             sums);
+  check_launch("channel sums reduce");
+}
+
+// The simple path's BN statistics: block (channel group, part) runs Welford per (channel, row lane) in
+// double over the part's contiguous rows, merges the 8 lanes in order and writes the part's (mean, M2).
+template <typename T>
+__global__ void stat_parts_kernel(const T* __restrict__ z, int64_t rows, int64_t K, int64_t rows_per_part,
+                                  double* __restrict__ part) {
+  const int64_t c = blockIdx.x * 32 + threadIdx.x, p = blockIdx.y, nparts = gridDim.y;
+  const int64_t r0 = p * rows_per_part, r1 = r0 + rows_per_part < rows ? r0 + rows_per_part : rows;
+  MeanM2 st{0.0, 0.0, 0.0};
+  if (c < K)
+    for (int64_t r = r0 + threadIdx.y; r < r1; r += blockDim.y) welford_add(st, to_float(z[r * K + c]));
+  __shared__ double sn[8][33], sm[8][33], s2[8][33];
+  sn[threadIdx.y][threadIdx.x] = st.n;
+  sm[threadIdx.y][threadIdx.x] = st.mean;
+  s2[threadIdx.y][threadIdx.x] = st.m2;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < K) {
+    for (int j = 1; j < blockDim.y; ++j) chan_merge(st, MeanM2{sn[j][threadIdx.x], sm[j][threadIdx.x], s2[j][threadIdx.x]});
+    part[p * K + c] = st.mean;
+    part[(nparts + p) * K + c] = st.m2;
+  }
 }
 
 // ---- elementwise passes ----
@@ -235,15 +277,27 @@ unsigned grid_for(int64_t total) { return blocks_for(total, kThreads) > 65536u ?
 
 }  // namespace
 
+StatLayout conv_fwd_simple_stat_layout(const ConvShape& s) {
+  const int64_t rows = s.N * s.P * s.Q, nparts = parts_for(rows), per = (rows + nparts - 1) / nparts;
+  return {per > 0 ? (rows + per - 1) / per : 1, per > 0 ? per : 1, rows};
+}
+
+int64_t backward_sums_workspace(int64_t rows, int64_t K) { return 2 * parts_for(rows) * K; }
+
 void conv_fwd_simple_cuda(DType dtype, const void* x, const void* w, const float* bias, bool relu, void* z,
-                          double* sums, const ConvShape& s, CUstream_st* stream) {
+                          double* parts, const ConvShape& s, CUstream_st* stream) {
   const int64_t total = s.N * s.P * s.Q * s.K;
   WSLFAST_DTYPE_SWITCH(dtype, T, [&] {
     conv_fwd_simple_kernel<T><<<grid_for(total), kThreads, 0, stream>>>(
         static_cast<const T*>(x), static_cast<const T*>(w), bias, relu, static_cast<T*>(z), s);
     check_launch("simple conv forward");
     // The simple path takes its statistics from the stored output, in a separate pass.
-    if (sums != nullptr) launch_channel_sums(StatTerms<T>{static_cast<const T*>(z)}, s.N * s.P * s.Q, s.K, sums, stream);
+    if (parts != nullptr) {
+      const StatLayout L = conv_fwd_simple_stat_layout(s);
+      stat_parts_kernel<T><<<dim3(static_cast<unsigned>((s.K + 31) / 32), static_cast<unsigned>(L.nparts)),
+                             dim3(32, 8), 0, stream>>>(static_cast<const T*>(z), L.rows, s.K, L.rows_per_part, parts);
+      check_launch("simple conv statistics");
+    }
   });
 }
 
@@ -286,11 +340,11 @@ void scale_shift_relu_cuda(DType dtype, const void* z, const float* scale, const
 }
 
 void bn_relu_backward_sums_cuda(DType dtype, const void* dy, const void* src, const float* ms, const float* mt,
-                                const float* center, bool relu, double* sums, int64_t rows, int64_t K,
-                                CUstream_st* stream) {
+                                const float* center, bool relu, double* sums, double* workspace, int64_t rows,
+                                int64_t K, CUstream_st* stream) {
   WSLFAST_DTYPE_SWITCH(dtype, T, [&] {
     const BackwardTerms<T> terms{static_cast<const T*>(dy), static_cast<const T*>(src), ms, mt, center, relu};
-    launch_channel_sums(terms, rows, K, sums, stream);
+    launch_channel_sums(terms, rows, K, sums, workspace, stream);
   });
 }
 

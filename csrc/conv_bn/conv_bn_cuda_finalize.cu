@@ -2,24 +2,39 @@
 // channel turns the batch sums into mean/var and scale/shift (forward) or into the backward coefficients,
 // or folds the batch statistics into the running ones.
 // One launch each instead of a dozen [K]-sized torch ops; the math is conv_bn_finalize.h, shared with CPU.
+// The forward one first merges the conv's per-block (count, mean, M2) partials (conv_bn_stats.h) in a
+// fixed order: 16 slices of parts per channel, each merged in order, then the slices in order.
 #include <cstdint>
 
 #include "conv_bn_cuda_common.cuh"
 #include "conv_bn_finalize.h"
+#include "conv_bn_stats.h"
 
 namespace wslfast::conv_bn {
 namespace {
 
 constexpr int kThreads = 128;
 
-__global__ void forward_finalize_kernel(const double* __restrict__ sums, double count, const float* __restrict__ gamma,
-                                        const float* __restrict__ beta, double eps, float* __restrict__ mean,
-                                        float* __restrict__ var, float* __restrict__ scale_shift, int64_t K) {
-  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= K) return;
+constexpr int kSlices = 16;
+
+__global__ void forward_finalize_kernel(const double* __restrict__ part, int64_t nparts, int64_t rows_per_part,
+                                        int64_t rows, const float* __restrict__ gamma, const float* __restrict__ beta,
+                                        double eps, float* __restrict__ mean, float* __restrict__ var,
+                                        float* __restrict__ scale_shift, int64_t K) {
+  __shared__ double sn[kSlices][32], sm[kSlices][32], s2[kSlices][32];
+  const int64_t c = blockIdx.x * int64_t(32) + threadIdx.x;
+  MeanM2 st{0.0, 0.0, 0.0};
+  if (c < K) st = merge_parts(part, nparts, K, c, rows_per_part, rows, threadIdx.y, kSlices);
+  sn[threadIdx.y][threadIdx.x] = st.n;
+  sm[threadIdx.y][threadIdx.x] = st.mean;
+  s2[threadIdx.y][threadIdx.x] = st.m2;
+  __syncthreads();
+  if (threadIdx.y != 0 || c >= K) return;
+  for (int j = 1; j < kSlices; ++j) chan_merge(st, MeanM2{sn[j][threadIdx.x], sm[j][threadIdx.x], s2[j][threadIdx.x]});
   float m, v;
   double scale, shift;
-  bn_forward_one<float>(sums[c], sums[K + c], count, 0.0, gamma[c], beta[c], eps, m, v, scale, shift);
+  // About the pivot = the mean: s0 = 0, s1 = M2, so var = M2 / n without cancellation.
+  bn_forward_one<float>(0.0, st.m2, st.n, st.mean, gamma[c], beta[c], eps, m, v, scale, shift);
   mean[c] = m;
   var[c] = v;
   scale_shift[c] = static_cast<float>(scale);
@@ -74,10 +89,11 @@ void update_running_stats_cuda(DType dtype, void* running_mean, void* running_va
   });
 }
 
-void bn_forward_finalize_cuda(const double* sums, double count, const float* gamma, const float* beta, double eps,
-                              float* mean, float* var, float* scale_shift, int64_t K, CUstream_st* stream) {
-  forward_finalize_kernel<<<blocks_for(K, kThreads), kThreads, 0, stream>>>(sums, count, gamma, beta, eps, mean, var,
-                                                                            scale_shift, K);
+void bn_forward_finalize_cuda(const double* parts, StatLayout layout, const float* gamma, const float* beta,
+                              double eps, float* mean, float* var, float* scale_shift, int64_t K, CUstream_st* stream) {
+  const dim3 block(32, kSlices);
+  forward_finalize_kernel<<<static_cast<unsigned>((K + 31) / 32), block, 0, stream>>>(
+      parts, layout.nparts, layout.rows_per_part, layout.rows, gamma, beta, eps, mean, var, scale_shift, K);
   check_launch("BN forward finalize");
 }
 

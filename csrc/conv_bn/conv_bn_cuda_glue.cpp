@@ -65,20 +65,30 @@ void check_rows(const at::Tensor& t, const char* name) {
               " must be a channels_last CUDA tensor");
 }
 
-at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& w, const float* bias, bool relu, double* sums,
-                        const ConvParams& p) {
+// z = conv(x, w) (+ bias, ReLU); with want_stats also the statistics partials (ConvSums, conv_bn_cuda.h).
+ConvSums conv_forward(const at::Tensor& x, const at::Tensor& w, const float* bias, bool relu, bool want_stats,
+                      const ConvParams& p) {
   const at::Tensor xc = aligned(x.contiguous(kCL)), wc = aligned(w.contiguous(kCL));
   const ConvShape s = shape_of(xc, wc, p);
   const DType dt = dtype_of(xc);
-  at::Tensor z = at::empty({s.N, s.K, s.P, s.Q}, xc.options().memory_format(kCL));
-  if (use_fast(dt, s)) {
-    conv_fwd_fast_cuda(dt, xc.const_data_ptr(), wc.const_data_ptr(), bias, relu, z.data_ptr(), sums, s,
+  const bool fast = use_fast(dt, s);
+  ConvSums cs;
+  cs.z = at::empty({s.N, s.K, s.P, s.Q}, xc.options().memory_format(kCL));
+  double* parts = nullptr;
+  if (want_stats) {
+    const StatLayout L = fast ? conv_fwd_fast_stat_layout(s) : conv_fwd_simple_stat_layout(s);
+    cs.sums = at::empty({2, L.nparts, s.K}, xc.options().dtype(at::kDouble));
+    cs.rows_per_part = L.rows_per_part;
+    parts = cs.sums.data_ptr<double>();
+  }
+  if (fast) {
+    conv_fwd_fast_cuda(dt, xc.const_data_ptr(), wc.const_data_ptr(), bias, relu, cs.z.data_ptr(), parts, s,
                        current_stream());
   } else {
-    conv_fwd_simple_cuda(dt, xc.const_data_ptr(), wc.const_data_ptr(), bias, relu, z.data_ptr(), sums, s,
+    conv_fwd_simple_cuda(dt, xc.const_data_ptr(), wc.const_data_ptr(), bias, relu, cs.z.data_ptr(), parts, s,
                          current_stream());
   }
-  return z;
+  return cs;
 }
 
 // float32 [K] copies of per-channel parameters for the kernels (no copy when they already are).
@@ -88,29 +98,27 @@ at::Tensor f32(const at::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
 ConvSums conv_with_sums_cuda(const at::Tensor& x, const at::Tensor& w, const ConvParams& p) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const int64_t K = w.size(0);
-  at::Tensor sums = at::zeros({2, K}, x.options().dtype(at::kDouble));
-  at::Tensor z = conv_forward(x, w, nullptr, false, sums.data_ptr<double>(), p);
-  // The epilogue sums raw values (pivot 0, an undefined pivot): float per thread, double across the grid.
-  return {z, sums, at::Tensor()};
+  return conv_forward(x, w, nullptr, false, true, p);
 }
 
 at::Tensor conv_bias_relu_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const ConvParams& p,
                                bool relu) {
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor b = f32(bias);
-  return conv_forward(x, w, b.const_data_ptr<float>(), relu, nullptr, p);
+  return conv_forward(x, w, b.const_data_ptr<float>(), relu, false, p).z;
 }
 
 BnForward bn_forward_finalize_cuda(const ConvSums& cs, double count, const at::Tensor& gamma, const at::Tensor& beta,
                                    double eps) {
   const c10::cuda::CUDAGuard guard(cs.sums.device());
-  TORCH_CHECK(!cs.pivot.defined(), "conv_bn_relu (CUDA, internal): the CUDA sums are about 0");
-  const int64_t K = cs.sums.size(1);
+  TORCH_CHECK(!cs.pivot.defined() && cs.sums.dim() == 3 && cs.rows_per_part > 0,
+              "conv_bn_relu (CUDA, internal): expected the CUDA statistics partials");
+  const int64_t nparts = cs.sums.size(1), K = cs.sums.size(2);
   const at::Tensor g = f32(gamma), b = f32(beta);
   const auto opts = cs.sums.options().dtype(at::kFloat);
   at::Tensor mean = at::empty({K}, opts), var = at::empty({K}, opts), ss = at::empty({2, K}, opts);
-  bn_forward_finalize_cuda(cs.sums.const_data_ptr<double>(), count, g.const_data_ptr<float>(),
+  const StatLayout layout{nparts, cs.rows_per_part, static_cast<int64_t>(count)};
+  bn_forward_finalize_cuda(cs.sums.const_data_ptr<double>(), layout, g.const_data_ptr<float>(),
                            b.const_data_ptr<float>(), eps, mean.data_ptr<float>(), var.data_ptr<float>(),
                            ss.data_ptr<float>(), K, current_stream());
   return {mean, var, ss[0], ss[1]};
@@ -165,7 +173,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& 
   const ConvShape s = shape_of(xc, wc, params);
   const DType dt = dtype_of(xc);
   at::Tensor dx = at::empty_like(xc, xc.options().memory_format(kCL));
-  at::Tensor dw = at::zeros({s.K, s.R, s.S, s.C / s.groups}, x.options().dtype(at::kFloat));
+  // Both paths write every element of dw (no atomics, no zeroing needed).
+  at::Tensor dw = at::empty({s.K, s.R, s.S, s.C / s.groups}, x.options().dtype(at::kFloat));
   if (use_fast(dt, s)) {
     // g = BN+ReLU backward of dy is formed inside both gradient kernels' loaders; it is never stored.
     const BnReluGrad bn{srcc.const_data_ptr(), msf.const_data_ptr<float>(), mtf.const_data_ptr<float>(),
@@ -175,8 +184,10 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_conv_backward_cuda(const at::Tensor& 
     const int64_t G = s.groups;
     const at::Tensor w_t = w.reshape({G, s.K / G, s.C / G, s.R, s.S}).permute({0, 2, 3, 4, 1}).contiguous();
     conv_dgrad_fast_cuda(dt, dyc.const_data_ptr(), bn, w_t.const_data_ptr(), dx.data_ptr(), s, current_stream());
-    conv_wgrad_fast_cuda(dt, dyc.const_data_ptr(), bn, xc.const_data_ptr(), dw.data_ptr<float>(), s,
-                         current_stream());
+    const int64_t ws = conv_wgrad_fast_workspace(s);
+    at::Tensor workspace = ws > 0 ? at::empty({ws}, x.options().dtype(at::kFloat)) : at::Tensor();
+    conv_wgrad_fast_cuda(dt, dyc.const_data_ptr(), bn, xc.const_data_ptr(), dw.data_ptr<float>(),
+                         ws > 0 ? workspace.data_ptr<float>() : nullptr, s, current_stream());
   } else {
     // The reference path: the separate BN+ReLU backward pass stores g, the simple kernels read it.
     at::Tensor g = at::empty_like(srcc);
@@ -210,10 +221,13 @@ void bn_relu_backward_sums_cuda_t(const at::Tensor& dy, const at::Tensor& src, c
   const c10::cuda::CUDAGuard guard(dy.device());
   check_rows(dy, "grad_y");
   check_rows(src, "z");
-  const int64_t K = src.size(1);
+  const int64_t K = src.size(1), rows = src.numel() / K;
+  TORCH_CHECK(sums.is_contiguous() && sums.numel() == 2 * K && sums.scalar_type() == at::kDouble,
+              "conv_bn_relu (CUDA, internal): sums must be a contiguous double [2, K]");
+  at::Tensor workspace = at::empty({backward_sums_workspace(rows, K)}, sums.options());
   bn_relu_backward_sums_cuda(dtype_of(src), dy.const_data_ptr(), src.const_data_ptr(), ms.const_data_ptr<float>(),
                              mt.const_data_ptr<float>(), center.const_data_ptr<float>(), relu,
-                             sums.data_ptr<double>(), src.numel() / K, K, current_stream());
+                             sums.data_ptr<double>(), workspace.data_ptr<double>(), rows, K, current_stream());
 }
 
 }  // namespace wslfast::conv_bn

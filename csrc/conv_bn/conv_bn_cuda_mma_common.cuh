@@ -8,10 +8,9 @@
 #include <type_traits>
 
 #include "conv_bn_cuda_common.cuh"
+#include "conv_bn_mma_index.h"
 
 namespace wslfast::conv_bn::mma {
-
-inline constexpr int kBM = 128, kBK = 32, kLds = kBK + 8, kWarps = 4, kThreads = kWarps * 32;
 
 template <typename T> struct Mma;
 template <> struct Mma<__nv_bfloat16> {
@@ -62,54 +61,57 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
 }
 
 // One k-tile of the block GEMM: As [kBM][kLds] (rows x k), Bs [BN][kLds] (columns x k), both k-contiguous.
-// Fragment layouts of mma.m16n8k16 (PTX ISA): lane = 4 * gid + tig; A regs hold (gid | gid+8, 2*tig | +8),
-// B regs hold (k = 2*tig | +8, n = gid), D holds (row gid | gid+8, cols 2*tig, 2*tig+1).
+// Which elements each lane's registers hold: frag_a_f16 / frag_b_f16 (conv_bn_mma_index.h, the PTX ISA
+// m16n8k16 layouts, checked on the CPU); a uint32 read at (row, col) holds (row, col) and (row, col + 1).
 template <int BN, typename T>
 __device__ __forceinline__ void mma_k_tile(const T (*As)[kLds], const T (*Bs)[kLds], float (&acc)[2][BN / 8][4],
                                            int warp, int lane) {
-  const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < kBK; kk += 16) {
     uint32_t a[2][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      const int row = warp * 32 + mt * 16 + gid;
-      a[mt][0] = *reinterpret_cast<const uint32_t*>(&As[row][kk + 2 * tig]);
-      a[mt][1] = *reinterpret_cast<const uint32_t*>(&As[row + 8][kk + 2 * tig]);
-      a[mt][2] = *reinterpret_cast<const uint32_t*>(&As[row][kk + 2 * tig + 8]);
-      a[mt][3] = *reinterpret_cast<const uint32_t*>(&As[row + 8][kk + 2 * tig + 8]);
-    }
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const RowCol rc = frag_a_f16(warp, lane, mt, kk, i);
+        a[mt][i] = *reinterpret_cast<const uint32_t*>(&As[rc.row][rc.col]);
+      }
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
       uint32_t b[2];
-      b[0] = *reinterpret_cast<const uint32_t*>(&Bs[nt * 8 + gid][kk + 2 * tig]);
-      b[1] = *reinterpret_cast<const uint32_t*>(&Bs[nt * 8 + gid][kk + 2 * tig + 8]);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const RowCol rc = frag_b_f16(lane, nt, kk, i);
+        b[i] = *reinterpret_cast<const uint32_t*>(&Bs[rc.row][rc.col]);
+      }
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) Mma<T>::run(acc[mt][nt], a[mt], b);
     }
   }
 }
 
-// The float32 (TF32) k-tile: mma.m16n8k8, A regs hold (row gid | gid+8, k tig | tig+4), B regs hold
-// (k = tig | tig+4, n = gid), D as above.
+// The float32 (TF32) k-tile: mma.m16n8k8, one element per register (frag_a_tf32 / frag_b_tf32).
 template <int BN>
 __device__ __forceinline__ void mma_k_tile(const float (*As)[kLds], const float (*Bs)[kLds],
                                            float (&acc)[2][BN / 8][4], int warp, int lane) {
-  const int gid = lane >> 2, tig = lane & 3;
 #pragma unroll
   for (int kk = 0; kk < kBK; kk += 8) {
     uint32_t a[2][4];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      const int row = warp * 32 + mt * 16 + gid;
-      a[mt][0] = to_tf32(As[row][kk + tig]);
-      a[mt][1] = to_tf32(As[row + 8][kk + tig]);
-      a[mt][2] = to_tf32(As[row][kk + tig + 4]);
-      a[mt][3] = to_tf32(As[row + 8][kk + tig + 4]);
-    }
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const RowCol rc = frag_a_tf32(warp, lane, mt, kk, i);
+        a[mt][i] = to_tf32(As[rc.row][rc.col]);
+      }
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
-      const uint32_t b[2] = {to_tf32(Bs[nt * 8 + gid][kk + tig]), to_tf32(Bs[nt * 8 + gid][kk + tig + 4])};
+      uint32_t b[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const RowCol rc = frag_b_tf32(lane, nt, kk, i);
+        b[i] = to_tf32(Bs[rc.row][rc.col]);
+      }
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) mma_tf32(acc[mt][nt], a[mt], b);
     }

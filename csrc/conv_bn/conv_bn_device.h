@@ -19,10 +19,12 @@ inline at::ScalarType coef_type(const at::Tensor& x) {
   return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// z = conv(x, w) and its per-channel sums about `pivot`: sums [2, K] double, pivot [K] in the
-// coefficient dtype; an undefined pivot means 0 (the CUDA epilogue sums raw values).
+// z = conv(x, w) and its per-channel statistics. CPU: sums [2, K] double about `pivot` ([K], coefficient
+// dtype). CUDA: sums [2, nparts, K] double, the per-part (mean, M2) partials of conv_bn_cuda.h, each part
+// `rows_per_part` of the output rows, pivot undefined.
 struct ConvSums {
   at::Tensor z, sums, pivot;
+  int64_t rows_per_part = 0;
 };
 
 // Batch statistics (the op's outputs) and the scale/shift that normalize with them, all [K] in the

@@ -3,14 +3,18 @@
 #include <torch/library.h>
 
 #ifdef WSLFAST_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include "../common/torch_dtype.h"
 #endif
 
+#include <cstdlib>
+
 #include "soft_ce.h"
 #include "soft_ce_cpu.h"
+#include "soft_ce_math.h"
 
 namespace wslfast::soft_ce {
 namespace {
@@ -73,11 +77,27 @@ at::Tensor backward_cpu(const at::Tensor& grad_rows, const at::Tensor& logits, c
 DType dtype_of(const at::Tensor& t) { return cuda_dtype_of(t, "soft_ce (CUDA): logits"); }
 
 Targets targets_of(const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights) {
-  return {indices.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), weights.const_data_ptr<float>()};
+  return {indices.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(), weights.const_data_ptr<float>(),
+          indices.numel()};
 }
 
-// The CUDA kernels trust the targets' CSR structure: SparseTargets validates it (ids in range, offsets
-// monotone) before any kernel sees it; these launchers only check shapes, dtypes and devices.
+// Blocks per row: by shape and SM count (choose_splits), or WSLFAST_SOFT_CE_SPLITS (tests, benchmarks).
+int64_t splits_for(int64_t rows, int64_t cols) {
+  const char* env = std::getenv("WSLFAST_SOFT_CE_SPLITS");
+  if (env != nullptr && *env != '\0') {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    TORCH_CHECK(*end == '\0' && v >= 1 && v <= kMaxSplits, "WSLFAST_SOFT_CE_SPLITS must be an integer in [1, ",
+                kMaxSplits, "], got '", env, "'");
+    return v;
+  }
+  return choose_splits(rows, cols, at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+}
+
+// The CUDA kernels need no host-side check of the targets' CSR structure (that would cost a sync per call):
+// they clamp every read into the targets and give rows whose targets are not canonical NaN results, which
+// the training loop's finite-loss check (the one sync per step it has anyway) turns into a skipped step.
+// SparseTargets validates on construction, so the public API never gets there.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda_op(
     const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
     int64_t col_begin) {
@@ -89,9 +109,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda_op(
   at::Tensor mx = at::empty({rows}, opts), se = at::empty({rows}, opts);
   at::Tensor td = at::empty({rows}, opts), ws = at::empty({rows}, opts);
   const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
-  forward_cuda(dt, z.const_data_ptr(), rows, z.size(1), z.stride(0), col_begin, targets_of(ids, offs, w),
-               mx.data_ptr<double>(), se.data_ptr<double>(), td.data_ptr<double>(), ws.data_ptr<double>(),
-               c10::cuda::getCurrentCUDAStream().stream());
+  const int64_t splits = splits_for(rows, z.size(1));
+  at::Tensor part = splits > 1 ? at::empty({4 * rows * splits}, opts) : at::Tensor();
+  forward_cuda(dt, z.const_data_ptr(), rows, z.size(1), z.stride(0), col_begin, targets_of(ids, offs, w), splits,
+               splits > 1 ? part.data_ptr<double>() : nullptr, mx.data_ptr<double>(), se.data_ptr<double>(),
+               td.data_ptr<double>(), ws.data_ptr<double>(), c10::cuda::getCurrentCUDAStream().stream());
   return {mx, se, td, ws};
 }
 
@@ -107,7 +129,8 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_rows, const at::Tensor& logit
   const at::Tensor g = grad_rows.to(at::kFloat).contiguous(), L = lse.to(at::kDouble).contiguous();
   const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
   backward_cuda(dt, g.const_data_ptr<float>(), z.const_data_ptr(), z.size(0), z.size(1), z.stride(0),
-                L.const_data_ptr<double>(), col_begin, targets_of(ids, offs, w), grad.data_ptr(), grad.stride(0),
+                L.const_data_ptr<double>(), col_begin, targets_of(ids, offs, w), splits_for(z.size(0), z.size(1)),
+                grad.data_ptr(), grad.stride(0),
                 c10::cuda::getCurrentCUDAStream().stream());
   return grad;
 }

@@ -1,7 +1,7 @@
 // The differentiable soft-target cross-entropy ops, built device-agnostically from the kernels:
 // soft_ce (whole logits) and linear_soft_ce (the classifier fused in, chunked over the vocabulary so the
 // [B, V] logits never exist; extra memory O(B x chunk)). Registered as CompositeExplicitAutograd; their
-// autograd lives in wslfast/ops/soft_ce.py.
+// autograd lives in soft_ce_autograd.cpp (C++, the Autograd key).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>

@@ -55,3 +55,24 @@ def test_empty_batch_and_all_empty_rows():
     assert t.batch_size == 0 and t.indices.numel() == 0
     t = SparseTargets.from_lists([[], []], num_classes=4)
     assert t.offsets.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("indices,offsets", [
+    ([2, 1], [0, 2]),          # unsorted within a row
+    ([1, 1], [0, 2]),          # duplicate
+    ([0, 3, 3, 1], [0, 3, 4]), # duplicate inside the first row, second row fine
+    ([0, 2, 1], [0, 1, 3, 3]), # unsorted second row, empty last row
+])
+def test_canonical_true_is_checked_not_trusted(indices, offsets):
+    with pytest.raises(ValueError, match="not sorted and unique"):
+        SparseTargets(torch.tensor(indices), torch.tensor(offsets), None, num_classes=4, canonical=True)
+
+
+@pytest.mark.parametrize("indices,offsets", [
+    ([3, 0, 1], [0, 1, 3]),    # a row may start below the previous row's last id
+    ([0, 1, 2], [0, 3, 3, 3]), # empty rows at the end
+    ([2], [0, 0, 1]),
+])
+def test_canonical_true_accepts_canonical_rows(indices, offsets):
+    t = SparseTargets(torch.tensor(indices), torch.tensor(offsets), None, num_classes=4, canonical=True)
+    assert t.indices.tolist() == indices
