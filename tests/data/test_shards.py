@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wslfast.data import shards as S
+from wslfast.data import pipeline as PL
+from wslfast.data import shardio
 from wslfast.data.shards import dataset_name, list_shards, read_manifest, write_shards
 
 
@@ -110,7 +111,7 @@ def test_deterministic_and_resumable(corpus, vocab, tmp_path, monkeypatch):
     before = [Path(x).stat().st_mtime_ns for x in fa]
     gone = Path(fa[1]).read_bytes()
     Path(fa[1]).unlink()
-    monkeypatch.setattr(S, "check_image", lambda *a: pytest.fail("image decoded again on resume"))
+    monkeypatch.setattr(PL, "check_image", lambda *a: pytest.fail("image decoded again on resume"))
     write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "a", shard_size=64, seed=5)
     monkeypatch.undo()
     assert Path(fa[1]).read_bytes() == gone
@@ -121,7 +122,7 @@ def test_deterministic_and_resumable(corpus, vocab, tmp_path, monkeypatch):
 
 
 def test_a_crash_leaves_only_whole_shards(corpus, vocab, tmp_path, monkeypatch):
-    real, calls = S._jpeg_bytes, {"n": 0}
+    real, calls = shardio.jpeg_bytes, {"n": 0}
 
     def failing(path, reencode):
         calls["n"] += 1
@@ -129,12 +130,12 @@ def test_a_crash_leaves_only_whole_shards(corpus, vocab, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path, reencode)
 
-    monkeypatch.setattr(S, "_jpeg_bytes", failing)
+    monkeypatch.setattr(shardio, "jpeg_bytes", failing)
     with pytest.raises(OSError, match="disk full"):
         write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "o", shard_size=64)
     assert [Path(p).name for p in list_shards(tmp_path / "o")] == ["shard-000000.tar"]
     assert not (tmp_path / "o" / "manifest.json").exists()
-    monkeypatch.setattr(S, "_jpeg_bytes", real)
+    monkeypatch.setattr(shardio, "jpeg_bytes", real)
     m = write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "o", shard_size=64)
     assert len(list_shards(tmp_path / "o")) == len(m["shards"])
     assert not list((tmp_path / "o").glob(".*.tmp"))
