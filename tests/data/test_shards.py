@@ -141,7 +141,7 @@ def test_a_crash_leaves_only_whole_shards(corpus, vocab, tmp_path, monkeypatch):
     assert not list((tmp_path / "o").glob(".*.tmp"))
 
 
-def test_noise_sampling_dedup_and_workers(corpus, vocab, tmp_path):
+def test_noise_sampling_and_dedup(corpus, vocab, tmp_path):
     images = Path(corpus["images"])
     ref = tmp_path / "eval_set"
     ref.mkdir()
@@ -151,17 +151,15 @@ def test_noise_sampling_dedup_and_workers(corpus, vocab, tmp_path):
         im = Image.open(images / rec["image"])
         im.resize((40, 40)).save(ref / (Path(rec["image"]).stem + ".jpg"), quality=75)
     m = write_shards(images, corpus["tags"], vocab, tmp_path / "o", shard_size=100, label_noise=0.2,
-                     sampling="sqrt", dedup_against=ref, workers=2, seed=1)
+                     sampling="sqrt", dedup_against=ref, seed=1)
     assert m["skipped"]["duplicate"] >= 5 and m["label_noise"] == 0.2 and m["sampling"] == "sqrt"
     names = set()
     for f in list_shards(tmp_path / "o"):
         names |= {json.loads(v)["image"] for k, v in _members(f).items() if k.endswith(".json")}
     assert not names & {r["image"] for r in lines[:5]}
-    m1 = write_shards(images, corpus["tags"], vocab, tmp_path / "o1", shard_size=100, label_noise=0.2,
-                      sampling="sqrt", dedup_against=ref, workers=1, seed=1)
-    assert m1["fingerprint"] == m["fingerprint"]  # workers change the speed, not one byte of the output
-    assert [Path(f).read_bytes() for f in list_shards(tmp_path / "o")] == \
-        [Path(f).read_bytes() for f in list_shards(tmp_path / "o1")]
+    # the noise and resampling that landed in the shards follow the manifest's counts
+    assert sum(m["label_counts"]) == sum(len(json.loads(v)["labels"]) for f in list_shards(tmp_path / "o")
+                                         for k, v in _members(f).items() if k.endswith(".json"))
 
 
 def test_bad_arguments(corpus, vocab, tmp_path):

@@ -34,31 +34,37 @@ def jpeg_bytes(path: str, reencode: bool) -> bytes:
         return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> tuple[int, int]:
-    """Add a member with fixed metadata (deterministic bytes); returns (data offset, size)."""
+def _header(name: str, size: int) -> bytes:
+    """The USTAR header tarfile writes for a regular member with fixed metadata (mtime 0, mode 644, no owner)."""
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
-    offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-    tar.addfile(info, io.BytesIO(data))
-    return offset, len(data)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 0, 0o644, "", ""
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
 
 
 def write_shard(out, stem: str, samples, images_dir, read=None) -> int:
     """Write out/stem.{tar,idx} from samples (key, image, reencode, labels, info), in that order; the
-    image bytes are read here, by the writer. Returns the number of samples."""
+    image bytes are read here, by the writer. Returns the number of samples. The bytes are what
+    tarfile.open(mode="w", format=USTAR) writes for these members (headers made once, written directly)."""
     out, images_dir = Path(out), Path(images_dir)
     read = read or jpeg_bytes
     tmp_tar = out / f".{stem}.tar.tmp"
     index_lines = []
-    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
+    with open(tmp_tar, "wb") as f:
+        pos = 0
         for key, image, reencode, labels, info in samples:
             parts = []
             for ext, data in (("jpg", read(str(images_dir / image), reencode)),
                               ("labels", np.asarray(labels, dtype="<i4").tobytes()),
                               ("json", json.dumps(info, sort_keys=True).encode())):
-                off, size = _add(tar, f"{key}.{ext}", data)
-                parts.append(f"{ext} {off} {size} {key}.{ext}")
+                name = f"{key}.{ext}"
+                hdr = _header(name, len(data))
+                pad = -len(data) % _BLOCK
+                f.write(hdr + data + bytes(pad))
+                parts.append(f"{ext} {pos + len(hdr)} {len(data)} {name}")
+                pos += len(hdr) + len(data) + pad
             index_lines.append(" ".join(parts))
+        end = pos + 2 * _BLOCK  # end-of-archive blocks, then padding to a whole record, as tarfile does
+        f.write(bytes(end + (-end % _RECORD) - pos))
     tmp_idx = out / f".{stem}.idx.tmp"
     tmp_idx.write_text(f"v1.2 {len(index_lines)}\n" + "\n".join(index_lines) + "\n")
     os.replace(tmp_idx, out / f"{stem}.idx")
