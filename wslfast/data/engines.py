@@ -58,7 +58,7 @@ class LocalEngine:
         work = Path(job.work_dir)
         for p in work.glob("part-*.jsonl"):
             p.unlink()
-        order = sorted(job.stems)
+        order = np.flatnonzero(job.stems >= 0).tolist()
         part_of = {b: i // _BUCKETS_PER_PART for i, b in enumerate(order)}
         for block in blocks:
             cols = P.expand_block(job, block)
@@ -220,7 +220,7 @@ class RayEngine:
 
         # The read (decompress + split lines) is light: a fraction of a CPU, and not fused with the checks,
         # so the blocks of one big file spread over every worker.
-        ds = ray.data.read_datasource(_tags_datasource(paths), ray_remote_args={"num_cpus": 0.25}).map_batches(
+        ds = ray.data.read_datasource(_tags_datasource(paths), num_cpus=0.25).map_batches(
             _check_batch, fn_args=(self._ref,), batch_size=1, batch_format="numpy")
         for row in ds.iter_rows():
             yield json.loads(row["result"])
@@ -234,7 +234,7 @@ class RayEngine:
             yield pickle.loads(row["result"])
 
     def write(self, blocks):
-        if not blocks or not self.job.stems:
+        if not blocks or not (self.job.stems >= 0).any():
             return
         ds = self._blocks_ds(blocks).map_batches(_expand_batch, fn_args=(self._ref,), batch_size=1,
                                                  batch_format="numpy")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,7 @@ class Job:
     num_images: int = 0
     weight_total: int = 0
     num_buckets: int = 1
-    stems: dict = field(default_factory=dict)  # bucket -> shard number, for the buckets to write
+    stems: np.ndarray | None = None  # bucket -> shard number for the buckets to write, -1 for the others
 
 
 def _bid(fi: int, bi: int) -> str:
@@ -221,7 +221,7 @@ def expand_block(job: Job, block) -> dict:
     info): metadata only; the image bytes are read by the shard writer."""
     rows = _load_good(job, block)
     rec, skey, bucket, flat, lengths = _samples(job, rows)
-    keep = np.array([int(b) in job.stems for b in bucket], dtype=bool) if bucket.size else np.zeros(0, bool)
+    keep = job.stems[bucket] >= 0
     starts = np.cumsum(lengths) - lengths
     out = {"bucket": bucket[keep], "skey": skey[keep], "image": [], "reenc": [], "labels": [], "info": []}
     for i in rec[keep]:
@@ -236,7 +236,7 @@ def expand_block(job: Job, block) -> dict:
 
 def write_bucket(job: Job, bucket: int, skey, image, reenc, labels, info) -> tuple[str, int]:
     """Write the shard of one bucket from its samples (any order: sorted here by shuffle key)."""
-    k = job.stems[int(bucket)]
+    k = int(job.stems[int(bucket)])
     order = sorted(range(len(image)), key=lambda i: (int(skey[i]), info[i], labels[i]))
     samples = [(f"{k:06d}_{j:06d}", image[i], bool(reenc[i]), json.loads(labels[i]), json.loads(info[i]))
                for j, i in enumerate(order)]

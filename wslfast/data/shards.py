@@ -123,7 +123,7 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
         skipped = dict.fromkeys(SKIP_KINDS, 0)
         marginal = np.zeros(len(vocab), dtype=np.int64)
         records = num_images = reencoded = 0
-        acc, blocks, fmts = 0, [], set()  # acc: order-free sum of the blocks' digests
+        acc, blocks, fmts, seen = 0, [], set(), set()  # acc: order-free sum of the blocks' digests
         for s in _progress(eng.check(paths), progress, "check"):
             records += s["records"]
             num_images += s["good"]
@@ -133,9 +133,13 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                 skipped[k] += v
             np.add.at(marginal, np.asarray(s["marginal"][0], dtype=np.int64), np.asarray(s["marginal"][1]))
             acc = (acc + int(hashlib.sha256(f"{s['block']}:{s['digest']}".encode()).hexdigest(), 16)) % (1 << 256)
+            seen.add("{:04d}-{:06d}".format(*s["block"]))
             if s["good"]:
                 blocks.append(tuple(s["block"]))
         blocks.sort()
+        for p in work.glob("*-*-*.json"):  # blocks of inputs that are gone (e.g. a shorter TAGS file)
+            if p.stem.split("-", 1)[-1] not in seen:
+                p.unlink()
         if not num_images:
             raise ValueError(f"write_shards: no usable image left (skipped: {skipped})")
         num_buckets = max(1, math.ceil(num_images / shard_size))
@@ -176,7 +180,7 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
         nonempty = np.flatnonzero(bucket_counts)
         if nonempty.size == 0:
             raise ValueError("write_shards: resampling left no sample")
-        shards, todo = [], {}
+        shards, todo = [], np.full(num_buckets, -1, dtype=np.int64)  # bucket -> shard number to write
         for k, b in enumerate(nonempty.tolist()):
             stem, n = stem_of(k), int(bucket_counts[b])
             shards.append({"tar": f"{stem}.tar", "index": f"{stem}.idx", "num_samples": n})
@@ -189,9 +193,9 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
 
         # Write pass: only the missing shards.
         job.stems = todo
-        if todo:
+        if (todo >= 0).any():
             eng.put(job)
-            for stem, n in _progress(eng.write(blocks), progress, "write", len(todo)):
+            for stem, n in _progress(eng.write(blocks), progress, "write", int((todo >= 0).sum())):
                 if progress:
                     print(f"wrote {stem}.tar ({n} samples)", flush=True)
 
