@@ -241,3 +241,16 @@ def test_memory_does_not_grow_with_the_records(tmp_path):
         assert r.returncode == 0, r.stderr
         peak[n] = int(r.stdout.split()[-1]) / 1024  # MB
     assert peak[4 * 4096] - peak[4096] < 4, peak  # holding bare TagRecords alone adds ~6.6 MB here
+
+
+def test_fast_headers_are_tarfiles_headers():
+    import random
+
+    from wslfast.data.shardio import _header, _tarfile_header
+
+    rng = random.Random(0)
+    for _ in range(2000):
+        name = "".join(rng.choice("abz_09.-/") for _ in range(rng.randint(1, 120)))
+        size = rng.choice([0, 1, 511, 512, 513, rng.randint(0, 10**10)])
+        assert _header(name, size) == _tarfile_header(name, size), (name, size)
+    assert _header("café.json", 5) == _tarfile_header("café.json", 5)

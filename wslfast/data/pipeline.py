@@ -116,6 +116,18 @@ def check_block(job: Job, fi: int, bi: int, fmt: str, lines: list[str]) -> dict:
     cache = _load_json(cache_path)
     old = cache["rows"] if isinstance(cache, dict) and cache.get("digest") == in_digest else {}
     fresh, changed, records = {}, False, 0
+    label_of: dict = {}  # tags repeat a lot: normalize each once per block
+
+    def labels_of(tags):
+        out = []
+        for t in tags:
+            if t not in label_of:
+                label_of[t] = job.vocab.label_of(t)
+            lab = label_of[t]
+            if lab is not None and lab not in out:
+                out.append(lab)
+        return out
+
     cand = []  # (key, image, labels, reencode, tags, meta, stat, phash)
     for i, line in enumerate(lines):
         n = bi * BLOCK_LINES + i + 1
@@ -126,7 +138,7 @@ def check_block(job: Job, fi: int, bi: int, fmt: str, lines: list[str]) -> dict:
         if r.skip:
             skipped[r.skip] += 1
             continue
-        labels = job.vocab.labels_of(r.tags)
+        labels = labels_of(r.tags)
         if not labels:
             skipped["out_of_vocabulary"] += 1
             continue
@@ -238,7 +250,7 @@ def write_bucket(job: Job, bucket: int, skey, image, reenc, labels, info) -> tup
     """Write the shard of one bucket from its samples (any order: sorted here by shuffle key)."""
     k = int(job.stems[int(bucket)])
     order = sorted(range(len(image)), key=lambda i: (int(skey[i]), info[i], labels[i]))
-    samples = [(f"{k:06d}_{j:06d}", image[i], bool(reenc[i]), json.loads(labels[i]), json.loads(info[i]))
+    samples = [(f"{k:06d}_{j:06d}", image[i], bool(reenc[i]), json.loads(labels[i]), info[i])  # info: JSON already
                for j, i in enumerate(order)]
     write_shard(job.out_dir, stem_of(k), samples, job.images_dir)
     return stem_of(k), len(samples)

@@ -108,8 +108,7 @@ def detect_format(path: str | os.PathLike) -> str:
 
 def _safe_rel(rel: str) -> bool:
     """No absolute paths or '..': images stay inside the images folder."""
-    p = Path(rel)
-    return bool(rel) and not p.is_absolute() and ".." not in p.parts
+    return bool(rel) and not rel.startswith("/") and ".." not in rel.split("/") and "\0" not in rel
 
 
 def _yfcc_candidates(photo_id: str, photo_hash: str, ext: str) -> list[str]:
