@@ -229,7 +229,7 @@ def main():
     if args.loader == "synthetic":
         args.data = "synthetic"
     elif not args.data:
-        from train.demo_data import prepare_shards
+        from wslfast.data.demo import prepare_shards
         from wslfast.engine import Config, DistInfo
         demo = Config(data="synthetic", synthetic_images=2000, synthetic_classes=10, sampling="natural",
                       cache_dir="", image_size=max(64, args.image_size), seed=0)

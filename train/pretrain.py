@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from train.demo_data import prepare_shards  # noqa: E402
+from wslfast.data.demo import prepare_shards  # noqa: E402
 from wslfast.engine import (HashtagObjective, LRSchedule, MetricsLogger, NonFiniteGuard,  # noqa: E402
                             NonFiniteLossError, StopSignals, all_ranks_max, broadcast_object, capture_rng,
                             cleanup_distributed, convert_sync_batchnorm, find_resumable, gather_objects,

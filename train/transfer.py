@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-from train.demo_data import demo_corpus_dir  # noqa: E402
+from wslfast.data.demo import demo_corpus_dir  # noqa: E402
 from wslfast.engine import Config, list_checkpoints, load_config, pick_device, seed_everything  # noqa: E402
 
 DEFAULTS = dict(

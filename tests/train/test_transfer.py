@@ -26,7 +26,7 @@ def test_linear_probe_with_baseline(small_checkpoint):
 
 
 def test_finetune_from_plain_state_dict(small_checkpoint, tmp_path):
-    from train.demo_data import demo_corpus_dir
+    from wslfast.data.demo import demo_corpus_dir
     from wslfast.engine import Config
 
     ckpt = load_checkpoint(small_checkpoint)

@@ -21,11 +21,12 @@ def _read_counts(path: str) -> dict[str, int]:
     return dict(counts)
 
 
-def _count_tags(tags_path: str, images_dir: str) -> dict[str, int]:
-    from .tagfiles import read_tags
+def _count_tags(tags, images_dir: str) -> dict[str, int]:
+    """Images per hashtag over TAGS inputs, streaming (memory: the distinct tags, not the records)."""
+    from .tagfiles import iter_tags
 
     counts: Counter = Counter()
-    for r in read_tags(tags_path, images_dir)[1]:
+    for _, r in iter_tags(tags, images_dir):
         if not r.skip:
             counts.update(r.tags)
     return dict(counts)
@@ -38,7 +39,8 @@ def main(argv=None) -> int:
     v = sub.add_parser("vocab", help="build a hashtag vocabulary (WordNet noun synsets)")
     src = v.add_mutually_exclusive_group(required=True)
     src.add_argument("--counts", help="COUNTS.tsv: hashtag<TAB>count a line")
-    src.add_argument("--tags", help="count the hashtags of a TAGS file (JSONL or YFCC100M) instead")
+    src.add_argument("--tags", nargs="+", help="count the hashtags of TAGS files (JSONL or YFCC100M; several "
+                     "files or globs; .gz/.bz2/.xz/.zst read as streams) instead")
     src.add_argument("--imagenet1k", action="store_true", help="the 1,000 ImageNet-1k synsets")
     v.add_argument("--wordnet-nouns", action="store_true", help="canonicalize to WordNet nouns (the default)")
     v.add_argument("--images", default=".", help="images folder (for YFCC --tags lookups)")
@@ -48,7 +50,9 @@ def main(argv=None) -> int:
 
     s = sub.add_parser("shards", help="write webdataset shards")
     s.add_argument("--images", required=True)
-    s.add_argument("--tags", required=True, help="JSONL or YFCC100M metadata (detected)")
+    s.add_argument("--tags", required=True, nargs="+",
+                   help="TAGS files or globs: JSONL or YFCC100M metadata (detected per file), plain or "
+                        ".gz/.bz2/.xz/.zst (e.g. the split yfcc100m_dataset-*.bz2 as released)")
     s.add_argument("--vocab", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--shard-size", type=int, default=1000)
@@ -56,7 +60,11 @@ def main(argv=None) -> int:
     s.add_argument("--sampling", choices=("natural", "sqrt", "uniform"), default="natural")
     s.add_argument("--dedup-against", default=None)
     s.add_argument("--dedup-radius", type=int, default=None)
-    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--workers", type=int, default=1,
+                   help="CPUs; > 1 runs on an embedded Ray (ray.init with that many CPUs)")
+    s.add_argument("--ray-address", default=None,
+                   help="run on a running Ray cluster (e.g. 127.0.0.1:6379 or 'auto'; default $RAY_ADDRESS); "
+                        "--out must be a folder every node sees")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--name", default=None, help="dataset name (default role-source-I-L, e.g. train-local-2k-25)")
 
@@ -97,7 +105,8 @@ def main(argv=None) -> int:
             m = write_shards(args.images, args.tags, args.vocab, args.out, shard_size=args.shard_size,
                              label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
-                             name=args.name, dedup_radius=args.dedup_radius or DEFAULT_RADIUS, progress=True)
+                             name=args.name, dedup_radius=DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius,
+                             progress=True, ray_address=args.ray_address)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
                                                 "reencoded")}, indent=1))
         elif args.cmd == "synthetic":

@@ -3,56 +3,133 @@
     from wslfast.data.demo import prepare_demo
     d = prepare_demo("runs/demo")     # {"shards", "vocab", "target_train", "target_val", "num_classes", ...}
 
-Idempotent: a finished demo with the same settings is reused (demo.json records them); anything else is
-rebuilt. The vocabulary comes from WordNet (see wslfast.data.wordnet); without it, with a warning, from
-the synthetic concepts' built-in table (same synsets, minus the filler noun #love).
+The one demo preparer: `python -m wslfast.data demo`, the training scripts (`prepare_shards`,
+`demo_corpus_dir`) and the benchmarks all use it. Layout of a demo folder: images/, tags.jsonl,
+counts.tsv, target/{train,val} (the transfer task), vocab.json, shards/, and demo.json (written last: the
+settings it was built with). Idempotent: a finished demo with the same settings is reused; anything else is
+rebuilt. A new folder is built beside its final place and renamed into it when whole, so concurrent
+builders (one per machine) never see half a corpus. The vocabulary comes from WordNet (see
+wslfast.data.wordnet); without it, with a warning, from the synthetic concepts' built-in table (same
+synsets, minus the filler noun #love).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
-__all__ = ["prepare_demo"]
+__all__ = ["prepare_demo", "cache_root", "demo_corpus_dir", "prepare_shards"]
+
+_VERSION = 2
 
 
-def prepare_demo(root, num_images: int = 2000, seed: int = 0, image_size: int = 64, num_target_classes: int = 10,
-                 min_count: int = 5, shard_size: int = 500, sampling: str = "natural",
-                 label_noise: float = 0.0) -> dict:
+def _read_counts(path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            tag, n = line.rsplit("\t", 1)
+            counts[tag] = counts.get(tag, 0) + int(n)
+    return counts
+
+
+def _build(root: Path, final: Path, settings: dict, num_images, seed, image_size, num_target_classes, min_count,
+           shard_size, sampling, label_noise) -> dict:
     from .shards import write_shards
     from .synthetic import concept_vocabulary, make_synthetic_corpus
     from .vocab import HashtagVocabulary
     from .wordnet import WordNetMissingError
 
-    root = Path(root)
-    settings = {"num_images": num_images, "seed": seed, "image_size": image_size, "min_count": min_count,
-                "num_target_classes": num_target_classes, "shard_size": shard_size, "sampling": sampling,
-                "label_noise": label_noise, "version": 1}
-    done = root / "demo.json"
-    if done.is_file():
-        info = json.loads(done.read_text())
-        if info.get("settings") == settings and (Path(info["shards"]) / "manifest.json").is_file():
-            return info
-    corpus = make_synthetic_corpus(root / "corpus", num_images=num_images, seed=seed, image_size=image_size,
+    corpus = make_synthetic_corpus(root, num_images=num_images, seed=seed, image_size=image_size,
                                    num_target_classes=num_target_classes)
-    counts: dict[str, int] = {}
-    for line in Path(corpus["counts"]).read_text().splitlines():
-        tag, n = line.split("\t")
-        counts[tag] = int(n)
     try:
-        vocab = HashtagVocabulary.from_counts(counts, min_count=min_count)
+        vocab = HashtagVocabulary.from_counts(_read_counts(corpus["counts"]), min_count=min_count)
     except WordNetMissingError as e:  # still usable: the concepts' own vocabulary (no filler tags)
         warnings.warn(f"{e}; using the synthetic concepts' built-in vocabulary instead")
         vocab = concept_vocabulary()
     vocab.save(root / "vocab.json")
-    manifest = write_shards(corpus["images"], corpus["tags"], vocab, root / "shards", shard_size=shard_size,
+    manifest = write_shards(root / "images", root / "tags.jsonl", vocab, root / "shards", shard_size=shard_size,
                             sampling=sampling, label_noise=label_noise, seed=seed, role="train", source="demo")
-    info = {"shards": str(root / "shards"), "vocab": str(root / "vocab.json"),
-            "target_train": corpus["target_train"], "target_val": corpus["target_val"],
+    info = {"shards": str(final / "shards"), "vocab": str(final / "vocab.json"),
+            "target_train": str(final / "target" / "train"), "target_val": str(final / "target" / "val"),
             "num_classes": len(vocab), "num_samples": manifest["num_samples"], "name": manifest["name"],
             "target_classes": corpus["target_classes"], "settings": settings}
-    tmp = done.with_name(done.name + ".tmp")
+    tmp = root / "demo.json.tmp"
     tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, done)
+    os.replace(tmp, root / "demo.json")
     return info
+
+
+def prepare_demo(root, num_images: int = 2000, seed: int = 0, image_size: int = 64, num_target_classes: int = 10,
+                 min_count: int = 5, shard_size: int = 500, sampling: str = "natural",
+                 label_noise: float = 0.0) -> dict:
+    root = Path(root).absolute()
+    settings = {"num_images": num_images, "seed": seed, "image_size": image_size, "min_count": min_count,
+                "num_target_classes": num_target_classes, "shard_size": shard_size, "sampling": sampling,
+                "label_noise": label_noise, "version": _VERSION}
+    args = (settings, num_images, seed, image_size, num_target_classes, min_count, shard_size, sampling,
+            label_noise)
+    done = root / "demo.json"
+    if done.is_file():
+        try:
+            info = json.loads(done.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("settings") == settings and (Path(info["shards"]) / "manifest.json").is_file():
+            return info
+    if root.is_dir() and any(root.iterdir()):
+        return _build(root, root, *args)  # an older or unfinished demo: rebuilt in place (shards resume)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.with_name(f"{root.name}.tmp.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    info = _build(tmp, root, *args)
+    try:
+        if root.is_dir():
+            root.rmdir()  # an empty folder (raises if another builder filled it meanwhile)
+        os.replace(tmp, root)
+    except OSError:  # another process finished the same demo first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        return json.loads(done.read_text())
+    return info
+
+
+# ---- for the training scripts (train/pretrain.py, train/transfer.py) ------------------------------------------
+def cache_root(cfg) -> str:
+    """$WSLFAST_CACHE, else ~/.cache/wslfast, unless the config names cache_dir."""
+    return cfg.cache_dir or os.environ.get("WSLFAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                            "wslfast")
+
+
+def demo_corpus_dir(cfg) -> str:
+    """The demo folder of a training config (named by its parameters); its target/ is the transfer task."""
+    name = (f"synthetic-n{cfg.synthetic_images}-c{cfg.synthetic_classes}-px{cfg.image_size}"
+            f"-s{cfg.seed}-{cfg.sampling}")
+    return os.path.join(cache_root(cfg), name)
+
+
+def prepare_shards(cfg, info) -> str:
+    """The folder of shards to train on (shards + manifest.json). For data=synthetic, local rank 0 of each
+    machine builds the demo (prepare_demo) if it is not cached yet while the other ranks wait."""
+    from .shards import list_shards
+
+    if cfg.data != "synthetic":
+        if not os.path.isdir(cfg.data):
+            raise SystemExit(f"data: {cfg.data!r} is neither 'synthetic' nor a folder of shards")
+        folder = cfg.data
+    else:
+        corpus = demo_corpus_dir(cfg)
+        if info.local_rank == 0:
+            if not os.path.isfile(os.path.join(corpus, "demo.json")):
+                print(f"demo data: building the synthetic corpus in {corpus} (once)", flush=True)
+            prepare_demo(corpus, num_images=cfg.synthetic_images, seed=cfg.seed, image_size=cfg.image_size,
+                         num_target_classes=cfg.synthetic_classes, min_count=1, shard_size=1000,
+                         sampling=cfg.sampling)
+        if info.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+        folder = os.path.join(corpus, "shards")
+    if not list_shards(folder):
+        raise SystemExit(f"data: no shards in {folder}")
+    return folder

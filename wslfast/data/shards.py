@@ -5,36 +5,50 @@ Each sample is `<key>.jpg` (the original JPEG bytes; other image formats re-enco
 Each `shard-NNNNNN.tar` has a DALI index `shard-NNNNNN.idx` (format v1.2) and `manifest.json` describes
 the whole set. Steps: read TAGS -> map tags to labels (images with none are dropped) -> decode-check every
 image (unreadable or non-image files skipped and counted) -> drop near-duplicates of `dedup_against` ->
-label noise -> resampling copies -> one seeded shuffle -> shards of `shard_size`.
+label noise -> resampling copies -> shuffle keys -> shards.
 
-A shard's .idx is written first and its .tar is renamed into place last, so a crash never leaves a .tar a
-reader takes as whole. A re-run with the same inputs and settings keeps the finished shards (resume);
-with anything changed it rebuilds from scratch. The output is a pure function of inputs and seed.
+Streaming, at any size: the work goes by blocks of TAGS lines (pipeline.py), and the global numbers the
+steps need come from counting passes, so no process ever holds all records: pass 1 checks every block and
+counts skips and the label marginal; a noise pass counts the noisy-label marginal (label noise > 0); a
+weight pass sums the resampling weights (sqrt / uniform); a plan pass counts the samples of each shard;
+the write pass writes the missing shards. Every random draw (noise, copies, the shuffle key) is a hash of
+(seed, record key), and a sample's shard is the bucket of its shuffle key among S = ceil(images /
+shard_size) buckets, so each shard is a uniform random sample of the corpus, of about shard_size samples
+(Poisson-spread; empty buckets get no shard), sorted by shuffle key. The output bytes are a pure function
+of the inputs and settings: 1 worker, N workers or a Ray cluster write the same shards.
+
+Resume: a shard's .idx is written first and its .tar renamed into place last. A re-run with the same inputs
+and settings (a fingerprint hash-streamed over the checked records) keeps each finished shard that
+`verify_shard` accepts and writes only the others; anything changed rebuilds from scratch. Decode-check
+results are cached per block in out/.work (by path, size and mtime), so a re-run decodes only new or
+changed images.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import math
 import os
-import tarfile
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from . import dedup as _dedup
-from .tagfiles import read_tags
-from .targets import SAMPLING_MODES, add_label_noise, label_marginal, resample_copies
+from .engines import make_engine
+from .pipeline import SKIP_KINDS, Job, check_image, noise_block, plan_block, stem_of, weight_block
+from .shardio import verify_shard
+from .tagfiles import expand_inputs
+from .targets import SAMPLING_MODES
 from .vocab import HashtagVocabulary
 
-__all__ = ["write_shards", "list_shards", "read_manifest", "check_image", "dataset_name", "MANIFEST"]
+__all__ = ["write_shards", "list_shards", "read_manifest", "check_image", "dataset_name", "verify_shard",
+           "MANIFEST"]
 
 MANIFEST = "manifest.json"
 _STATE = ".build-state.json"
-_CHECKS = ".image-checks.json"  # decode-check results by (path, size, mtime): a re-run skips the decoding
+_WORK = ".work"
 _FORMAT = "wslfast-shards"
+_VERSION = 2
 
 
 def dataset_name(role: str, source: str, num_images: int, num_labels: int) -> str:
@@ -47,120 +61,31 @@ def dataset_name(role: str, source: str, num_images: int, num_labels: int) -> st
     return f"{role}-{source}-{short(num_images)}-{short(num_labels)}"
 
 
-def check_image(path: str, want_hash: bool) -> tuple[str | None, bool, int]:
-    """(skip reason or None, needs re-encoding to JPEG, pHash or 0). Decodes the whole image."""
-    try:
-        with Image.open(path) as im:
-            fmt = im.format
-            im.load()  # raises on truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False)
-            if im.width < 1 or im.height < 1:
-                return "corrupt", False, 0
-            return None, fmt != "JPEG" or im.mode not in ("RGB", "L"), _dedup.phash(im) if want_hash else 0
-    except FileNotFoundError:
-        return "missing", False, 0
-    except Image.UnidentifiedImageError:
-        return "not_image", False, 0
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return "corrupt", False, 0
+def _progress(it, progress: bool, desc: str, total=None):
+    if not progress:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, total=total, unit="block" if total is None or desc != "write" else "shard",
+                mininterval=2.0)
 
 
-def _check_star(args):
-    return check_image(*args)
-
-
-def _stat_key(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _cached_checks(cache_path: Path, images_dir: Path, rels: list[str], want_hash: bool, workers: int):
-    """check_image for every file, reusing results of an earlier run for files that did not change."""
-    try:
-        cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    results: list = [None] * len(rels)
-    keys = [str((images_dir / r).resolve()) for r in rels]
-    stats = [_stat_key(images_dir / r) for r in rels]
-    todo = []
-    for i, (key, st) in enumerate(zip(keys, stats)):
-        hit = cache.get(key)
-        if st is not None and hit and hit[0] == st and (hit[1][0] is not None or not want_hash or hit[2]):
-            results[i] = tuple(hit[1])
-        else:
-            todo.append(i)
-    jobs = [(str(images_dir / rels[i]), want_hash) for i in todo]
-    if workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(workers) as pool:
-            fresh = list(pool.imap(_check_star, jobs, chunksize=64))
-    else:
-        fresh = [check_image(*j) for j in jobs]
-    for i, r in zip(todo, fresh):
-        results[i] = r
-        if stats[i] is not None:
-            cache[keys[i]] = [stats[i], list(r), want_hash]
-    if todo:
-        tmp = cache_path.with_name(cache_path.name + ".tmp")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
-    return results
-
-
-def _jpeg_bytes(path: str, reencode: bool) -> bytes:
-    if not reencode:
-        return Path(path).read_bytes()
-    with Image.open(path) as im:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> tuple[int, int]:
-    """Add a member with fixed metadata (deterministic bytes); returns (data offset, size)."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
-    offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-    tar.addfile(info, io.BytesIO(data))
-    return offset, len(data)
-
-
-def _write_shard(out: str, stem: str, samples: list[dict]) -> str:
-    """One shard from sample specs {key, path, reencode, labels, json}; runs in a worker with --workers."""
-    out = Path(out)
-    tmp_tar = out / f".{stem}.tar.tmp"
-    index_lines = []
-    with tarfile.open(tmp_tar, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for s in samples:
-            parts = []
-            labels = np.asarray(s["labels"], dtype="<i4").tobytes()
-            for ext, data in (("jpg", _jpeg_bytes(s["path"], s["reencode"])), ("labels", labels),
-                              ("json", json.dumps(s["json"], sort_keys=True).encode())):
-                off, size = _add(tar, f"{s['key']}.{ext}", data)
-                parts.append(f"{ext} {off} {size} {s['key']}.{ext}")
-            index_lines.append(" ".join(parts))
-    tmp_idx = out / f".{stem}.idx.tmp"
-    tmp_idx.write_text(f"v1.2 {len(samples)}\n" + "\n".join(index_lines) + "\n")
-    os.replace(tmp_idx, out / f"{stem}.idx")
-    os.replace(tmp_tar, out / f"{stem}.tar")  # last: a .tar in place is a whole shard
-    return stem
-
-
-def _write_shard_star(args) -> str:
-    return _write_shard(*args)
-
-
-def _fingerprint(**parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def _clear(out: Path) -> None:
+    (out / MANIFEST).unlink(missing_ok=True)
+    for p in out.glob("shard-*"):
+        p.unlink()
+    for p in out.glob(".shard-*.tmp"):
+        p.unlink()
 
 
 def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, label_noise: float = 0.0,
                  sampling: str = "natural", dedup_against=None, workers: int = 1, seed: int = 0,
                  name: str | None = None, dedup_radius: int = _dedup.DEFAULT_RADIUS, role: str = "train",
-                 source: str | None = None, progress: bool = False) -> dict:
-    """Build the shards (see module docstring); returns the manifest (also out_dir/manifest.json)."""
+                 source: str | None = None, progress: bool = False, ray_address: str | None = None,
+                 engine=None) -> dict:
+    """Build the shards (see module docstring); returns the manifest (also out_dir/manifest.json).
+    tags_path: a TAGS file, a glob, or a list of them (compressed ones too). workers > 1 or ray_address
+    (or RAY_ADDRESS) run on Ray; out_dir must then be a folder every Ray node sees."""
     if isinstance(vocab, (str, os.PathLike)):
         vocab = HashtagVocabulary.load(vocab)
     if not isinstance(vocab, HashtagVocabulary):
@@ -171,110 +96,122 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
         raise ValueError(f"write_shards: sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
     if not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"write_shards: label_noise must be in [0, 1], got {label_noise}")
+    if workers < 1:
+        raise ValueError(f"write_shards: workers must be >= 1, got {workers}")
     images_dir, out = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"write_shards: images folder {images_dir} does not exist")
-    fmt, records = read_tags(tags_path, images_dir)
-    skipped = {k: 0 for k in ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt",
-                              "duplicate")}
-    kept = []  # (record, labels)
-    for r in records:
-        if r.skip:
-            skipped[r.skip] += 1
-            continue
-        labels = vocab.labels_of(r.tags)
-        if not labels:
-            skipped["out_of_vocabulary"] += 1
-        else:
-            kept.append((r, labels))
-
-    # Decode-check (and hash) every image, in parallel; results come back in order.
-    want_hash = dedup_against is not None
+    paths = expand_inputs(tags_path)
     out.mkdir(parents=True, exist_ok=True)
-    checks = _cached_checks(out / _CHECKS, images_dir, [r.image for r, _ in kept], want_hash, workers)
-    good, reencode, hashes = [], [], []
-    for (r, labels), (reason, reenc, h) in zip(kept, checks):
-        if reason:
-            skipped[reason] += 1
-        else:
-            good.append((r, labels))
-            reencode.append(reenc)
-            hashes.append(h)
-    dedup_ref_unreadable = 0
-    if want_hash and good:
-        ref, dedup_ref_unreadable = _dedup.hash_directory(dedup_against, workers)
-        dup = _dedup.near_duplicates(np.array(hashes, dtype=np.uint64), ref, dedup_radius)
-        skipped["duplicate"] = int(dup.sum())
-        good = [g for g, d in zip(good, dup) if not d]
-        reencode = [e for e, d in zip(reencode, dup) if not d]
-    if not good:
-        raise ValueError(f"write_shards: no usable image left (skipped: {skipped})")
+    work = out / _WORK
+    work.mkdir(exist_ok=True)
+    vocab_dict = vocab.to_dict()
+    vocab_digest = hashlib.sha256(json.dumps(vocab_dict, sort_keys=True).encode()).hexdigest()
 
-    rng = np.random.default_rng(seed)
-    labels = [l for _, l in good]
-    if label_noise > 0:
-        labels = add_label_noise(labels, label_noise, len(vocab), rng)
-    copies = resample_copies(labels, len(vocab), sampling, rng)
-    order = np.repeat(np.arange(len(good)), copies)
-    order = order[rng.permutation(order.size)]
-    if order.size == 0:
-        raise ValueError("write_shards: resampling left no sample")
+    index, ref_unreadable, ref_digest = None, 0, None
+    if dedup_against is not None:
+        ref, ref_unreadable = _dedup.hash_directory(dedup_against, workers)
+        ref_digest = hashlib.sha256(np.sort(ref).tobytes()).hexdigest()
+        index = _dedup.HashIndex(ref, dedup_radius)
+    job = Job(images_dir=str(images_dir), work_dir=str(work), out_dir=str(out), vocab=vocab,
+              vocab_digest=vocab_digest, num_classes=len(vocab), seed=seed, label_noise=label_noise,
+              sampling=sampling, index=index)
 
-    source = source or ("YFCC" if fmt == "yfcc" else "local")
-    name = name or dataset_name(role, source, int(order.size), len(vocab))
-    num_shards = (order.size + shard_size - 1) // shard_size
-    stems = [f"shard-{k:06d}" for k in range(num_shards)]
-    fp = _fingerprint(images=str(images_dir.resolve()), tags=hashlib.sha256(Path(tags_path).read_bytes()).hexdigest(),
-                      vocab=vocab.to_dict(), shard_size=shard_size, noise=label_noise, sampling=sampling,
-                      dedup=str(dedup_against), radius=dedup_radius, seed=seed, order=order.tolist(),
-                      labels=labels, files=[_stat_key(images_dir / r.image) for r, _ in good])
-    state_path = out / _STATE
-    resume = state_path.is_file() and json.loads(state_path.read_text()).get("fingerprint") == fp
-    if not resume:  # a different build: clear what an earlier one left
-        (out / MANIFEST).unlink(missing_ok=True)
-        for p in out.glob("shard-*"):
-            p.unlink()
-        for p in out.glob(".shard-*.tmp"):
-            p.unlink()
-        state_path.write_text(json.dumps({"fingerprint": fp}))
+    with (engine or make_engine(workers, ray_address, progress)) as eng:
+        eng.put(job)
+        # Pass 1: check every block; the driver only adds up counts.
+        skipped = dict.fromkeys(SKIP_KINDS, 0)
+        marginal = np.zeros(len(vocab), dtype=np.int64)
+        records = num_images = reencoded = 0
+        acc, blocks, fmts, seen = 0, [], set(), set()  # acc: order-free sum of the blocks' digests
+        for s in _progress(eng.check(paths), progress, "check"):
+            records += s["records"]
+            num_images += s["good"]
+            reencoded += s["reencoded"]
+            fmts.add(s["fmt"])
+            for k, v in s["skipped"].items():
+                skipped[k] += v
+            np.add.at(marginal, np.asarray(s["marginal"][0], dtype=np.int64), np.asarray(s["marginal"][1]))
+            acc = (acc + int(hashlib.sha256(f"{s['block']}:{s['digest']}".encode()).hexdigest(), 16)) % (1 << 256)
+            seen.add("{:04d}-{:06d}".format(*s["block"]))
+            if s["good"]:
+                blocks.append(tuple(s["block"]))
+        blocks.sort()
+        for p in work.glob("*-*-*.json"):  # blocks of inputs that are gone (e.g. a shorter TAGS file)
+            if p.stem.split("-", 1)[-1] not in seen:
+                p.unlink()
+        if not num_images:
+            raise ValueError(f"write_shards: no usable image left (skipped: {skipped})")
+        num_buckets = max(1, math.ceil(num_images / shard_size))
+        if num_buckets >= 1 << 31:
+            raise ValueError("write_shards: shard_size too small for this many images")
 
-    label_counts = np.zeros(len(vocab), dtype=np.int64)
-    shards, jobs = [], []
-    for k, stem in enumerate(stems):
-        part = order[k * shard_size:(k + 1) * shard_size]
-        shards.append({"tar": f"{stem}.tar", "index": f"{stem}.idx", "num_samples": int(part.size)})
-        for i in part:
-            label_counts[labels[i]] += 1
-        if resume and (out / f"{stem}.tar").is_file() and (out / f"{stem}.idx").is_file():
-            continue
-        samples = []
-        for j, i in enumerate(part):
-            r = good[i][0]
-            info = {"tags": r.tags, "image": r.image, "labels": labels[i], **r.meta}
-            samples.append({"key": f"{k * shard_size + j:09d}", "path": str(images_dir / r.image),
-                            "reencode": reencode[i], "labels": labels[i], "json": info})
-        jobs.append((str(out), stem, samples))
-    if workers > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(workers) as pool:
-            done = pool.imap(_write_shard_star, jobs)
-            for stem in done:
+        settings = {"version": _VERSION, "images": str(images_dir.resolve()), "vocab": vocab_digest,
+                    "shard_size": shard_size, "noise": label_noise, "sampling": sampling, "seed": seed,
+                    "dedup": ref_digest, "radius": dedup_radius if index is not None else None,
+                    "num_buckets": num_buckets}
+        fp = hashlib.sha256((json.dumps(settings, sort_keys=True) + f":{acc:064x}").encode()).hexdigest()[:16]
+        state_path = out / _STATE
+        try:
+            resume = json.loads(state_path.read_text()).get("fingerprint") == fp
+        except (OSError, ValueError, AttributeError):
+            resume = False
+        if not resume:  # a different build: clear what an earlier one left
+            _clear(out)
+            tmp = state_path.with_name(state_path.name + ".tmp")
+            tmp.write_text(json.dumps({"fingerprint": fp}))
+            os.replace(tmp, state_path)
+
+        # Counting passes: noisy-label marginal, resampling weight total, samples per bucket.
+        job.clean_marginal, job.num_images, job.num_buckets = marginal, num_images, num_buckets
+        job.noisy_marginal = marginal
+        if label_noise > 0:
+            eng.put(job)
+            job.noisy_marginal = sum(_progress(eng.map(noise_block, blocks), progress, "noise", len(blocks)))
+        if sampling != "natural":
+            eng.put(job)
+            job.weight_total = sum(_progress(eng.map(weight_block, blocks), progress, "weights", len(blocks)))
+        eng.put(job)
+        bucket_counts = np.zeros(num_buckets, dtype=np.int64)
+        label_counts = np.zeros(len(vocab), dtype=np.int64)
+        for r in _progress(eng.map(plan_block, blocks), progress, "plan", len(blocks)):
+            np.add.at(bucket_counts, np.asarray(r["buckets"][0], dtype=np.int64), np.asarray(r["buckets"][1]))
+            label_counts += r["labels"]
+        nonempty = np.flatnonzero(bucket_counts)
+        if nonempty.size == 0:
+            raise ValueError("write_shards: resampling left no sample")
+        shards, todo = [], np.full(num_buckets, -1, dtype=np.int64)  # bucket -> shard number to write
+        for k, b in enumerate(nonempty.tolist()):
+            stem, n = stem_of(k), int(bucket_counts[b])
+            shards.append({"tar": f"{stem}.tar", "index": f"{stem}.idx", "num_samples": n})
+            if not (resume and verify_shard(out / f"{stem}.tar", n)):
+                todo[b] = k
+        for p in out.glob("shard-*"):  # shards a smaller earlier plan left over
+            num = p.name.split(".")[0].split("-")[-1]
+            if not num.isdigit() or int(num) >= len(shards):
+                p.unlink()
+
+        # Write pass: only the missing shards.
+        job.stems = todo
+        if (todo >= 0).any():
+            eng.put(job)
+            for stem, n in _progress(eng.write(blocks), progress, "write", int((todo >= 0).sum())):
                 if progress:
-                    print(f"wrote {stem}.tar", flush=True)
-    else:
-        for job in jobs:
-            _write_shard(*job)
-            if progress:
-                print(f"wrote {job[1]}.tar ({len(job[2])} samples)", flush=True)
+                    print(f"wrote {stem}.tar ({n} samples)", flush=True)
 
+    for p in work.glob("part-*.jsonl"):
+        p.unlink()
+    source = source or ("YFCC" if fmts == {"yfcc"} else "local")
+    num_samples = int(bucket_counts.sum())
     manifest = {
-        "format": _FORMAT, "version": 1, "name": name, "num_samples": int(order.size),
-        "num_images": len(good), "num_classes": len(vocab), "tags_format": fmt,
-        "records": len(records), "skipped": skipped, "reencoded": int(sum(reencode)),
-        "dedup_against": str(dedup_against) if dedup_against else None, "dedup_radius": dedup_radius,
-        "dedup_reference_unreadable": dedup_ref_unreadable, "label_noise": label_noise, "sampling": sampling,
-        "seed": seed, "shard_size": shard_size, "shards": shards,
-        "label_counts": label_counts.tolist(), "image_label_counts": label_marginal(labels, len(vocab)).tolist(),
-        "fingerprint": fp, "vocab": vocab.to_dict(),
+        "format": _FORMAT, "version": 1, "name": name or dataset_name(role, source, num_samples, len(vocab)),
+        "num_samples": num_samples, "num_images": num_images, "num_classes": len(vocab),
+        "tags_format": ",".join(sorted(fmts)), "tags": paths, "records": records, "skipped": skipped,
+        "reencoded": reencoded, "dedup_against": str(dedup_against) if dedup_against else None,
+        "dedup_radius": dedup_radius, "dedup_reference_unreadable": ref_unreadable, "label_noise": label_noise,
+        "sampling": sampling, "seed": seed, "shard_size": shard_size, "shards": shards,
+        "label_counts": label_counts.tolist(), "image_label_counts": job.noisy_marginal.tolist(),
+        "fingerprint": fp, "vocab": vocab_dict,
     }
     tmp = out / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))

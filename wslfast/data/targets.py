@@ -11,12 +11,18 @@ Resampling decides how many copies of each image the shards hold, keeping the to
 - uniform: image weight = mean over its labels of 1/n_label, so single-label classes end up equally frequent.
 Expected copies = N * w_i / sum(w); the fraction is rounded up with that probability (seeded), so repeats
 appear for rare tags and frequent-tag images are thinned.
+
+The shard pipeline draws every random number from a seeded hash of the record's 64-bit key (`uniform`), so
+a record's noise, copies and shuffle keys do not depend on the order or the machine it is processed on:
+`noisy_labels_hashed`, `weights_fixed` and `copies_hashed` are the per-record forms of the functions above.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["label_marginal", "add_label_noise", "resample_copies", "SAMPLING_MODES"]
+__all__ = ["label_marginal", "add_label_noise", "resample_copies", "SAMPLING_MODES", "uniform", "mix64",
+           "noisy_labels_hashed", "weights_fixed", "copies_hashed", "WEIGHT_ONE", "STREAM_FLIP", "STREAM_DRAW",
+           "STREAM_COPIES", "STREAM_SHUFFLE"]
 
 SAMPLING_MODES = ("natural", "sqrt", "uniform")
 
@@ -73,3 +79,82 @@ def resample_copies(labels: list[list[int]], num_classes: int, mode: str,
     expected = n * weight / weight.sum()
     base = np.floor(expected)
     return (base + (rng.random(n) < expected - base)).astype(np.int64)
+
+
+# --- per-record randomness from a seeded hash of the record key -------------------------------------------
+STREAM_FLIP, STREAM_DRAW, STREAM_COPIES, STREAM_SHUFFLE = 1, 2, 3, 4
+WEIGHT_ONE = 1 << 40  # resampling weights in fixed point: their sum is exact, whatever the summation order
+_M64 = (1 << 64) - 1
+
+
+def mix64(x) -> np.ndarray:
+    """splitmix64's finalizer over uint64 (wrapping arithmetic): a bijective, well-mixed hash."""
+    with np.errstate(over="ignore"):  # wrapping is the point
+        z = np.asarray(x, dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def hash64(keys, seed: int, stream: int, counter=0) -> np.ndarray:
+    """A 64-bit hash of (record key, seed, stream, counter); counter numbers the draws of one record."""
+    base = mix64(np.uint64(((seed & 0xFFFFFFFF) << 8 | stream) & _M64))
+    with np.errstate(over="ignore"):
+        return mix64(mix64(np.asarray(keys, dtype=np.uint64) ^ base) + np.asarray(counter, dtype=np.uint64))
+
+
+def uniform(keys, seed: int, stream: int, counter=0) -> np.ndarray:
+    """Uniform floats in [0, 1) from hash64 (53 bits)."""
+    return (hash64(keys, seed, stream, counter) >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def noisy_labels_hashed(flat, keys, slot, p: float, marginal, seed: int) -> np.ndarray:
+    """add_label_noise for flat label ids: label `slot` of the record with key `keys[i]` is replaced with
+    probability p by a draw from `marginal` with its own mass removed; draws come from the record's key."""
+    flat = np.asarray(flat, dtype=np.int64)
+    out = flat.copy()
+    if p <= 0 or flat.size == 0:
+        return out
+    w = np.asarray(marginal, dtype=np.float64)
+    total, cum = w.sum(), np.cumsum(w)
+    keys, slot = np.asarray(keys, dtype=np.uint64), np.asarray(slot, dtype=np.uint64)
+    flip = (uniform(keys, seed, STREAM_FLIP, slot) < p) & (w[flat] < total)
+    idx = np.flatnonzero(flip)
+    orig = flat[idx]
+    start = cum[orig] - w[orig]
+    new = np.full(idx.size, -1, dtype=np.int64)
+    todo = np.arange(idx.size)
+    for attempt in range(64):  # a draw on a float edge of the cut interval is redrawn with the next counter
+        ctr = slot[idx[todo]] * np.uint64(64) + np.uint64(attempt)
+        u = uniform(keys[idx[todo]], seed, STREAM_DRAW, ctr) * (total - w[orig[todo]])
+        u = u + w[orig[todo]] * (u >= start[todo])
+        got = np.minimum(np.searchsorted(cum, u, side="right"), w.size - 1)
+        ok = (got != orig[todo]) & (w[got] > 0)
+        new[todo[ok]] = got[ok]
+        todo = todo[~ok]
+        if todo.size == 0:
+            break
+    keep = new >= 0  # (never left in practice: 64 edge draws in a row)
+    out[idx[keep]] = new[keep]
+    return out
+
+
+def weights_fixed(flat, lengths, marginal, mode: str) -> np.ndarray:
+    """Resampling weight of each record (mean 1/sqrt(n) or 1/n over its labels) in fixed point (int64)."""
+    if mode not in ("sqrt", "uniform"):
+        raise ValueError(f"weights_fixed: mode must be sqrt or uniform, got {mode!r}")
+    freq = np.maximum(np.asarray(marginal, dtype=np.float64), 1)
+    inv = 1.0 / np.sqrt(freq) if mode == "sqrt" else 1.0 / freq
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if (lengths < 1).any():
+        raise ValueError("resampling: every image needs at least one label")
+    sums = np.add.reduceat(inv[np.asarray(flat, dtype=np.int64)], np.cumsum(lengths) - lengths) if lengths.size \
+        else np.zeros(0)
+    return np.round(sums / lengths * WEIGHT_ONE).astype(np.int64)
+
+
+def copies_hashed(keys, weights, num_images: int, weight_total: int, seed: int) -> np.ndarray:
+    """Copies of each record: expected num_images * w / W, the fraction rounded up with that probability."""
+    expected = num_images * (np.asarray(weights, dtype=np.float64) / float(weight_total))
+    base = np.floor(expected)
+    return (base + (uniform(keys, seed, STREAM_COPIES) < expected - base)).astype(np.int64)

@@ -1,0 +1,256 @@
+"""The per-block steps of the shard build, shared by the in-process and the Ray runner (see shards.py).
+
+Work is cut into blocks of BLOCK_LINES lines of one TAGS file, so every step holds one block at a time:
+- `check_block`: TAGS lines -> records -> labels -> decode-check + pHash (cached by path, size, mtime in
+  `.work/check-F-B.json`) -> dedup lookup; writes the block's usable records to `.work/good-F-B.json` and
+  returns counts (skips, label marginal) for the driver to add up;
+- `noise_block`, `weight_block`, `plan_block`: counting passes over the good records (noisy-label marginal,
+  resampling weight total, samples per shard bucket);
+- `expand_block`: a block's samples (noisy labels, copies), each with its shuffle key and shard bucket;
+- `write_bucket`: one shard from its samples, sorted by shuffle key.
+All randomness is a hash of (seed, record key), so the output never depends on which process ran what.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import dedup as _dedup
+from .shardio import write_shard
+from .tagfiles import BLOCK_LINES, parse_line, record_key
+from .targets import STREAM_SHUFFLE, copies_hashed, hash64, noisy_labels_hashed, weights_fixed
+
+__all__ = ["Job", "check_image", "check_block", "noise_block", "weight_block", "plan_block", "expand_block",
+           "write_bucket", "SKIP_KINDS", "stem_of"]
+
+SKIP_KINDS = ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt", "duplicate")
+
+
+def check_image(path: str, want_hash: bool) -> tuple[str | None, bool, int]:
+    """(skip reason or None, needs re-encoding to JPEG, pHash or 0). Decodes the whole image."""
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.load()  # raises on truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False)
+            if im.width < 1 or im.height < 1:
+                return "corrupt", False, 0
+            return None, fmt != "JPEG" or im.mode not in ("RGB", "L"), _dedup.phash(im) if want_hash else 0
+    except FileNotFoundError:
+        return "missing", False, 0
+    except Image.UnidentifiedImageError:
+        return "not_image", False, 0
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return "corrupt", False, 0
+
+
+@dataclass
+class Job:
+    """Everything a block step needs; pickled once and shared with every worker."""
+    images_dir: str
+    work_dir: str
+    out_dir: str
+    vocab: object  # HashtagVocabulary
+    vocab_digest: str
+    num_classes: int
+    seed: int = 0
+    label_noise: float = 0.0
+    sampling: str = "natural"
+    index: object = None  # dedup.HashIndex of the reference hashes, or None
+    # filled in by the driver between passes
+    clean_marginal: np.ndarray | None = None
+    noisy_marginal: np.ndarray | None = None
+    num_images: int = 0
+    weight_total: int = 0
+    num_buckets: int = 1
+    stems: np.ndarray | None = None  # bucket -> shard number for the buckets to write, -1 for the others
+
+
+def _bid(fi: int, bi: int) -> str:
+    return f"{fi:04d}-{bi:06d}"
+
+
+def stem_of(k: int) -> str:
+    return f"shard-{k:06d}"
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _atomic_json(path: Path, obj) -> bytes:
+    data = json.dumps(obj, separators=(",", ":")).encode()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return data
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def check_block(job: Job, fi: int, bi: int, fmt: str, lines: list[str]) -> dict:
+    """Pass 1 over one block (see module docstring); returns its counts."""
+    images = Path(job.images_dir)
+    work = Path(job.work_dir)
+    want_hash = job.index is not None
+    skipped = dict.fromkeys(SKIP_KINDS, 0)
+    h = hashlib.sha256(f"{job.vocab_digest}\0{fmt}\0{images.resolve()}\0".encode())
+    for line in lines:
+        h.update(line.encode("utf-8", "surrogateescape"))
+    in_digest = h.hexdigest()
+    cache_path = work / f"check-{_bid(fi, bi)}.json"
+    cache = _load_json(cache_path)
+    old = cache["rows"] if isinstance(cache, dict) and cache.get("digest") == in_digest else {}
+    fresh, changed, records = {}, False, 0
+    label_of: dict = {}  # tags repeat a lot: normalize each once per block
+
+    def labels_of(tags):
+        out = []
+        for t in tags:
+            if t not in label_of:
+                label_of[t] = job.vocab.label_of(t)
+            lab = label_of[t]
+            if lab is not None and lab not in out:
+                out.append(lab)
+        return out
+
+    cand = []  # (key, image, labels, reencode, tags, meta, stat, phash)
+    for i, line in enumerate(lines):
+        n = bi * BLOCK_LINES + i + 1
+        r = parse_line(fmt, line, n, images)
+        if r is None:
+            continue
+        records += 1
+        if r.skip:
+            skipped[r.skip] += 1
+            continue
+        labels = labels_of(r.tags)
+        if not labels:
+            skipped["out_of_vocabulary"] += 1
+            continue
+        st = _stat(images / r.image)
+        hit = old.get(str(n))
+        if hit and hit[0] == r.image and st is not None and hit[1] == st and (hit[4] is not None or not want_hash):
+            reason, reenc, ph = hit[2], hit[3], hit[4]
+        else:
+            reason, reenc, ph = check_image(str(images / r.image), want_hash)
+            ph = ph if want_hash else None
+            changed = True
+        fresh[str(n)] = [r.image, st, reason, reenc, ph]
+        if reason:
+            skipped[reason] += 1
+        else:
+            cand.append((record_key(fi, n), r.image, labels, reenc, r.tags, r.meta, st, ph))
+    if changed or len(fresh) != len(old):
+        _atomic_json(cache_path, {"digest": in_digest, "rows": fresh})
+    if want_hash and cand:
+        dup = job.index.contains_near(np.array([c[7] for c in cand], dtype=np.uint64))
+        skipped["duplicate"] = int(dup.sum())
+        cand = [c for c, d in zip(cand, dup) if not d]
+    rows = [list(c[:7]) for c in cand]
+    data = _atomic_json(work / f"good-{_bid(fi, bi)}.json", {"rows": rows})
+    flat = [l for c in cand for l in c[2]]
+    labels, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
+    return {"block": [fi, bi], "fmt": fmt, "records": records, "skipped": skipped, "good": len(rows),
+            "reencoded": int(sum(bool(c[3]) for c in cand)), "marginal": [labels.tolist(), counts.tolist()],
+            "digest": hashlib.sha256(data).hexdigest()}
+
+
+def _load_good(job: Job, block) -> list:
+    obj = _load_json(Path(job.work_dir) / f"good-{_bid(*block)}.json")
+    if obj is None:
+        raise FileNotFoundError(f"{job.work_dir}: the checked records of block {_bid(*block)} are missing "
+                                f"(was .work removed during the build?)")
+    return obj["rows"]
+
+
+def _labels(job: Job, rows):
+    """(keys uint64, flat labels after noise, lengths) of a block's good records."""
+    keys = np.array([r[0] for r in rows], dtype=np.uint64)
+    lengths = np.array([len(r[2]) for r in rows], dtype=np.int64)
+    flat = np.fromiter((l for r in rows for l in r[2]), dtype=np.int64, count=int(lengths.sum()))
+    if job.label_noise > 0:
+        owner = np.repeat(keys, lengths)
+        slot = np.arange(flat.size, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        flat = noisy_labels_hashed(flat, owner, slot, job.label_noise, job.clean_marginal, job.seed)
+    return keys, flat, lengths
+
+
+def noise_block(job: Job, block) -> np.ndarray:
+    """Marginal of the noisy labels of a block (dense int64 [num_classes])."""
+    _, flat, _ = _labels(job, _load_good(job, block))
+    return np.bincount(flat, minlength=job.num_classes)
+
+
+def weight_block(job: Job, block) -> int:
+    """Sum of the block's fixed-point resampling weights."""
+    _, flat, lengths = _labels(job, _load_good(job, block))
+    return int(weights_fixed(flat, lengths, job.noisy_marginal, job.sampling).sum()) if lengths.size else 0
+
+
+def _samples(job: Job, rows):
+    """Per sample: (record index, copy number, shuffle key, bucket), plus the noisy labels (flat, lengths)."""
+    keys, flat, lengths = _labels(job, rows)
+    if job.sampling == "natural":
+        copies = np.ones(keys.size, dtype=np.int64)
+    else:
+        w = weights_fixed(flat, lengths, job.noisy_marginal, job.sampling)
+        copies = copies_hashed(keys, w, job.num_images, job.weight_total, job.seed)
+    rec = np.repeat(np.arange(keys.size), copies)
+    copy = np.arange(rec.size, dtype=np.int64) - np.repeat(np.cumsum(copies) - copies, copies)
+    skey = hash64(keys[rec], job.seed, STREAM_SHUFFLE, copy)
+    # bucket = floor(skey / 2^64 * S), exactly: the top 32 bits times S, shifted (S < 2^31)
+    bucket = ((skey >> np.uint64(32)) * np.uint64(job.num_buckets)) >> np.uint64(32)
+    return rec, skey, bucket.astype(np.int64), flat, lengths
+
+
+def plan_block(job: Job, block) -> dict:
+    """Samples per bucket (sparse) and per label, for the driver to lay out the shards."""
+    rec, _, bucket, flat, lengths = _samples(job, _load_good(job, block))
+    b, n = np.unique(bucket, return_counts=True)
+    per_rec = np.zeros(lengths.size, dtype=np.int64)
+    np.add.at(per_rec, rec, 1)
+    label_counts = np.bincount(flat, weights=np.repeat(per_rec, lengths), minlength=job.num_classes)
+    return {"buckets": [b.tolist(), n.tolist()], "labels": label_counts.astype(np.int64)}
+
+
+def expand_block(job: Job, block) -> dict:
+    """The block's samples that fall in buckets to write, as columns (bucket, skey, image, reenc, labels,
+    info): metadata only; the image bytes are read by the shard writer."""
+    rows = _load_good(job, block)
+    rec, skey, bucket, flat, lengths = _samples(job, rows)
+    keep = job.stems[bucket] >= 0
+    starts = np.cumsum(lengths) - lengths
+    out = {"bucket": bucket[keep], "skey": skey[keep], "image": [], "reenc": [], "labels": [], "info": []}
+    for i in rec[keep]:
+        _, image, _, reenc, tags, meta, _ = rows[i]
+        labels = flat[starts[i]:starts[i] + lengths[i]].tolist()
+        out["image"].append(image)
+        out["reenc"].append(bool(reenc))
+        out["labels"].append(json.dumps(labels))
+        out["info"].append(json.dumps({"tags": tags, "image": image, "labels": labels, **meta}, sort_keys=True))
+    return out
+
+
+def write_bucket(job: Job, bucket: int, skey, image, reenc, labels, info) -> tuple[str, int]:
+    """Write the shard of one bucket from its samples (any order: sorted here by shuffle key)."""
+    k = int(job.stems[int(bucket)])
+    order = sorted(range(len(image)), key=lambda i: (int(skey[i]), info[i], labels[i]))
+    samples = [(f"{k:06d}_{j:06d}", image[i], bool(reenc[i]), json.loads(labels[i]), info[i])  # info: JSON already
+               for j, i in enumerate(order)]
+    write_shard(job.out_dir, stem_of(k), samples, job.images_dir)
+    return stem_of(k), len(samples)
