@@ -10,10 +10,15 @@ features (standardised, L2-regularised, full-batch L-BFGS: deterministic, no LR 
 mode=finetune: every weight trains, with a fresh head, SGD + momentum and random horizontal flips.
 DIR is an ImageFolder-style tree (train/ and val/ with a folder per class). PATH is a pretrain.py checkpoint
 or a torchvision-format ResNeXt state_dict (e.g. the released WSL weights: --arch resnext101_32x8d).
+The transferred model (a torchvision-format state_dict; for the linear probe the backbone with the fitted
+classifier as fc, the feature standardisation folded in) and metrics.json go to out. Top-5 is reported for
+tasks of more than 5 classes. `--help` lists every key.
 """
+import json
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from train.demo_data import demo_corpus_dir  # noqa: E402
-from wslfast.engine import Config, list_checkpoints, load_config, pick_device, seed_everything  # noqa: E402
+from wslfast.engine import (Config, command_line, format_duration, list_checkpoints, load_weights,  # noqa: E402
+                            pick_device, seed_everything)
 
 DEFAULTS = dict(
     checkpoint="",           # "" -> newest checkpoint in runs/default (the default pretraining run)
@@ -33,9 +39,10 @@ DEFAULTS = dict(
     batch_size=64, num_threads=2, device="auto", seed=0,
     l2=1e-3, lbfgs_iters=200,     # linear probe
     epochs=10, lr=0.01, momentum=0.9, weight_decay=1e-4,  # finetune
+    out="",                  # "" -> transfer-<mode> beside the checkpoint: model.pt and metrics.json
 )
 
-cfg = load_config(DEFAULTS, sys.argv[1:])
+cfg = command_line(DEFAULTS, __doc__)
 if cfg.mode not in ("linear", "finetune"):
     raise SystemExit(f"mode must be linear or finetune, got {cfg.mode!r}")
 device = pick_device(cfg.device)
@@ -49,7 +56,7 @@ if not checkpoint:
     checkpoint = found[-1][1]
 if not os.path.isfile(checkpoint):
     raise SystemExit(f"checkpoint {checkpoint!r} does not exist")
-loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+loaded = load_weights(checkpoint)  # weights_only; a damaged file is one line
 if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):  # a pretrain.py checkpoint
     weights, pre_cfg = loaded["model"], Config(loaded.get("config") or {})
     arch = cfg.arch or loaded.get("arch") or pre_cfg.get("arch")
@@ -107,10 +114,11 @@ def features_of(model, split):
 
 
 def topk(logits, labels):
-    k = min(5, logits.shape[1])
-    best = logits.topk(k, dim=1).indices
-    return (100.0 * (best[:, 0] == labels).float().mean().item(),
-            100.0 * (best == labels[:, None]).any(1).float().mean().item())
+    """(top-1 %, top-5 % or None): top-5 means something only with more than 5 classes."""
+    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    top1 = 100.0 * (best[:, 0] == labels).float().mean().item()
+    top5 = 100.0 * (best == labels[:, None]).any(1).float().mean().item() if logits.shape[1] > 5 else None
+    return top1, top5
 
 
 def linear_probe(model):
@@ -129,15 +137,20 @@ def linear_probe(model):
 
     opt.step(closure)
     with torch.no_grad():
+        # the classifier on raw features, standardisation folded in: the saved model is used as it is
+        w = head.weight / std.double()
+        model.fc.weight.copy_(w.to(model.fc.weight.dtype))
+        model.fc.bias.copy_((head.bias - w @ mean.double()).to(model.fc.bias.dtype))
         return topk(head(xva), yva)
 
 
 def finetune(model):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_batches = list(load_split("train"))
-    steps, step = cfg.epochs * len(train_batches), 0
-    for _ in range(cfg.epochs):
+    steps, step, t0 = cfg.epochs * len(train_batches), 0, time.perf_counter()
+    for epoch in range(cfg.epochs):
         model.train()
+        loss_sum = 0.0
         for images, y in train_batches:
             images = images.float()  # the GPU loader hands out bf16
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
@@ -149,6 +162,11 @@ def finetune(model):
             loss.backward()
             opt.step()
             step += 1
+            loss_sum += loss.item()
+        elapsed = time.perf_counter() - t0
+        print(f"    epoch {epoch + 1}/{cfg.epochs} | loss {loss_sum / len(train_batches):.4f} | "
+              f"lr {opt.param_groups[0]['lr']:.4g} | elapsed {format_duration(elapsed)} | "
+              f"eta {format_duration(elapsed / (epoch + 1) * (cfg.epochs - epoch - 1))}", flush=True)
     model.eval()
     logits, labels = [], []
     with torch.no_grad():
@@ -159,13 +177,25 @@ def finetune(model):
 
 
 protocol = linear_probe if cfg.mode == "linear" else finetune
+out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"transfer-{cfg.mode}")
 print(f"transfer: {cfg.mode} on {data} ({len(classes)} classes, {image_size}px), {arch}, {device.type}", flush=True)
-results = [("pretrained " + checkpoint, protocol(make_backbone(True)))]
+print(f"  pretrained {checkpoint}", flush=True)
+model = make_backbone(True)
+results = [("pretrained " + checkpoint, protocol(model))]
 if cfg.baseline:
+    print("  random init (same protocol)", flush=True)
     results.append(("random init (same protocol)", protocol(make_backbone(False))))
 width = max(len(name) for name, _ in results)
 for name, (top1, top5) in results:
-    print(f"  {name:<{width}}  top-1 {top1:5.1f}%  top-5 {top5:5.1f}%")
+    print(f"  {name:<{width}}  top-1 {top1:5.1f}%" + (f"  top-5 {top5:5.1f}%" if top5 is not None else ""))
+metrics = {"mode": cfg.mode, "data": data, "classes": classes, "checkpoint": checkpoint, "arch": arch,
+           "image_size": image_size, "pretrained": {"top1": results[0][1][0], "top5": results[0][1][1]}}
 if cfg.baseline:
     gain = results[0][1][0] - results[1][1][0]
+    metrics.update(random_init={"top1": results[1][1][0], "top5": results[1][1][1]}, gain_top1=gain)
     print(f"  pretraining gain: {gain:+.1f} top-1 points")
+os.makedirs(out, exist_ok=True)
+torch.save(model.state_dict(), os.path.join(out, "model.pt"))
+with open(os.path.join(out, "metrics.json"), "w") as f:
+    json.dump(metrics, f, indent=1)
+print(f"saved: {os.path.join(out, 'model.pt')} ({len(classes)}-class {arch}) and {os.path.join(out, 'metrics.json')}")

@@ -6,7 +6,7 @@ from .checkpoint import (CheckpointError, checkpoint_path, find_resumable, list_
 from .cli import command_line, install_error_handler, is_user_error, usage
 from .config import Config, ConfigError, load_config, parse_overrides
 from .distributed import (DistInfo, all_ranks_max, broadcast_object, capture_rng, cleanup_distributed,
-                          gather_objects, params_digest, pick_device, attempt_store, restore_rng, seed_everything, setup_distributed)
+                          gather_objects, params_digest, pick_device, attempt_store, peer_failure, restore_rng, seed_everything, setup_distributed)
 from .guard import NonFiniteGuard, NonFiniteLossError, nonfinite_flag
 from .objective import HashtagObjective, dense_soft_target_cross_entropy
 from .metrics import MetricsLogger, format_duration, format_line, peak_memory
@@ -23,5 +23,5 @@ __all__ = [
     "NonFiniteLossError", "nonfinite_flag", "MetricsLogger", "format_line", "SCHEDULES", "LRSchedule",
     "StopSignals", "GlobalBatchNorm2d", "convert_sync_batchnorm", "load_weights", "command_line",
     "install_error_handler", "is_user_error", "usage", "format_duration", "peak_memory", "RunFolderError",
-    "check_run_folder", "config_diff", "write_run_file", "attempt_store",
+    "check_run_folder", "config_diff", "write_run_file", "attempt_store", "peer_failure",
 ]

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "pick_device", "seed_everything",
-           "capture_rng", "restore_rng", "attempt_store", "gather_objects", "broadcast_object", "all_ranks_max", "params_digest"]
+           "capture_rng", "restore_rng", "attempt_store", "peer_failure", "gather_objects", "broadcast_object", "all_ranks_max", "params_digest"]
 
 
 @dataclass
@@ -125,6 +125,23 @@ def setup_distributed(device_choice: str = "auto", timeout_s: float = 600) -> Di
         dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
                                 **kwargs)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out", "Timed out",
+               "NCCL communicator was aborted", "ProcessGroupNCCL", "Socket Timeout")
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """A one-line account if e is a collective that failed because another rank died or stalled, else None."""
+    import re
+
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(s in text for s in _PEER_SIGNS))):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    first = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", first)  # the C++ source location
+    return (f"lost contact with another rank ({first[:200]}); torchrun restarts every worker from the last "
+            f"checkpoint while --max-restarts allow")
 
 
 def cleanup_distributed(info: DistInfo) -> None:
