@@ -2,6 +2,7 @@
 expected, with a non-zero exit status and no traceback (unless --debug); --help lists every key."""
 import ast
 import os
+import re
 
 import pytest
 import torch
@@ -52,7 +53,9 @@ def test_misspelled_key(script, tmp_path):
 
 def test_batch_larger_than_the_data(small_args, tmp_path):
     proc = run_script(PRETRAIN, small_args + ["--batch-size", "1000", "--steps", "2", "--out", tmp_path / "r"])
-    _one_error_line(proc, "batch_size 1000 is larger than the data", "holds 48 samples", "at most 48")
+    line = _one_error_line(proc, "batch_size 1000 is larger than the data", "synthetic-n48", "/shards holds ")
+    n = int(re.search(r"holds (\d+) samples", line).group(1))
+    assert 40 <= n <= 48 and line.endswith(f"give a batch_size of at most {n}")
 
 
 def test_corrupt_checkpoint(small_args, small_checkpoint, tmp_path):

@@ -67,7 +67,8 @@ def test_lr_follows_the_paper_rule_on_user_data(small_args, tmp_path):
                  sampling="natural")
     shards = os.path.join(demo_corpus_dir(cfg), "shards")
     out = tmp_path / "user"
-    proc = run_script(PRETRAIN, small_args + ["--data", shards, "--lr", "null", "--steps", "2", "--out", out])
+    proc = run_script(PRETRAIN, small_args + ["--data", shards, "--lr", "null", "--steps", "2",
+                                              "--lr-schedule", "constant", "--out", out])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "peak lr 0.003125" in proc.stdout and "paper's rule 0.1 x batch/256" in proc.stdout
     assert [r["lr"] for r in _records(out)] == pytest.approx([0.1 * 8 / 256] * 2)

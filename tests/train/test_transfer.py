@@ -28,13 +28,13 @@ def test_linear_probe_with_baseline_saves_model_and_metrics(small_checkpoint, tm
     assert proc.returncode == 0, proc.stdout + proc.stderr
     scores = _scores(proc.stdout)
     assert len(scores) == 2 and "random init" in proc.stdout and "pretraining gain" in proc.stdout
-    assert "top-5" not in proc.stdout  # a 4-class task: top-5 would always be 100%
+    assert "top-5" not in proc.stdout  # a 3-class task: top-5 would always be 100%
     metrics = json.load(open(out / "metrics.json"))
     assert metrics["pretrained"]["top1"] == pytest.approx(scores[0], abs=0.05)
-    assert metrics["pretrained"]["top5"] is None and len(metrics["classes"]) == 4
+    assert metrics["pretrained"]["top5"] is None and len(metrics["classes"]) == 3  # synthetic_classes 3
     assert metrics["gain_top1"] == pytest.approx(scores[0] - scores[1], abs=0.1)
     # the saved model is the probe itself: backbone + fitted classifier, standardisation folded in
-    model = create_model("resnext_tiny", num_classes=4, fused=False)
+    model = create_model("resnext_tiny", num_classes=3, fused=False)
     model.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     model.eval()
     val = f"{metrics['data']}/val"
