@@ -18,11 +18,12 @@ and shards, the tiny ResNeXt for a few minutes (GPU when present, else CPU), a c
 
 Every key below can be set in the YAML file or as --key value (`--help` lists them; `--debug` shows
 tracebacks where a mistake otherwise ends in one `error:` line). The config is written to out/run.json
-when the run starts; out holding a different run is refused (one line says what differs). Checkpoints (model, optimizer, data
-position, RNG states, step, config) are written by rank 0 every checkpoint_every steps, on SIGTERM/SIGUSR1
-and at the end; rerunning the same command resumes from the newest whole one (resume=auto). On CPU a
-resumed run ends bit-identical to an uninterrupted one; on GPU up to the non-determinism of the kernels
-(cuDNN/cuBLAS algorithm choice, atomics in the BN statistics and in NCCL's reduction order).
+when the run starts; out holding a different run is refused (one line says what differs). Checkpoints
+(model, optimizer, data position, RNG states, step, config) are written by rank 0 every checkpoint_every
+steps, on SIGTERM/SIGUSR1 and at the end; rerunning the same command resumes from the newest whole one
+(resume=auto). On CPU a resumed run ends bit-identical to an uninterrupted one; on GPU up to the
+non-determinism of the kernels (cuDNN/cuBLAS algorithm choice, atomics in the BN statistics and in NCCL's
+reduction order).
 """
 import math
 import os
@@ -40,8 +41,8 @@ from wslfast.engine import (HashtagObjective, LRSchedule, MetricsLogger, NonFini
                             NonFiniteLossError, RunFolderError, StopSignals, all_ranks_max, broadcast_object,
                             capture_rng, check_run_folder, cleanup_distributed, command_line,
                             convert_sync_batchnorm, find_resumable, format_duration, gather_objects,
-                            load_checkpoint, nonfinite_flag, params_digest, peak_memory, peer_failure, restore_rng,
-                            save_checkpoint, seed_everything, setup_distributed, write_run_file)
+                            load_checkpoint, nonfinite_flag, params_digest, peak_memory, peer_failure,
+                            restore_rng, save_checkpoint, seed_everything, setup_distributed, write_run_file)
 
 DEFAULTS = dict(
     # data: "synthetic" (the demo corpus, built once under cache_dir) or a folder of shards
