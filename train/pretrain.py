@@ -6,20 +6,24 @@ and shards, the tiny ResNeXt for a few minutes (GPU when present, else CPU), a c
     python train/pretrain.py                                        # the demo
     python train/pretrain.py --config train/configs/FILE.yaml --key value ...
     torchrun --nproc-per-node=8 train/pretrain.py --config train/configs/resnext101_32x8d_ig1b_1.5k.yaml
-    # several machines (run on each; HOST is node 0; a killed worker brings the job back from the last
-    # checkpoint by itself, since resume=auto is the default):
-    torchrun --nnodes=42 --nproc-per-node=8 --node-rank=$R --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 \
+    # several machines (the same command on each; HOST is node 0; a killed worker brings the job back from
+    # the last checkpoint by itself, since resume=auto is the default; a node that stays away ends the job
+    # after dist_timeout seconds, or after the rendezvous's join timeout):
+    torchrun --nnodes=42 --nproc-per-node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29400 --rdzv-id=JOB \
         --max-restarts=3 train/pretrain.py --config train/configs/resnext101_32x16d_ig3.5b_17k.yaml
     # SLURM (one task per node; `out` must be on a filesystem every node sees):
     srun --nodes=42 --ntasks-per-node=1 --signal=USR1@300 bash -c 'torchrun --nnodes=$SLURM_NNODES \
         --nproc-per-node=8 --rdzv-id=$SLURM_JOB_ID --rdzv-backend=c10d --rdzv-endpoint=$HEAD:29400 \
         train/pretrain.py --config ...'
 
-Every key below can be set in the YAML file or as --key value. Checkpoints (model, optimizer, data
-position, RNG states, step, config) are written by rank 0 every checkpoint_every steps, on SIGTERM/SIGUSR1
-and at the end; rerunning the same command resumes from the newest whole one (resume=auto). On CPU a
-resumed run ends bit-identical to an uninterrupted one; on GPU up to the non-determinism of the kernels
-(cuDNN/cuBLAS algorithm choice, atomics in the BN statistics and in NCCL's reduction order).
+Every key below can be set in the YAML file or as --key value (`--help` lists them; `--debug` shows
+tracebacks where a mistake otherwise ends in one `error:` line). The config is written to out/run.json
+when the run starts; out holding a different run is refused (one line says what differs). Checkpoints
+(model, optimizer, data position, RNG states, step, config) are written by rank 0 every checkpoint_every
+steps, on SIGTERM/SIGUSR1 and at the end; rerunning the same command resumes from the newest whole one
+(resume=auto). On CPU a resumed run ends bit-identical to an uninterrupted one; on GPU up to the
+non-determinism of the kernels (cuDNN/cuBLAS algorithm choice, atomics in the BN statistics and in NCCL's
+reduction order).
 """
 import math
 import os
@@ -34,10 +38,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from wslfast.data.demo import prepare_shards  # noqa: E402
 from wslfast.engine import (HashtagObjective, LRSchedule, MetricsLogger, NonFiniteGuard,  # noqa: E402
-                            NonFiniteLossError, StopSignals, all_ranks_max, broadcast_object, capture_rng,
-                            cleanup_distributed, convert_sync_batchnorm, find_resumable, gather_objects,
-                            list_checkpoints, load_checkpoint, load_config, nonfinite_flag, params_digest,
-                            restore_rng, save_checkpoint, seed_everything, setup_distributed)
+                            NonFiniteLossError, RunFolderError, StopSignals, all_ranks_max, broadcast_object,
+                            capture_rng, check_run_folder, cleanup_distributed, command_line,
+                            convert_sync_batchnorm, find_resumable, format_duration, gather_objects,
+                            load_checkpoint, nonfinite_flag, params_digest, peak_memory, peer_failure,
+                            restore_rng, save_checkpoint, seed_everything, setup_distributed, write_run_file)
 
 DEFAULTS = dict(
     # data: "synthetic" (the demo corpus, built once under cache_dir) or a folder of shards
@@ -47,26 +52,40 @@ DEFAULTS = dict(
     arch="resnext_tiny", zero_init_residual=True, fused=True, channels_last=True, compile=False,
     sync_bn=False, amp="none",                  # amp: none | bf16
     # optimisation (Goyal et al. 2017 / Mahajan et al. 2018). lr null -> 0.1 x global batch / 256, the
-    # paper's rule (the configs use it); the demo's tiny model at batch 32 learns faster with 0.4.
-    # optimizer: sgd (momentum, nesterov) | adamw (betas, null -> [0.9, 0.999]; ViT): wslfast.engine.optim
-    batch_size=32, lr=0.4, optimizer="sgd", momentum=0.9, nesterov=True, betas=None, weight_decay=1e-4,
+    # paper's rule; on the demo data 0.4 x global batch / 32 (its tiny model learns faster). AdamW configs
+    # give their lr. optimizer: sgd (momentum, nesterov) | adamw (betas, null -> [0.9, 0.999]; ViT)
+    batch_size=32, lr=None, optimizer="sgd", momentum=0.9, nesterov=True, betas=None, weight_decay=1e-4,
     total_images=32_000, steps=None,            # steps, when set, wins over total_images
-    warmup_images=3_200, warmup_start_lr=None,  # null -> 0.1 (one 256-image batch), capped at the peak
+    warmup_fraction=0.1, warmup_images=None,    # warm-up: a fraction of the run (or, given, images; <= half)
+    warmup_start_lr=None,                       # null -> 0.1 (one 256-image batch), capped at the peak
     lr_schedule="step", halvings=2, min_lr=0.0,  # lr_schedule: step | cosine | constant
     max_nonfinite=10,
     # run
     out="runs/default", resume="auto",          # resume: auto | none | PATH
     checkpoint_every=200, keep_last=3, seed=0, device="auto", log_every=10, tensorboard=True,
+    dist_timeout=600,                           # seconds a collective may wait for a peer before failing
 )
 
-cfg = load_config(DEFAULTS, sys.argv[1:])
-info = setup_distributed(cfg.device)
+cfg = command_line(DEFAULTS, __doc__)
+info = setup_distributed(cfg.device, cfg.dist_timeout)
 device, is_main = info.device, info.is_main
+t_start = time.perf_counter()
 if cfg.amp not in ("none", "bf16"):
     raise SystemExit(f"amp must be none or bf16, got {cfg.amp!r}")
 if cfg.batch_size < 1 or cfg.checkpoint_every < 1 or cfg.log_every < 1:
     raise SystemExit("batch_size, checkpoint_every and log_every must be >= 1")
 seed_everything(cfg.seed + info.rank)  # every rank its own stream (augmentations, ...)
+
+# ---------------------------------------------------------------- run folder: this run's alone
+problem = None
+if is_main:
+    try:
+        check_run_folder(cfg.out, cfg, cfg.resume)
+        write_run_file(cfg.out, cfg)
+    except RunFolderError as e:
+        problem = str(e)
+if broadcast_object(info, problem):
+    raise RunFolderError(problem) if is_main else SystemExit(1)  # rank 0 alone says why
 
 # ---------------------------------------------------------------- data
 shards = prepare_shards(cfg, info)
@@ -79,9 +98,19 @@ global_batch = cfg.batch_size * info.world_size
 total_steps = cfg.steps if cfg.steps is not None else math.ceil(cfg.total_images / global_batch)
 if total_steps < 1:
     raise SystemExit(f"nothing to train: {total_steps} steps")
-peak_lr = cfg.lr if cfg.lr is not None else 0.1 * global_batch / 256
-schedule = LRSchedule(peak_lr, total_steps * global_batch, min(cfg.warmup_images, total_steps * global_batch),
-                      cfg.lr_schedule, cfg.halvings, cfg.warmup_start_lr, cfg.min_lr)
+if cfg.lr is not None:
+    peak_lr, lr_rule = cfg.lr, "given"
+elif cfg.optimizer != "sgd":
+    raise SystemExit(f"optimizer {cfg.optimizer} needs --lr (the paper's rule, 0.1 x batch/256, is SGD's)")
+elif cfg.data == "synthetic":
+    peak_lr, lr_rule = 0.4 * global_batch / 32, "demo rule 0.4 x batch/32"
+else:
+    peak_lr, lr_rule = 0.1 * global_batch / 256, "paper's rule 0.1 x batch/256"
+run_images = total_steps * global_batch
+# Warm-up and the halvings are fractions of the run, so a short run also warms up, peaks and decays.
+warmup = round(cfg.warmup_fraction * run_images) if cfg.warmup_images is None else cfg.warmup_images
+schedule = LRSchedule(peak_lr, run_images, max(0, min(warmup, run_images // 2)), cfg.lr_schedule, cfg.halvings,
+                      cfg.warmup_start_lr, cfg.min_lr)
 
 # ---------------------------------------------------------------- model, loss, optimizer
 from wslfast.models import create_model  # noqa: E402
@@ -165,7 +194,7 @@ if is_main:
     n_params = sum(p.numel() for p in params)
     log.print(f"pretrain: {cfg.arch} ({n_params / 1e6:.2f}M params, {num_classes} hashtags), {info.world_size} x "
               f"{device.type}, batch {cfg.batch_size} x {info.world_size} = {global_batch}, {total_steps} steps, "
-              f"{schedule.describe()}, {'fused wslfast ops' if cfg.fused else 'stock PyTorch'}")
+              f"{schedule.describe()} ({lr_rule}), {'fused wslfast ops' if cfg.fused else 'stock PyTorch'}")
     log.print(f"resumed from {resume_path} at step {step}" if resume_path else "starting from scratch")
 
 
@@ -184,7 +213,7 @@ def batches():
 # ---------------------------------------------------------------- train
 exit_code = 0
 stopped_by = None
-first_loss = last_loss = None
+last_loss, final_checkpoint = None, None
 batch_iter = batches()
 loss_sum = torch.zeros((), device=device)
 good_steps = 0
@@ -228,7 +257,6 @@ with StopSignals() as stop:
                 elapsed = time.perf_counter() - window_start
                 steps_in_window = (step - 1) % cfg.log_every + 1
                 last_loss = mean_loss.item()
-                first_loss = last_loss if first_loss is None else first_loss
                 log.log(step, {"loss": last_loss, "lr": lr, "images": images_seen,
                                "img_per_s": steps_in_window * global_batch / elapsed,
                                "data_share": data_wait / elapsed, "skipped": guard.skipped})
@@ -237,7 +265,7 @@ with StopSignals() as stop:
             if stop_now:
                 stopped_by = stop.name or "a signal on another rank"
             if step % cfg.checkpoint_every == 0 or step == total_steps or stopped_by:
-                path = save(step)
+                path = final_checkpoint = save(step)
                 if stopped_by:
                     log.print(f"stopped by {stopped_by} at step {step}; checkpoint {path}; "
                               f"run the same command again to continue")
@@ -245,11 +273,19 @@ with StopSignals() as stop:
     except NonFiniteLossError as e:
         log.print(f"error: {e}")
         exit_code = 3
+    except Exception as e:  # a peer died: one line, and no teardown that could wait on it
+        if not (info.enabled and peer_failure(e)) or cfg.debug:
+            raise
+        print(f"error: rank {info.rank}: {peer_failure(e)}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
 if exit_code == 0 and is_main and step >= total_steps and stopped_by is None:
-    done = list_checkpoints(cfg.out)
-    if first_loss is not None:
+    first_loss = (log.first or {}).get("loss")  # the run's first record, kept across resumes
+    if first_loss is not None and last_loss is not None:
         log.print(f"done: loss {first_loss:.4f} (first logged) -> {last_loss:.4f} (last logged)")
-    log.print(f"checkpoint: {done[-1][1] if done else 'none'}")
+    log.print(f"time {format_duration(time.perf_counter() - t_start)} in all "
+              f"(training {format_duration(log.elapsed())}), {peak_memory(device)}")
+    log.print(f"checkpoint: {final_checkpoint or resume_path}")  # this run's own, never an older file
 log.close()
 cleanup_distributed(info)
 sys.exit(exit_code)

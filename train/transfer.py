@@ -18,10 +18,15 @@ vocabulary comes from --vocab (vocab.json or a shards manifest.json) or the pret
 Several modes at once: --mode linear,finetune,zeroshot.
 DIR is an ImageFolder-style tree (train/ and val/ with a folder per class). PATH is a pretrain.py checkpoint
 or a torchvision-format ResNeXt state_dict (e.g. the released WSL weights: --arch resnext101_32x8d).
+The transferred model (a torchvision-format state_dict; for the linear probe the backbone with the fitted
+classifier as fc, the feature standardisation folded in) and metrics.json go to out. Top-5 is reported for
+tasks of more than 5 classes. `--help` lists every key.
 """
+import json
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +34,8 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from wslfast.data.demo import demo_corpus_dir  # noqa: E402
-from wslfast.engine import Config, list_checkpoints, load_config, pick_device, seed_everything  # noqa: E402
+from wslfast.engine import (Config, command_line, format_duration, list_checkpoints, load_weights,  # noqa: E402
+                            pick_device, seed_everything)
 
 DEFAULTS = dict(
     checkpoint="",           # "" -> newest checkpoint in runs/default (the default pretraining run)
@@ -44,9 +50,10 @@ DEFAULTS = dict(
     mixup=0.0, label_smoothing=0.0,  # finetune, SWAG: mixup alpha 0.1 with soft-target CE
     ema=0.0, ema_warmup=0.05,        # finetune: weight-EMA decay (0 = off); copy-only for this fraction of steps
     vocab="", class_map="", pooling="logsumexp", hyponyms=True,  # zeroshot (see wslfast.transfer.zeroshot)
+    out="",                  # "" -> transfer-<mode> beside the checkpoint: model.pt (not zeroshot), metrics.json
 )
 
-cfg = load_config(DEFAULTS, sys.argv[1:])
+cfg = command_line(DEFAULTS, __doc__)
 modes = [m.strip() for m in str(cfg.mode).split(",") if m.strip()]
 if not modes or any(m not in ("linear", "finetune", "zeroshot") for m in modes):
     raise SystemExit(f"mode must be linear, finetune or zeroshot (or a comma-separated list), got {cfg.mode!r}")
@@ -65,7 +72,7 @@ if not checkpoint:
     checkpoint = found[-1][1]
 if not os.path.isfile(checkpoint):
     raise SystemExit(f"checkpoint {checkpoint!r} does not exist")
-loaded = torch.load(checkpoint, map_location="cpu", weights_only=True)
+loaded = load_weights(checkpoint)  # weights_only; a damaged file is one line
 if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):  # a pretrain.py checkpoint
     weights, pre_cfg = loaded["model"], Config(loaded.get("config") or {})
     arch = cfg.arch or loaded.get("arch") or pre_cfg.get("arch")
@@ -134,10 +141,11 @@ def features_of(model, split):
 
 
 def topk(logits, labels):
-    k = min(5, logits.shape[1])
-    best = logits.topk(k, dim=1).indices
-    return (100.0 * (best[:, 0] == labels).float().mean().item(),
-            100.0 * (best == labels[:, None]).any(1).float().mean().item())
+    """(top-1 %, top-5 % or None): top-5 means something only with more than 5 classes."""
+    best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    top1 = 100.0 * (best[:, 0] == labels).float().mean().item()
+    top5 = 100.0 * (best == labels[:, None]).any(1).float().mean().item() if logits.shape[1] > 5 else None
+    return top1, top5
 
 
 def linear_probe(model):
@@ -156,17 +164,22 @@ def linear_probe(model):
 
     opt.step(closure)
     with torch.no_grad():
+        # the classifier on raw features, standardisation folded in: the saved model is used as it is
+        w = head.weight / std.double()
+        model.fc.weight.copy_(w.to(model.fc.weight.dtype))
+        model.fc.bias.copy_((head.bias - w @ mean.double()).to(model.fc.bias.dtype))
         return topk(head(xva), yva)
 
 
 def finetune(model):
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     train_batches = list(load_split("train"))
-    steps, step = cfg.epochs * len(train_batches), 0
+    steps, step, t0 = cfg.epochs * len(train_batches), 0, time.perf_counter()
     ema = ModelEMA(model, cfg.ema, int(cfg.ema_warmup * steps)) if cfg.ema > 0 else None
     mix_gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         model.train()
+        loss_sum = 0.0
         for images, y in train_batches:
             images = images.float()  # the GPU loader hands out bf16
             flip = torch.rand(images.shape[0], device=images.device) < 0.5
@@ -184,9 +197,14 @@ def finetune(model):
             if ema is not None:
                 ema.update(model)
             step += 1
-    if ema is not None:  # the raw weights' score too, for comparison; the EMA's is the result
+            loss_sum += loss.item()
+        elapsed = time.perf_counter() - t0
+        print(f"    epoch {epoch + 1}/{cfg.epochs} | loss {loss_sum / len(train_batches):.4f} | "
+              f"lr {opt.param_groups[0]['lr']:.4g} | elapsed {format_duration(elapsed)} | "
+              f"eta {format_duration(elapsed / (epoch + 1) * (cfg.epochs - epoch - 1))}", flush=True)
+    if ema is not None:  # the raw weights' score too, for comparison; the EMA's is the result (and is saved)
         print(f"  (finetune, last weights: top-1 {evaluate(model)[0]:5.1f}%; EMA {cfg.ema} weights below)")
-        return evaluate(ema.module)
+        model.load_state_dict(ema.module.state_dict())
     return evaluate(model)
 
 
@@ -202,7 +220,8 @@ def evaluate(model):
 
 def zeroshot(model):
     """No training: the pretrained hashtag head, pooled per class over the class's WordNet subtree."""
-    return zeroshot_evaluate(model, load_split("val"), class_sets, cfg.pooling)[:2]
+    top1, top5 = zeroshot_evaluate(model, load_split("val"), class_sets, cfg.pooling)[:2]
+    return top1, (top5 if len(classes) > 5 else None)
 
 
 def make_hashtag_model(pretrained: bool):
@@ -237,13 +256,30 @@ if "zeroshot" in modes:
 for mode in modes:
     protocol = {"linear": linear_probe, "finetune": finetune, "zeroshot": zeroshot}[mode]
     build = make_hashtag_model if mode == "zeroshot" else make_backbone
+    out = cfg.out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"transfer-{mode}")
+    if len(modes) > 1 and cfg.out:
+        out = os.path.join(cfg.out, mode)
     print(f"transfer: {mode} on {data} ({len(classes)} classes, {image_size}px), {arch}, {device.type}", flush=True)
-    results = [("pretrained " + checkpoint, protocol(build(True)))]
+    print(f"  pretrained {checkpoint}", flush=True)
+    model = build(True)
+    results = [("pretrained " + checkpoint, protocol(model))]
     if cfg.baseline:
+        print("  random init (same protocol)", flush=True)
         results.append(("random init (same protocol)", protocol(build(False))))
     width = max(len(name) for name, _ in results)
     for name, (top1, top5) in results:
-        print(f"  {name:<{width}}  top-1 {top1:5.1f}%  top-5 {top5:5.1f}%")
+        print(f"  {name:<{width}}  top-1 {top1:5.1f}%" + (f"  top-5 {top5:5.1f}%" if top5 is not None else ""))
+    metrics = {"mode": mode, "data": data, "classes": classes, "checkpoint": checkpoint, "arch": arch,
+               "image_size": image_size, "pretrained": {"top1": results[0][1][0], "top5": results[0][1][1]}}
     if cfg.baseline:
         gain = results[0][1][0] - results[1][1][0]
+        metrics.update(random_init={"top1": results[1][1][0], "top5": results[1][1][1]}, gain_top1=gain)
         print(f"  pretraining gain: {gain:+.1f} top-1 points")
+    os.makedirs(out, exist_ok=True)
+    saved = [os.path.join(out, "metrics.json")]
+    if mode != "zeroshot":  # zero-shot trains nothing: its model is the checkpoint itself
+        torch.save(model.state_dict(), os.path.join(out, "model.pt"))
+        saved.insert(0, os.path.join(out, "model.pt") + f" ({len(classes)}-class {arch})")
+    with open(saved[-1], "w") as f:
+        json.dump(metrics, f, indent=1)
+    print("saved: " + " and ".join(saved))

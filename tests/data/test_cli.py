@@ -63,3 +63,15 @@ def test_demo_without_wordnet_uses_the_concept_vocabulary(tmp_path, monkeypatch)
         info = demo.prepare_demo(tmp_path, num_images=40, image_size=32, shard_size=20)
     assert info["num_classes"] == 24
     assert HashtagVocabulary.load(info["vocab"]).source == "synthetic-concepts"
+
+
+@pytest.mark.parametrize("text", ["dog\t3\n", '{"synsets": 5}'])
+def test_vocabulary_that_is_not_ours_is_named(tmp_path, capsys, text):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "tags.jsonl").write_text('{"image": "a.jpg", "tags": ["dog"]}\n')
+    bad = tmp_path / "vocab.json"
+    bad.write_text(text)
+    assert main(["shards", "--images", str(tmp_path / "images"), "--tags", str(tmp_path / "tags.jsonl"),
+                 "--vocab", str(bad), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: vocabulary") and str(bad) in err[0]

@@ -149,7 +149,7 @@ def test_bad_inputs(shard_dir, tmp_path):
         dali.eval_loader(shard_dir, 4, device="cpu", image_size=64, resize_size=32)
     with pytest.raises(FileNotFoundError):
         dali.train_loader(tmp_path / "missing", 4, device="cpu")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(dali.DataError, match="no class folders"):
         dali.eval_loader(tmp_path, 4, device="cpu")  # empty folder: no classes
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
@@ -175,21 +175,75 @@ def test_gpu_batches_are_bf16_on_device(shard_dir):
     assert y.device.type == "cuda"
 
 
-def test_image_folder_skips_non_images_and_explains_decode_errors(tmp_path):
+def test_image_folder_decode_checks_and_names_what_it_skips(tmp_path, capsys):
     good = np.full((40, 40, 3), 120, np.uint8)
     (tmp_path / "a").mkdir()
     Image.fromarray(good).save(tmp_path / "a" / "ok.jpg")
     (tmp_path / "a" / "text.jpg").write_text("not an image")
-    loader = dali.eval_loader(tmp_path, 4, device="cpu", image_size=16, resize_size=20)
-    assert loader.skipped == 1 and loader.num_samples == 1
-    assert [y.tolist() for _, y in loader] == [[0]]
+    Image.fromarray(good).save(tmp_path / "a" / "anim.gif")  # decodes, but DALI reads no GIF
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
         tmp_path / "a" / "cut.jpg", quality=95)
     cut = (tmp_path / "a" / "cut.jpg").read_bytes()
     (tmp_path / "a" / "cut.jpg").write_bytes(cut[: len(cut) // 2])  # header intact, data truncated
     loader = dali.eval_loader(tmp_path, 4, device="cpu", image_size=16, resize_size=20)
-    with pytest.raises(RuntimeError, match="DALI pipeline failed"):
-        list(loader)
+    assert loader.skipped == 3 and loader.num_samples == 1
+    assert [y.tolist() for _, y in loader] == [[0]]  # the truncated JPEG never reaches DALI
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "skipped 3 of 4 files" in err
+    assert "cut.jpg: does not decode" in err and "text.jpg: not an image" in err and "GIF" in err
+
+
+def test_image_folder_without_images_is_one_clear_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "readme.txt").write_text("x")
+    with pytest.raises(dali.DataError, match=r"no images \(.jpg.*in its 1 class folders"):
+        dali.eval_loader(tmp_path, 4, device="cpu")
+    (tmp_path / "a" / "x.jpg").write_text("x")
+    with pytest.raises(dali.DataError, match=r"none of its 1 image files decodes \(first: .*x.jpg: not an image"):
+        dali.eval_loader(tmp_path, 4, device="cpu")
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):
+        dali.eval_loader(tmp_path / "missing", 4, device="cpu")
+
+
+def _copy_shards(shard_dir, dst):
+    import shutil
+
+    shutil.copytree(shard_dir, dst)
+    return sorted(Path(p) for p in list_shards(dst))
+
+
+def test_truncated_shard_is_named_when_the_loader_opens(shard_dir, tmp_path):
+    tars = _copy_shards(shard_dir, tmp_path / "s")
+    victim = tars[1]
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(dali.DataError) as e:
+        dali.train_loader(tmp_path / "s", 8, device="cpu", image_size=16)
+    msg = str(e.value)
+    assert f"shard {victim} is truncated" in msg and "python -m wslfast.data shards" in msg and "\n" not in msg
+
+
+def test_shard_that_does_not_match_its_index_is_named(shard_dir, tmp_path):
+    tars = _copy_shards(shard_dir, tmp_path / "s")
+    tars[0].write_bytes(tars[1].read_bytes() + b"\0" * 4096)  # long enough, but another shard's members
+    with pytest.raises(dali.DataError, match=f"shard {tars[0]} does not match its index"):
+        dali.eval_loader(tmp_path / "s", 8, device="cpu", image_size=16, resize_size=16)
+    idx = tars[0].with_suffix(".idx")
+    idx.write_text("hello\n")
+    with pytest.raises(dali.DataError, match="is not a webdataset index"):
+        dali.verify_shard(str(tars[0]), str(idx))
+
+
+def test_whole_shards_pass_the_check(shard_dir):
+    for t in list_shards(shard_dir):
+        dali.verify_shard(t, str(Path(t).with_suffix(".idx")))
+
+
+def test_batch_larger_than_the_data_names_the_data(shard_dir):
+    n = read_manifest(shard_dir)["num_samples"]
+    with pytest.raises(dali.DataError) as e:
+        dali.train_loader(shard_dir, n + 1, device="cpu", image_size=16)
+    assert f"holds {n} samples" in str(e.value) and f"at most {n}" in str(e.value) and str(shard_dir) in str(e.value)
 
 
 def test_train_on_image_folder(corpus):

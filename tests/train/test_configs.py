@@ -30,7 +30,7 @@ def test_there_are_configs():
 def test_config_loads_and_is_consistent(path):
     cfg = load_config(pretrain_defaults(), ["--config", path])
     assert cfg.lr_schedule in ("step", "cosine", "constant") and cfg.amp in ("none", "bf16")
-    assert cfg.warmup_images < cfg.total_images
+    assert (cfg.warmup_images or cfg.warmup_fraction * cfg.total_images) < cfg.total_images / 2
     if "ig3.5b" in path:  # paper: 24 images per GPU on 336 GPUs, LR 0.1 x 8,064 / 256
         assert cfg.batch_size * 336 == 8064
         assert cfg.lr == pytest.approx(0.1 * 8064 / 256, abs=5e-3)

@@ -37,7 +37,7 @@ def ddp_run(small_args, tmp_path_factory):
 def test_two_ranks_identical_replicas_and_rank0_alone_writes(ddp_run):
     _, out, stdout = ddp_run
     assert sorted(os.listdir(out)) == ["ckpt_000000002.pt", "ckpt_000000004.pt", "ckpt_000000006.pt",
-                                       "metrics.jsonl"]
+                                       "metrics.jsonl", "run.json"]
     assert stdout.count("pretrain: ") == 1  # one header: rank 1 prints nothing
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]

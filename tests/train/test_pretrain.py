@@ -41,6 +41,13 @@ def test_sigkill_then_rerun_is_bit_identical_to_uninterrupted(small_args, tmp_pa
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "resumed from" in rerun.stdout
     _assert_bit_identical(_final(tmp_path / "whole"), _final(tmp_path / "killed"))
+    # metrics continue from the resumed step: each step once, the same records as the uninterrupted run's
+    import json
+
+    recs = {name: [json.loads(line) for line in open(tmp_path / name / "metrics.jsonl")] for name in ("whole", "killed")}
+    assert [r["step"] for r in recs["killed"]] == list(range(1, 8))
+    assert [r["loss"] for r in recs["killed"]] == [r["loss"] for r in recs["whole"]]
+    assert f"done: loss {recs['killed'][0]['loss']:.4f} (first logged)" in rerun.stdout
     # the weights did move: the comparison is between trained models, not two copies of the init
     first = load_checkpoint(list_checkpoints(str(tmp_path / "whole"))[0][1])
     assert any(not torch.equal(first["model"][k], _final(tmp_path / "whole")["model"][k]) for k in first["model"])

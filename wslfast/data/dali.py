@@ -28,11 +28,19 @@ from .dedup import IMAGE_EXTENSIONS
 from .shards import list_shards, read_manifest
 
 __all__ = ["train_loader", "eval_loader", "DaliLoader", "IMAGENET_MEAN", "IMAGENET_STD", "image_folder",
-           "padded_to_targets"]
+           "padded_to_targets", "verify_shard", "DataError"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _STATE_VERSION = 1
+# What DALI's image decoders read (no GIF); anything else in an ImageFolder is skipped and counted.
+DALI_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"}
+SHOW_SKIPPED = 5  # how many skipped paths a loader names
+
+
+class DataError(ValueError):
+    """Data a loader cannot use (a damaged shard, too few samples for a batch, no images): one line to the
+    user, naming the file or folder and what was expected."""
 
 
 def _resolve_device(device) -> tuple[torch.device, int | None]:
@@ -64,11 +72,63 @@ def _shard_files(shards) -> tuple[list[str], list[str], int | None]:
     missing = [i for i in idx if not Path(i).is_file()]
     if missing:
         raise FileNotFoundError(f"shard index files missing: {missing[:3]} (write shards with wslfast.data)")
+    for t, i in zip(tars, idx):
+        verify_shard(t, i)
     try:
         num_classes = int(read_manifest(Path(tars[0]).parent)["num_classes"])
     except (FileNotFoundError, ValueError, KeyError):
         num_classes = None
     return tars, idx, num_classes
+
+
+def _last_line(path: str, chunk: int = 4096) -> str:
+    """The last non-empty line of a text file, read from its end (index files can be large)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        end = pos = f.tell()
+        tail = b""
+        while pos > 0:
+            pos = max(0, pos - chunk)
+            f.seek(pos)
+            tail = f.read(end - pos)
+            lines = [line for line in tail.splitlines() if line.strip()]
+            if len(lines) >= 2 or (pos == 0 and lines):
+                return lines[-1].decode("utf-8", "replace")
+        return ""
+
+
+def verify_shard(tar: str, idx: str) -> None:
+    """DataError unless the .tar holds what its .idx promises: long enough for the last member the index
+    names, with that member's tar header in place (a truncated or replaced shard fails here, at open, not
+    as a DALI error mid-run). Reads a few KB per shard."""
+    fix = (f"write the shards again (`python -m wslfast.data shards ...`), or remove {Path(tar).name} and "
+           f"its .idx")
+    try:
+        with open(idx, encoding="utf-8") as f:
+            head = f.readline().split()
+        last = _last_line(idx).split()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"shard index {idx} is unreadable ({e}); {fix}") from None
+    if len(head) != 2 or not head[0].startswith("v") or not head[1].isdigit():
+        raise DataError(f"shard index {idx} is not a webdataset index (first line {' '.join(head)!r}); {fix}")
+    if int(head[1]) == 0:
+        return
+    # a sample line: "ext offset size name" per component, in file order
+    if len(last) < 4 or len(last) % 4 or not all(x.isdigit() for x in last[1::4] + last[2::4]):
+        raise DataError(f"shard index {idx}: its last line is not 'ext offset size name ...'; {fix}")
+    parts = [(int(last[j + 1]), int(last[j + 2]), last[j + 3]) for j in range(0, len(last), 4)]
+    offset, size, name = max(parts)
+    have = os.path.getsize(tar)
+    if have < offset + size:
+        raise DataError(f"shard {tar} is truncated: {have:,} bytes, but its index places {name} at bytes "
+                        f"{offset:,}-{offset + size:,}; {fix}")
+    if offset >= 512 and len(name) <= 100:
+        with open(tar, "rb") as f:
+            f.seek(offset - 512)
+            header = f.read(512)
+        if header[:100].rstrip(b"\0").decode("utf-8", "replace") != name:
+            raise DataError(f"shard {tar} does not match its index {Path(idx).name}: no tar member {name} at "
+                            f"byte {offset - 512:,}; {fix}")
 
 
 def _num_samples_from_index(idx_paths: list[str]) -> int:
@@ -82,35 +142,62 @@ def _num_samples_from_index(idx_paths: list[str]) -> int:
     return total
 
 
-def image_folder(root, validate: bool = True) -> tuple[list[str], list[int], list[str], int]:
-    """ImageFolder layout root/<class>/**/<image>: (files, labels, classes, skipped), sorted like
-    torchvision. With validate, files PIL cannot identify as an image are skipped and counted (a header
-    check: DALI raises on undecodable data and cannot skip inside the pipeline)."""
+def _decodes(path: str) -> str | None:
+    """None if PIL decodes the whole file in a format DALI reads, else why not (a full decode, not a header
+    check: a truncated JPEG has a whole header)."""
     from PIL import Image
 
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            im.load()
+    except Image.UnidentifiedImageError:
+        return "not an image"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return f"does not decode ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})"
+    if fmt not in DALI_FORMATS:
+        return f"{fmt} images are not read by DALI"
+    return None
+
+
+def image_folder(root, validate: bool = True, workers: int = 0) -> tuple[list[str], list[int], list[str], int]:
+    """ImageFolder layout root/<class>/**/<image>: (files, labels, classes, skipped), sorted like
+    torchvision. With validate, every file is decoded in full (DALI raises on undecodable data and cannot
+    skip inside the pipeline); files that fail are skipped, counted, and the first few named on stderr."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
     root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder (expected an ImageFolder tree root/<class>/<image>)")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
-        raise FileNotFoundError(f"{root}: no class folders (expected root/<class>/<image>)")
-    files, labels, skipped = [], [], 0
+        raise DataError(f"{root}: no class folders (expected an ImageFolder tree root/<class>/<image>)")
+    candidates = []
     for c, name in enumerate(classes):
         for dirpath, _, names in sorted(os.walk(root / name)):
             for n in sorted(names):
-                if Path(n).suffix.lower() not in IMAGE_EXTENSIONS:
-                    continue
-                path = Path(dirpath) / n
-                if validate:
-                    try:
-                        with Image.open(path):
-                            pass
-                    except (OSError, ValueError, Image.DecompressionBombError):
-                        skipped += 1
-                        continue
-                files.append(str(path))
-                labels.append(c)
+                if Path(n).suffix.lower() in IMAGE_EXTENSIONS:
+                    candidates.append((str(Path(dirpath) / n), c))
+    if not candidates:
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its {len(classes)} class folders "
+                        f"(expected root/<class>/<image>)")
+    reasons = [None] * len(candidates)
+    if validate:  # PIL releases the GIL while decoding: threads share the work
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            reasons = list(pool.map(_decodes, [p for p, _ in candidates], chunksize=64))
+    files = [p for (p, _), r in zip(candidates, reasons) if r is None]
+    labels = [c for (_, c), r in zip(candidates, reasons) if r is None]
+    bad = [(p, r) for (p, _), r in zip(candidates, reasons) if r is not None]
+    if bad:
+        shown = "; ".join(f"{p}: {r}" for p, r in bad[:SHOW_SKIPPED])
+        more = f"; and {len(bad) - SHOW_SKIPPED} more" if len(bad) > SHOW_SKIPPED else ""
+        print(f"{root}: skipped {len(bad)} of {len(candidates)} files that DALI cannot use ({shown}{more})",
+              file=sys.stderr, flush=True)
     if not files:
-        raise FileNotFoundError(f"{root}: no images in the class folders")
-    return files, labels, classes, skipped
+        raise DataError(f"{root}: none of its {len(candidates)} image files decodes (first: {bad[0][0]}: "
+                        f"{bad[0][1]})")
+    return files, labels, classes, len(bad)
 
 
 def padded_to_targets(padded: torch.Tensor, num_classes: int) -> SparseTargets:
@@ -140,7 +227,7 @@ class DaliLoader:
         if image_size < 1 or resize_size < image_size:
             raise ValueError(f"need 1 <= image_size <= resize_size, got {image_size}, {resize_size}")
         if num_samples < world_size:
-            raise ValueError(f"{num_samples} samples cannot be split over {world_size} ranks")
+            raise DataError(f"{num_samples} samples cannot be split over {world_size} ranks")
         self.kind, self.batch_size, self.rank, self.world_size = kind, batch_size, rank, world_size
         self.device, self._device_id = _resolve_device(device)
         self.image_size, self.resize_size, self.seed, self.num_threads = image_size, resize_size, seed, num_threads
@@ -155,12 +242,19 @@ class DaliLoader:
         if kind == "train":
             self._yield_per_epoch = (num_samples // world_size) // batch_size
             if self._yield_per_epoch == 0:
-                raise ValueError(f"batch_size {batch_size} exceeds the {num_samples // world_size} samples "
-                                 f"of a rank: no full training batch")
+                source = self._source()
+                raise DataError(f"batch_size {batch_size} is larger than the data: {source} holds {num_samples} "
+                                f"samples, {num_samples // world_size} per rank over {world_size} rank(s); "
+                                f"give a batch_size of at most {num_samples // world_size}")
         else:
             self._yield_per_epoch = -(-self._local // batch_size)
         self._pipe = None
         self.epoch, self._run_in_epoch = 0, 0
+
+    def _source(self) -> str:
+        files = self._tars or self._files or []
+        folders = sorted({str(Path(f).parent) for f in files[:1000]})
+        return folders[0] if len(folders) == 1 else f"{len(files)} files"
 
     # ---- pipeline -----------------------------------------------------------------------------
     def _build(self, checkpoint: str | None = None):
@@ -219,9 +313,12 @@ class DaliLoader:
             return self._pipe.run()
         except RuntimeError as e:
             self._pipe = None  # DALI invalidates a pipeline after an error
-            raise RuntimeError(f"DALI pipeline failed (an image it cannot decode?). Shards written by "
-                               f"`python -m wslfast.data shards` are decode-checked; remove or fix the file. "
-                               f"DALI said: {str(e).strip()[:800]}") from e
+            said = [line.strip() for line in str(e).splitlines() if line.strip()]
+            # DALI's message is a stack dump; its first line says what failed (and names the file if it knows)
+            first = next((line for line in said if "Error" in line or "error" in line), said[0] if said else "")
+            raise DataError(f"DALI could not read or decode a sample from {self._source()}: {first[:300]} "
+                            f"(shards are checked against their index when a loader opens them and their "
+                            f"images when they are written; a file changed since?)") from e
 
     def _to_torch(self, images, labels, keep: int):
         from nvidia.dali.plugin.pytorch import feed_ndarray

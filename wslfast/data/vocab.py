@@ -251,7 +251,15 @@ class HashtagVocabulary:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HashtagVocabulary":
         with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+            try:
+                data = json.load(f)
+            except (ValueError, UnicodeDecodeError) as e:  # not JSON: name the file, not just the parser's line
+                raise ValueError(f"vocabulary {str(path)!r} is not a JSON vocabulary file ({e})") from None
+        try:
+            return cls.from_dict(data)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"vocabulary {str(path)!r} is not a wslfast vocabulary (from `python -m "
+                             f"wslfast.data vocab`): {e!r}") from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, HashtagVocabulary) and self.to_dict() == other.to_dict()

@@ -2,13 +2,15 @@
 non-finite step handling, a CPU-capable SyncBatchNorm and the pretraining objective module (the only
 piece that calls wslfast.ops, and only when its forward runs fused)."""
 from .checkpoint import (CheckpointError, checkpoint_path, find_resumable, list_checkpoints, load_checkpoint,
-                         save_checkpoint)
+                         load_weights, save_checkpoint)
+from .cli import command_line, install_error_handler, is_user_error, usage
 from .config import Config, ConfigError, load_config, parse_overrides
 from .distributed import (DistInfo, all_ranks_max, broadcast_object, capture_rng, cleanup_distributed,
-                          gather_objects, params_digest, pick_device, restore_rng, seed_everything, setup_distributed)
+                          gather_objects, params_digest, pick_device, attempt_store, peer_failure, restore_rng, seed_everything, setup_distributed)
 from .guard import NonFiniteGuard, NonFiniteLossError, nonfinite_flag
 from .objective import HashtagObjective, dense_soft_target_cross_entropy
-from .metrics import MetricsLogger, format_line
+from .metrics import MetricsLogger, format_duration, format_line, peak_memory
+from .rundir import RunFolderError, check_run_folder, config_diff, write_run_file
 from .schedule import SCHEDULES, LRSchedule
 from .signals import StopSignals
 from .sync_bn import GlobalBatchNorm2d, convert_sync_batchnorm
@@ -19,5 +21,7 @@ __all__ = [
     "all_ranks_max", "broadcast_object", "capture_rng", "cleanup_distributed", "gather_objects", "params_digest", "HashtagObjective", "dense_soft_target_cross_entropy",
     "pick_device", "restore_rng", "seed_everything", "setup_distributed", "NonFiniteGuard",
     "NonFiniteLossError", "nonfinite_flag", "MetricsLogger", "format_line", "SCHEDULES", "LRSchedule",
-    "StopSignals", "GlobalBatchNorm2d", "convert_sync_batchnorm",
+    "StopSignals", "GlobalBatchNorm2d", "convert_sync_batchnorm", "load_weights", "command_line",
+    "install_error_handler", "is_user_error", "usage", "format_duration", "peak_memory", "RunFolderError",
+    "check_run_folder", "config_diff", "write_run_file", "attempt_store", "peer_failure",
 ]

@@ -14,7 +14,7 @@ import warnings
 import torch
 
 __all__ = ["checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint",
-           "find_resumable", "CheckpointError"]
+           "find_resumable", "CheckpointError", "load_weights"]
 
 _NAME = re.compile(r"^ckpt_(\d{9,})\.pt$")
 REQUIRED_KEYS = ("step", "model")
@@ -80,12 +80,34 @@ def save_checkpoint(state: dict, out_dir: str, step: int, keep_last: int = 0) ->
     return final
 
 
+def _why_unreadable(e: Exception) -> str:
+    """torch.load's exception as a short reason, without its advice to load untrusted files unsafely."""
+    text = str(e)
+    if "Weights only load failed" in text or "weights_only" in text:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f" ({m.group(1)})" if m else ""
+        return (f"it holds Python objects other than tensors and plain containers{what}, which are not loaded "
+                f"for safety")
+    if isinstance(e, (EOFError, RuntimeError)) and ("zip archive" in text or "central directory" in text
+                                                     or isinstance(e, EOFError)):
+        return "the file is truncated or damaged (not a whole torch.save archive)"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first[:200]}"
+
+
+def load_weights(path: str, map_location="cpu"):
+    """torch.load(path, weights_only=True), with an unreadable file reported as one CheckpointError line."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # damaged zip, truncated file, disallowed pickle content, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {_why_unreadable(e)}") from e
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """A checkpoint dict, loaded with weights_only=True; CheckpointError if unreadable or incomplete."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # damaged zip, truncated file, disallowed pickle content, ...
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    state = load_weights(path, map_location)
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"checkpoint {path} is not a training checkpoint "
                               f"(needs keys {', '.join(REQUIRED_KEYS)})")

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import os
 import random
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 __all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "pick_device", "seed_everything",
-           "capture_rng", "restore_rng", "gather_objects", "broadcast_object", "all_ranks_max", "params_digest"]
+           "capture_rng", "restore_rng", "attempt_store", "peer_failure", "gather_objects", "broadcast_object", "all_ranks_max", "params_digest"]
 
 
 @dataclass
@@ -57,8 +60,54 @@ def _env_int(name: str, default: int) -> int:
         raise RuntimeError(f"environment variable {name}={value!r} is not an integer") from None
 
 
-def setup_distributed(device_choice: str = "auto") -> DistInfo:
-    """Join the process group torchrun describes (if any) and pick this rank's device."""
+_STORE_KEY = "wslfast/attempt_store"
+
+
+def attempt_store(rank: int, world_size: int, timeout: timedelta) -> dist.TCPStore:
+    """A key-value store new to this attempt, for init_process_group.
+
+    Under torchrun's c10d rendezvous the workers are handed the agent's store (TORCHELASTIC_USE_AGENT_STORE),
+    which lives across restarts: the keys a failed attempt left there (gloo peer addresses, NCCL ids,
+    barrier counters) would be read again by the next attempt, which then connects to dead peers or hangs
+    (pytorch/pytorch#135712). The restart count cannot tell attempts apart either: each node's agent counts
+    its own. So rank 0 starts a store of its own on a free port and publishes "port nonce" in the agent's
+    store; the other ranks take a published value only once they reach a store that holds its nonce. A
+    value left by a failed attempt names a store that died with that attempt's rank 0 (torchrun stops every
+    worker before it rendezvouses again), so it is refused and read again until the new one appears.
+    Launched otherwise (one process, torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, a static
+    rendezvous) MASTER_ADDR:MASTER_PORT is fresh for each attempt and rank 0 hosts the store there."""
+    addr, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), _env_int("MASTER_PORT", 29500)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return dist.TCPStore(addr, port, world_size, is_master=rank == 0, timeout=timeout, multi_tenant=True)
+    agent = dist.TCPStore(addr, port, world_size, is_master=False, timeout=timeout)
+    key = f"{_STORE_KEY}/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    if rank == 0:
+        # Global rank 0 runs on the node of group rank 0, whose agent hosts the shared store at MASTER_ADDR.
+        own = dist.TCPStore(addr, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        nonce = uuid.uuid4().hex
+        own.set(_STORE_KEY, nonce)
+        agent.set(key, f"{own.port} {nonce}")
+        return own
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        port_s, nonce = agent.get(key).decode().split()  # waits for the first value (up to the timeout)
+        try:
+            own = dist.TCPStore(addr, int(port_s), world_size, is_master=False, timeout=timedelta(seconds=2))
+            own.set_timeout(timedelta(seconds=2))
+            if own.get(_STORE_KEY).decode() == nonce:
+                own.set_timeout(timeout)
+                return own
+        except (RuntimeError, dist.DistError):  # a dead attempt's store (refused), or a reused port
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"rank {rank}: rank 0 of this attempt published no store within "
+                               f"{timeout.total_seconds():.0f} s (MASTER_ADDR={addr}); is node 0 up?")
+        time.sleep(0.2)
+
+
+def setup_distributed(device_choice: str = "auto", timeout_s: float = 600) -> DistInfo:
+    """Join the process group torchrun describes (if any) and pick this rank's device. timeout_s bounds
+    every collective and the store: a peer that is gone ends this process with an error, never a hang."""
     world_size = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size:
@@ -71,13 +120,28 @@ def setup_distributed(device_choice: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         kwargs = {"device_id": device} if device.type == "cuda" else {}
-        # torchrun keeps one store across --max-restarts; keys from the failed attempt (peer addresses of
-        # dead workers) would be read again, so each attempt gets its own key prefix.
-        store, store_rank, store_world = next(dist.rendezvous("env://"))
-        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"wslfast/attempt{attempt}/", store),
-                                rank=store_rank, world_size=store_world, **kwargs)
+        timeout = timedelta(seconds=timeout_s)
+        store = attempt_store(rank, world_size, timeout)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size, timeout=timeout,
+                                **kwargs)
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device, backend)
+
+
+_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out", "Timed out",
+               "NCCL communicator was aborted", "ProcessGroupNCCL", "Socket Timeout")
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """A one-line account if e is a collective that failed because another rank died or stalled, else None."""
+    import re
+
+    text = str(e)
+    if not (isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(s in text for s in _PEER_SIGNS))):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(e).__name__)
+    first = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", first)  # the C++ source location
+    return (f"lost contact with another rank ({first[:200]}); torchrun restarts every worker from the last "
+            f"checkpoint while --max-restarts allow")
 
 
 def cleanup_distributed(info: DistInfo) -> None:
