@@ -225,7 +225,9 @@ def test_truncated_shard_is_named_when_the_loader_opens(shard_dir, tmp_path):
 
 def test_shard_that_does_not_match_its_index_is_named(shard_dir, tmp_path):
     tars = _copy_shards(shard_dir, tmp_path / "s")
-    tars[0].write_bytes(tars[1].read_bytes() + b"\0" * 4096)  # long enough, but another shard's members
+    # long enough (shards hold about, not exactly, shard_size samples), but another shard's members
+    pad = max(0, tars[0].stat().st_size - tars[1].stat().st_size) + 4096
+    tars[0].write_bytes(tars[1].read_bytes() + b"\0" * pad)
     with pytest.raises(dali.DataError, match=f"shard {tars[0]} does not match its index"):
         dali.eval_loader(tmp_path / "s", 8, device="cpu", image_size=16, resize_size=16)
     idx = tars[0].with_suffix(".idx")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tests.engine.dist_launch import torchrun
+from tests.engine.dist_launch import child_pids, torchrun
 from tests.train.conftest import PRETRAIN
 from wslfast.engine import list_checkpoints, load_checkpoint, params_digest
 
@@ -52,19 +52,6 @@ def test_two_ranks_identical_replicas_and_rank0_alone_writes(ddp_run):
     assert state["images_seen"] == 6 * 2 * 8
 
 
-def _children(pid):
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-    return kids
-
-
 def test_killed_worker_is_restarted_by_torchrun_and_resumes_exactly(ddp_run, tmp_path):
     import signal
     import subprocess
@@ -85,7 +72,7 @@ def test_killed_worker_is_restarted_by_torchrun_and_resumes_exactly(ddp_run, tmp
                             start_new_session=True)
     try:
         wait_for_line(proc, "step 3/6")
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         assert len(workers) == 2, workers
         os.kill(max(workers), signal.SIGKILL)  # one worker dies (as if OOM-killed)
         stdout, stderr = proc.communicate(timeout=240)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.engine.dist_launch import free_port, quiet_env
+from tests.engine.dist_launch import child_pids, free_port, quiet_env
 from tests.train.conftest import PRETRAIN
 from wslfast.engine import list_checkpoints
 
@@ -47,7 +47,7 @@ class Agents:
     def worker(self, rank):
         """(agent index, pid) of the worker process with this global rank."""
         for n, p in enumerate(self.procs):
-            for pid in _children(p.pid):
+            for pid in child_pids(p.pid):
                 try:
                     env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
                 except OSError:
@@ -67,7 +67,7 @@ class Agents:
 
     def kill_node(self, n):
         """SIGKILL agent n and its workers (torchrun starts each worker in a session of its own)."""
-        workers = _children(self.procs[n].pid)
+        workers = child_pids(self.procs[n].pid)
         if self.procs[n].poll() is None:
             os.killpg(self.procs[n].pid, signal.SIGKILL)
         for pid in workers:
@@ -80,19 +80,6 @@ class Agents:
     def kill_all(self):
         for n in range(len(self.procs)):
             self.kill_node(n)
-
-
-def _children(pid):
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                kids.append(int(entry))
-    return kids
 
 
 def _wait_for(cond, timeout, agents, what):

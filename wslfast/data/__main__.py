@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     s.add_argument("--dedup-against", default=None)
     s.add_argument("--dedup-radius", type=int, default=None)
     s.add_argument("--workers", type=int, default=1,
-                   help="CPUs; > 1 runs on an embedded Ray (ray.init with that many CPUs)")
+                   help="CPUs; 1 (the default) runs in this process and opens no port; > 1 starts an embedded Ray "
+                        "(ray.init with that many CPUs), whose services listen on ports of their own")
     s.add_argument("--ray-address", default=None,
                    help="run on a running Ray cluster (e.g. 127.0.0.1:6379 or 'auto'; default $RAY_ADDRESS); "
                         "--out must be a folder every node sees")
