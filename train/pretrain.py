@@ -1,4 +1,4 @@
-"""Weakly supervised pretraining of ResNeXt on hashtag shards (Mahajan et al. 2018), one file, top to bottom.
+r"""Weakly supervised pretraining of ResNeXt on hashtag shards (Mahajan et al. 2018), one file, top to bottom.
 
 With no arguments it runs the built-in demo: a synthetic hashtag corpus (made once, cached), its vocabulary
 and shards, the tiny ResNeXt for a few minutes (GPU when present, else CPU), a checkpoint in runs/default.
@@ -22,8 +22,8 @@ when the run starts; out holding a different run is refused (one line says what 
 (model, optimizer, data position, RNG states, step, config) are written by rank 0 every checkpoint_every
 steps, on SIGTERM/SIGUSR1 and at the end; rerunning the same command resumes from the newest whole one
 (resume=auto). On CPU a resumed run ends bit-identical to an uninterrupted one; on GPU up to the
-non-determinism of the kernels (cuDNN/cuBLAS algorithm choice, atomics in the BN statistics and in NCCL's
-reduction order).
+non-determinism of cuDNN/cuBLAS (algorithm choice) and of NCCL's reduction order (wslfast's own kernels
+reduce in a fixed order).
 """
 import math
 import os

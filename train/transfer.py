@@ -1,4 +1,4 @@
-"""Transfer a pretrained backbone to a labelled target task and report top-1 / top-5 on its validation split.
+r"""Transfer a pretrained backbone to a labelled target task and report top-1 / top-5 on its validation split.
 
     python train/transfer.py                         # the demo: runs/default's newest checkpoint on the
                                                      # demo target task, beside a randomly initialised backbone
