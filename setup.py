@@ -97,6 +97,18 @@ def wheel_cuda_include_dirs():
     return [d for d in found if any(os.path.exists(os.path.join(d, h)) for h in wanted)]
 
 
+def openmp_flags():
+    """-fopenmp where torch itself runs on OpenMP (Linux wheels): ATen's at::parallel_for is an inline
+    template that runs serially in a translation unit compiled without it, so our CPU kernels would use
+    one core whatever torch.set_num_threads says. The library it links, libgomp.so.1, is the one torch
+    has already loaded (same soname), so there is one OpenMP thread pool, torch's."""
+    import torch
+
+    if sys.platform != "linux" or not torch.backends.openmp.is_available():
+        return []
+    return ["-fopenmp"]
+
+
 def extensions():
     import torch
     from torch.utils import cpp_extension
@@ -106,7 +118,8 @@ def extensions():
     with_cuda = bool(cu) and not force_cpu and cpp_extension.CUDA_HOME is not None
     # -fno-trapping-math lets GCC if-convert the clamps in our CPU loops, which then vectorize.
     cxx = ["-O3", f"-std={cxx_standard()}", "-fno-trapping-math", "-DWSLFAST_VERSION=\"%s\"" % read_version(),
-           "-DWSLFAST_TORCH_VERSION=\"%s\"" % torch.__version__]
+           "-DWSLFAST_TORCH_VERSION=\"%s\"" % torch.__version__] + openmp_flags()
+    link = openmp_flags()
     archs = []
     if with_cuda:
         archs, gencode = cuda_arch_flags(os.environ.get("WSLFAST_CUDA_ARCHS", "90a;80"))
@@ -118,10 +131,11 @@ def extensions():
         nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *gencode, *defines]
         return [cpp_extension.CUDAExtension(
             "wslfast._C", cpp + cu,
-            extra_compile_args={"cxx": cxx + defines + wheel_inc, "nvcc": nvcc},
+            extra_compile_args={"cxx": cxx + defines + wheel_inc, "nvcc": nvcc}, extra_link_args=link,
         )], True
     del torch
-    return [cpp_extension.CppExtension("wslfast._C", cpp, extra_compile_args={"cxx": cxx})], False
+    return [cpp_extension.CppExtension("wslfast._C", cpp, extra_compile_args={"cxx": cxx},
+                                       extra_link_args=link)], False
 
 
 def main():

@@ -2,6 +2,10 @@
 // Kernels register themselves beside their code with TORCH_LIBRARY_IMPL(wslfast, CPU|CUDA, m).
 #include <torch/library.h>
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <vector>
 
 #ifndef WSLFAST_VERSION
 #define WSLFAST_VERSION "unknown"
@@ -64,6 +68,24 @@ PYBIND11_MODULE(_C, module) {
     info["cuda_compiled"] = false;
 #endif
     info["cuda_archs"] = WSLFAST_CUDA_ARCHS;
+#ifdef _OPENMP
+    info["openmp"] = true;
+#else
+    info["openmp"] = false;
+#endif
     return info;
   });
+  // How many threads at::parallel_for ran chunks on in this build (1 where it was built without the
+  // OpenMP torch runs on: then every CPU kernel of ours runs on one core). Tests and `wslfast.check` ask.
+  module.def("cpu_parallel_threads", [](int64_t items) {
+    TORCH_CHECK_VALUE(items >= 1, "cpu_parallel_threads: items must be >= 1, got ", items);
+    std::vector<std::atomic<int>> seen(static_cast<size_t>(std::max(1, at::get_num_threads())));
+    at::parallel_for(0, items, 1, [&](int64_t, int64_t) {
+      const auto t = static_cast<size_t>(at::get_thread_num());
+      if (t < seen.size()) seen[t].store(1);
+    });
+    int threads = 0;
+    for (auto& s : seen) threads += s.load();
+    return threads;
+  }, pybind11::arg("items") = 64);
 }

@@ -255,6 +255,17 @@ def print_table(rows: list[Row], out=None) -> None:
               f"{fmt(r.stock_ms, '9.3f'):>9} {fmt(ratio, '6.2f'):>6}  {r.note}", file=out)
 
 
+def cpu_threads_row() -> Row:
+    """Whether our CPU kernels use torch's threads: a build without the OpenMP torch runs on leaves
+    at::parallel_for serial, so every CPU kernel would use one core (setup.py's openmp_flags)."""
+    from . import _C
+
+    want = min(torch.get_num_threads(), 64)
+    got = _C.cpu_parallel_threads(64)
+    return Row("parallel CPU kernels", "cpu", ok=got == want,
+               note=f"at::parallel_for ran on {got} of {want} threads")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m wslfast.check", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
@@ -271,6 +282,7 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} CPU threads")
     rows = []
     if args.device in ("cpu", "all"):
+        rows.append(cpu_threads_row())
         rows += device_rows(torch.device("cpu"), not args.no_timing, args.quick, args.reps)
     if args.device in ("cuda", "all"):
         if not torch.cuda.is_available():
