@@ -138,10 +138,24 @@ def extensions():
                                        extra_link_args=link)], False
 
 
+# wslfast._dedup: the near-duplicate index's lookup loop, plain C++ and pybind11 with no torch, so that
+# the data tools (and their Ray workers) never load libtorch.
+DEDUP_SOURCES = ["csrc/dedup/hamming_index.cpp"]
+
+
+def dedup_extension():
+    import pybind11
+    from setuptools import Extension
+
+    return Extension("wslfast._dedup", DEDUP_SOURCES, include_dirs=[pybind11.get_include()], language="c++",
+                     extra_compile_args=["-O3", "-std=c++17"])
+
+
 def main():
     from torch.utils.cpp_extension import BuildExtension
 
     ext, with_cuda = extensions()
+    ext.append(dedup_extension())
     print(f"wslfast: building {'with' if with_cuda else 'without'} CUDA", file=sys.stderr)
     setup(
         name="wslfast",

@@ -182,7 +182,9 @@ def bench_dedup(args) -> list[dict]:
         t0 = time.perf_counter()
         hits = index.contains_near(q)
         full_s = time.perf_counter() - t0
-        results = {"wslfast-hashindex": (q.size / full_s, q.size, {"build_s": round(build_s, 3)})}
+        results = {"wslfast-hashindex": (q.size / full_s, q.size,
+                                         {"build_s": round(build_s, 3), "substrings": index.subs,
+                                          "lookup": "c++" if dedup._lookup_extension() else "numpy"})}
         sample = q[: max(1000, min(q.size, args.brute_sample * 100_000 // n_ref))]
         t0 = time.perf_counter()
         brute = dedup.near_duplicates_brute(sample, ref, 10)
@@ -196,7 +198,7 @@ def bench_dedup(args) -> list[dict]:
             for name, idx in (("faiss-flat", faiss.IndexBinaryFlat(64)),
                               ("faiss-multihash", faiss.IndexBinaryMultiHash(64, 4, 16))):
                 if name == "faiss-multihash":
-                    idx.nflip = 2  # exact at radius 10 (pigeonhole over 4 x 16 bits), as HashIndex
+                    idx.nflip = 2  # exact at radius 10 (pigeonhole over 4 x 16 bits)
                 idx.add(codes)
                 s = q[: max(1000, sample.size // (1 if name == "faiss-flat" else 4))]
                 t0 = time.perf_counter()

@@ -32,9 +32,15 @@ z = torch.randn(4, 37, generator=torch.Generator().manual_seed(0))
 t = SparseTargets.from_lists([[1, 5], [], [36], [0, 2, 3]], 37)
 got = soft_target_cross_entropy(z, t, "none")
 ref = -(t.to_dense(torch.float64) * torch.log_softmax(z.double(), 1)).sum(1)
+import numpy as np
+from wslfast.data import dedup
+ref_h = np.arange(1, 2000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+q = np.concatenate([ref_h[:50] ^ np.uint64(0b101), ref_h[:50] ^ np.uint64(0xFFFF)])
+near = dedup.HashIndex(ref_h, 10).contains_near(q)
 torch.set_num_threads(2)
 print(json.dumps({"info": info, "module": _C.__file__, "err": (got.double() - ref).abs().max().item(),
-                  "threads": _C.cpu_parallel_threads(64)}))
+                  "threads": _C.cpu_parallel_threads(64), "dedup": dedup._lookup_extension() is not None,
+                  "near": near.tolist() == (dedup.near_duplicates_brute(q, ref_h, 10)).tolist()}))
 """
 
 
@@ -56,11 +62,14 @@ def test_cpu_only_build_loads_and_computes(tmp_path):
     run([CMAKE, "--build", build, "--parallel", os.environ.get("MAX_JOBS", "2")])
     built = sorted(build.glob("_C*.so"))
     assert len(built) == 1, built
+    dedup_built = sorted(build.glob("_dedup*.so"))
+    assert len(dedup_built) == 1, dedup_built
 
     # A copy of the Python package with the CMake-built module in it, imported from a fresh process.
     pkg = tmp_path / "pkg"
     shutil.copytree(ROOT / "wslfast", pkg / "wslfast", ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    shutil.copy2(built[0], pkg / "wslfast" / built[0].name)
+    for so in built + dedup_built:
+        shutil.copy2(so, pkg / "wslfast" / so.name)
     env = dict(os.environ, PYTHONPATH=str(pkg))
     result = json.loads(run([sys.executable, "-c", CHECK], cwd=tmp_path, env=env).strip().splitlines()[-1])
 
@@ -70,6 +79,7 @@ def test_cpu_only_build_loads_and_computes(tmp_path):
     assert info["torch"] == torch.__version__
     assert info["cuda_compiled"] is False and info["cuda_archs"] == []
     assert result["err"] < 1e-4
+    assert result["dedup"] and result["near"]
     if sys.platform == "linux":
         assert info["openmp"] is True and result["threads"] == 2
 

@@ -97,8 +97,10 @@ def test_index_equals_brute_force_and_faiss(n_ref):
         mind = np.minimum(mind, dedup.hamming(q[:, None], ref[None, s:s + 2048]).min(axis=1))
     assert dedup.near_duplicates_brute(q, ref, 10).tolist() == (mind <= 10).tolist()
     for radius in (0, 1, 4, 10, 13, 40, 64):
-        got = dedup.HashIndex(ref, radius).contains_near(q)
+        index = dedup.HashIndex(ref, radius)
+        got = index.contains_near(q)
         assert got.tolist() == (mind <= radius).tolist(), radius
+        assert index.contains_near(q, use_extension=False).tolist() == got.tolist(), radius  # numpy lookup
         lims, _, _ = flat.range_search(q.view(np.uint8).reshape(-1, 8), radius + 1)  # faiss: distance < radius
         assert got.tolist() == (np.diff(lims) > 0).tolist(), radius
         if n_ref > 10 and radius >= 4:
@@ -117,3 +119,65 @@ def test_index_is_shared_and_checked():
         dedup.near_duplicates(q, index, 9)
     with pytest.raises(ValueError, match="radius"):
         dedup.HashIndex(ref, 65)
+
+
+needs_extension = pytest.mark.skipif(dedup._lookup_extension() is None, reason="wslfast._dedup is not built")
+
+
+@needs_extension
+@pytest.mark.parametrize("subs", [3, 4, 5, 6, 7, 11, 16])
+def test_every_layout_equals_brute_force(monkeypatch, subs):
+    """Each substring count the cost model can pick (uneven widths, 4 to 22 bits, flips 0 to 3) finds
+    exactly the brute-force matches, in C++ and in numpy, at radii around its pigeonhole bounds."""
+    rng = np.random.default_rng(subs)
+    ref = rng.integers(0, 2**64 - 1, size=2500, dtype=np.uint64, endpoint=True)
+    q = np.concatenate([rng.integers(0, 2**64 - 1, size=500, dtype=np.uint64, endpoint=True),
+                        _near_set(rng, ref, 1500, 14)])
+    monkeypatch.setattr(dedup, "choose_substrings", lambda n, r: subs)
+    monkeypatch.setattr(dedup, "_layout_cost", lambda n, r, s: 0.0)  # never brute force
+    for radius in sorted({subs - 1, subs, 2 * subs, 3 * subs + 1, 10}):
+        index = dedup.HashIndex(ref, radius)
+        assert index.subs == subs and index._brute is None
+        want = dedup.near_duplicates_brute(q, ref, radius)
+        assert index.contains_near(q).tolist() == want.tolist(), (subs, radius)
+        assert index.contains_near(q, use_extension=False).tolist() == want.tolist(), (subs, radius)
+
+
+def test_layout_choice_and_memory_bound():
+    """6 substrings at the paper's radius for evaluation-set sizes, 4 for tens of millions; tables never
+    hold more than max(2^10, 4 N) buckets, so a small reference set gets small tables."""
+    assert dedup.choose_substrings(100_000, 10) == 6 and dedup.choose_substrings(1_000_000, 10) == 6
+    assert dedup.choose_substrings(30_000_000, 10) == 4
+    for n in (1, 100, 10_000, 10**6, 10**8):
+        for r in (0, 5, 10, 20):
+            s = dedup.choose_substrings(n, r)
+            assert 2 ** max(dedup._widths(s)) <= max(1 << 10, 4 * n) and sum(dedup._widths(s)) == 64
+
+
+@needs_extension
+def test_lookup_rejects_tables_it_could_read_outside_of():
+    """The C++ entry point validates what it is given: no input makes it read outside its arrays."""
+    lookup = dedup._lookup_extension()
+    index = dedup.HashIndex(np.arange(1, 5000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15), 10)
+    q = np.arange(10, dtype=np.uint64)
+    refs, widths, starts, masks = index._refs, index._widths, index._starts, index._masks.astype(np.uint64)
+    assert lookup(q, refs, widths, starts, masks, 10).shape == (10,)
+    bad_starts = starts.copy()
+    bad_starts[5] = 10**9  # a bucket past the end
+    bad_end = starts.copy()
+    bad_end[(1 << int(widths[0]))] += 1
+    cases = {
+        "radius": (q, refs, widths, starts, masks, 65),
+        "decrease": (q, refs, widths, bad_starts, masks, 10),
+        "from 0 to N": (q, refs, widths, bad_end, masks, 10),
+        "shorter": (q, refs, widths, starts[:-5], masks, 10),
+        "longer": (q, refs, widths, np.concatenate([starts, [0]]), masks, 10),
+        "sorted": (q, refs, widths, starts, np.array([1, 0], dtype=np.uint64), 10),
+        "above the substring": (q, refs, widths, starts, np.array([0, 1 << 40], dtype=np.uint64), 10),
+        "widths": (q, refs, widths[:-1], starts, masks, 10),
+        "sum to at most 64": (q, refs, widths + 30, starts, masks, 10),
+        "expected queries": (q.reshape(2, 5), refs, widths, starts, masks, 10),
+    }
+    for what, args in cases.items():
+        with pytest.raises(ValueError, match=what):
+            lookup(*args)

@@ -5,16 +5,19 @@ when coefficient k exceeds their median (the DC term left out of the median). Re
 mild colour shifts move few bits; different images differ in ~32 of 64. Two images are duplicates when
 their hashes are within `radius` bits (default 10).
 
-Search: `HashIndex` is an exact multi-index hash (Norouzi et al., CVPR 2012). The 64 bits are cut into 4
-substrings of 16 bits; two hashes within r bits agree within floor(r/4) bits on at least one substring
-(pigeonhole), so each query probes, per substring, the table buckets within floor(r/4) bit flips of its own
+Search: `HashIndex` is an exact multi-index hash (Norouzi et al., CVPR 2012). The 64 bits are cut into S
+substrings (S from the reference count and radius: 6 of 10-11 bits at r = 10 and up to ~3M references);
+two hashes within r bits agree within floor(r/S) bits on at least one substring (pigeonhole), so each
+query probes, per substring, the table buckets within floor(r/S) bit flips of its own
 substring and checks the full distance of only those candidates. Built once over the reference hashes, it
-is a small picklable object (sorted hashes + bucket offsets) that workers share read-only.
+is a small picklable object (sorted hashes + bucket offsets) that workers share read-only; the lookup
+loop is C++ (csrc/dedup/hamming_index.cpp, the torch-free module wslfast._dedup).
 """
 from __future__ import annotations
 
 import os
 from itertools import combinations
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +96,64 @@ def near_duplicates_brute(queries, reference, radius: int = DEFAULT_RADIUS, chun
     return out
 
 
-_SUB_BITS, _SUBS = 16, 4
+_MAX_WIDTH = 22  # bits a substring table may index (2^22 + 1 offsets, 32 MiB)
 
 
 def _flip_masks(bits: int, max_flips: int) -> np.ndarray:
+    """Sorted masks of up to max_flips set bits among the low `bits` (0 first): the probes around a
+    substring. Sorted, the masks that fit a narrower substring are a prefix."""
     out = [0]
     for k in range(1, max_flips + 1):
         out += [sum(1 << i for i in c) for c in combinations(range(bits), k)]
-    return np.array(out, dtype=np.int64)
+    return np.array(sorted(out), dtype=np.int64)
+
+
+def _widths(subs: int) -> list[int]:
+    """64 bits cut into `subs` substrings as even as they go (e.g. 6 -> 11, 11, 11, 11, 10, 10)."""
+    return [64 // subs + (1 if i < 64 % subs else 0) for i in range(subs)]
+
+
+def _probe_count(width: int, flips: int) -> int:
+    return sum(comb(width, k) for k in range(min(flips, width) + 1))
+
+
+def _layout_cost(n: int, radius: int, subs: int) -> float:
+    """Estimated ns a query: per probe a bucket lookup (25 ns while the tables fit in ~8 MiB of cache,
+    250 ns beyond) plus a scan of the N / 2^w hashes of the bucket (1.5 ns each). Fitted on lookups of
+    random hashes with 4 to 8 substrings at 1e4 to 1e6 references (2-core EPYC); at r = 10 it picks 6
+    substrings from 1e4 to ~3M references and 4 beyond."""
+    flips, widths = radius // subs, _widths(subs)
+    probe_ns = 25.0 if subs * (2 ** max(widths) + n) * 8 <= 8 << 20 else 250.0
+    return sum(_probe_count(w, flips) * (probe_ns + 1.5 * n / 2 ** w) for w in widths)
+
+
+def choose_substrings(n: int, radius: int) -> int:
+    """How many substrings the index over n references at this radius cuts the 64 bits into: the
+    cheapest by `_layout_cost` among those whose tables hold at most max(2^10, 4 n) buckets each."""
+    fits = [s for s in range(-(-64 // _MAX_WIDTH), 17) if 2 ** max(_widths(s)) <= max(1 << 10, 4 * n)]
+    return min(fits, key=lambda s: _layout_cost(n, radius, s))
+
+
+def _lookup_extension():
+    """wslfast._dedup's lookup (C++, no torch), or None in a checkout whose extensions are not built."""
+    try:
+        from .._dedup import hamming_contains_near
+    except ImportError:
+        return None
+    return hamming_contains_near
 
 
 class HashIndex:
     """Exact radius search over 64-bit hashes (see module docstring). `contains_near(q)` is
-    near_duplicates_brute(q, reference, radius), much faster for radius <= ~15."""
+    near_duplicates_brute(q, reference, radius), much faster for radius <= ~15.
+
+    Time: building sorts the references once per substring table, O(S N log N). A lookup probes, per
+    table, the buckets within floor(r / S) flips of the query's substring and scans the N / 2^w hashes
+    of each: constant in N while buckets are nearly empty, then linear in N. S is chosen from N and r by
+    a cost model (`choose_substrings`); brute force is taken where it is cheaper (tiny N, large r).
+    Memory: S sorted copies of the references (8 B a hash each) and S tables of 2^w + 1 offsets,
+    whatever the queries. The lookup runs in C++ (wslfast._dedup) when built, else in numpy (same
+    results, slower)."""
 
     def __init__(self, reference, radius: int = DEFAULT_RADIUS):
         if not 0 <= int(radius) <= 64:
@@ -113,45 +161,56 @@ class HashIndex:
         self.radius = int(radius)
         ref = np.unique(np.asarray(reference, dtype=np.uint64))
         self.size = int(ref.size)
-        self._masks = _flip_masks(_SUB_BITS, self.radius // _SUBS)
-        # Probing pays when the probes (and the candidates they bring) are far fewer than all pairs.
-        probes = _SUBS * self._masks.size * (1 + ref.size / (1 << _SUB_BITS))
-        self._brute = ref if probes >= ref.size else None
-        self._tables = []
+        self.subs = choose_substrings(ref.size, self.radius)
+        self._widths = np.array(_widths(self.subs), dtype=np.int64)
+        self._masks = _flip_masks(int(self._widths.max()), self.radius // self.subs)
+        # Probing pays when it costs less than comparing with every reference (~1.5 ns a pair).
+        self._brute = ref if _layout_cost(ref.size, self.radius, self.subs) >= 1.5 * ref.size else None
+        self._refs = self._starts = None
         if self._brute is None:
-            for s in range(_SUBS):
-                sub = ((ref >> np.uint64(s * _SUB_BITS)) & np.uint64(0xFFFF)).astype(np.int64)
-                order = np.argsort(sub, kind="stable")
-                start = np.zeros((1 << _SUB_BITS) + 1, dtype=np.int64)
-                np.add.at(start, sub + 1, 1)
-                self._tables.append((ref[order], np.cumsum(start)))
+            self._refs = np.empty((self.subs, ref.size), dtype=np.uint64)
+            starts, shift = [], 0
+            for s, w in enumerate(self._widths.tolist()):
+                sub = ((ref >> np.uint64(shift)) & np.uint64((1 << w) - 1)).astype(np.int64)
+                self._refs[s] = ref[np.argsort(sub, kind="stable")]
+                starts.append(np.concatenate([[0], np.cumsum(np.bincount(sub, minlength=1 << w))]))
+                shift += w
+            self._starts = np.concatenate(starts).astype(np.int64)
 
-    def contains_near(self, queries, chunk: int = 8192) -> np.ndarray:
-        """Bool [Q]: some reference hash lies within `radius` bits of query i."""
-        q = np.asarray(queries, dtype=np.uint64).ravel()
+    def contains_near(self, queries, chunk: int = 8192, use_extension: bool = True) -> np.ndarray:
+        """Bool [Q]: some reference hash lies within `radius` bits of query i. `use_extension=False`
+        takes the numpy lookup (the tests compare the two)."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.uint64).ravel())
         if self._brute is not None or q.size == 0:
             return near_duplicates_brute(q, self._brute if self._brute is not None else np.zeros(0, np.uint64),
                                          self.radius)
-        out = np.zeros(q.size, dtype=bool)
-        for c0 in range(0, q.size, chunk):
-            qc = q[c0:c0 + chunk]
-            hit = np.zeros(qc.size, dtype=bool)
-            for s, (sref, start) in enumerate(self._tables):
-                live = np.flatnonzero(~hit)  # a query already matched needs no more probes
-                if live.size == 0:
-                    break
-                sub = ((qc[live] >> np.uint64(s * _SUB_BITS)) & np.uint64(0xFFFF)).astype(np.int64)
-                keys = (sub[:, None] ^ self._masks[None, :]).ravel()
-                lo, cnt = start[keys], start[keys + 1] - start[keys]
-                total = int(cnt.sum())
-                if total == 0:
-                    continue
-                owner = np.repeat(np.repeat(live, self._masks.size), cnt)
-                pos = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt - lo, cnt)
-                near = np.bitwise_count(qc[owner] ^ sref[pos]) <= self.radius
-                hit[owner[near]] = True
-            out[c0:c0 + chunk] = hit
-        return out
+        lookup = _lookup_extension() if use_extension else None
+        if lookup is not None:
+            return lookup(q, self._refs, self._widths, self._starts, self._masks.astype(np.uint64), self.radius)
+        return np.concatenate([self._contains_near_numpy(q[c0:c0 + chunk]) for c0 in range(0, q.size, chunk)])
+
+    def _contains_near_numpy(self, qc: np.ndarray) -> np.ndarray:
+        hit = np.zeros(qc.size, dtype=bool)
+        shift = base = 0
+        for s, w in enumerate(self._widths.tolist()):
+            sref, start = self._refs[s], self._starts[base:base + (1 << w) + 1]
+            masks = self._masks[self._masks < (1 << w)]
+            sub_shift = shift
+            shift, base = shift + w, base + (1 << w) + 1
+            live = np.flatnonzero(~hit)  # a query already matched needs no more probes
+            if live.size == 0:
+                break
+            sub = ((qc[live] >> np.uint64(sub_shift)) & np.uint64((1 << w) - 1)).astype(np.int64)
+            keys = (sub[:, None] ^ masks[None, :]).ravel()
+            lo, cnt = start[keys], start[keys + 1] - start[keys]
+            total = int(cnt.sum())
+            if total == 0:
+                continue
+            owner = np.repeat(np.repeat(live, masks.size), cnt)
+            pos = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(cnt) - cnt - lo, cnt)
+            near = np.bitwise_count(qc[owner] ^ sref[pos]) <= self.radius
+            hit[owner[near]] = True
+        return hit
 
 
 def near_duplicates(queries, reference, radius: int = DEFAULT_RADIUS) -> np.ndarray:
