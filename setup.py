@@ -148,7 +148,7 @@ def dedup_extension():
     from setuptools import Extension
 
     return Extension("wslfast._dedup", DEDUP_SOURCES, include_dirs=[pybind11.get_include()], language="c++",
-                     extra_compile_args=["-O3", "-std=c++17"])
+                     depends=["csrc/dedup/hamming_lookup.h"], extra_compile_args=["-O3", "-std=c++17"])
 
 
 def main():

@@ -7,11 +7,15 @@
 // No torch here on purpose: the data tools (and their Ray workers) import without torch. The tables are
 // built in numpy (dedup.py) and passed in; everything is validated before the loop, so no input can make
 // it read outside its arrays. One thread per call, GIL released: the pipeline runs one call per block and
-// parallelises over blocks.
+// parallelises over blocks. The loop (hamming_lookup.h) is built for AVX2 and for the baseline ISA and
+// picked at run time, as conv_bn_cpu.cpp does.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -23,13 +27,6 @@ namespace {
 using u64 = std::uint64_t;
 template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// popcnt is in every x86-64 CPU since 2008 but not in the baseline ISA the wheel is built for.
-#define WSLFAST_POPCNT_CLONES __attribute__((target_clones("popcnt", "default")))
-#else
-#define WSLFAST_POPCNT_CLONES
-#endif
 
 constexpr int kMaxSubs = 64, kMaxWidth = 24;
 
@@ -46,26 +43,32 @@ struct Tables {
   std::int64_t base[kMaxSubs], num_masks[kMaxSubs];
 };
 
-WSLFAST_POPCNT_CLONES void lookup(const Tables& t, const u64* q, std::int64_t count, bool* out) {
-  for (std::int64_t i = 0; i < count; ++i) {
-    const u64 h = q[i];
-    bool hit = false;
-    for (std::int64_t s = 0; s < t.subs && !hit; ++s) {
-      const u64 sub = (h >> t.shift[s]) & ((u64{1} << t.width[s]) - 1);
-      const u64* refs = t.refs + s * t.n;
-      const std::int64_t* starts = t.starts + t.base[s];
-      for (std::int64_t m = 0; m < t.num_masks[s] && !hit; ++m) {
-        const u64 key = sub ^ t.masks[m];
-        // Branch-free over the bucket (a popcount and an or per hash), one test per bucket: buckets
-        // hold N / 2^width hashes and almost never a match, so a per-hash exit only costs mispredictions.
-        unsigned found = 0;
-        for (std::int64_t j = starts[key], e = starts[key + 1]; j < e; ++j)
-          found |= static_cast<unsigned>(__builtin_popcountll(h ^ refs[j]) <= t.radius);
-        hit = found != 0;
-      }
-    }
-    out[i] = hit;
-  }
+}  // namespace
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define WSLFAST_DEDUP_MULTIVERSION 1
+#pragma GCC push_options
+#pragma GCC target("avx2,popcnt")
+#define WSLFAST_DEDUP_NS avx2
+#define WSLFAST_DEDUP_AVX2 1
+#include "hamming_lookup.h"
+#undef WSLFAST_DEDUP_AVX2
+#undef WSLFAST_DEDUP_NS
+#pragma GCC pop_options
+#endif
+
+#define WSLFAST_DEDUP_NS base
+#include "hamming_lookup.h"
+#undef WSLFAST_DEDUP_NS
+
+namespace {
+
+void lookup(const Tables& t, const u64* q, std::int64_t count, bool* out) {
+#ifdef WSLFAST_DEDUP_MULTIVERSION
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  if (avx2) return avx2::lookup(t, q, count, out);
+#endif
+  base::lookup(t, q, count, out);
 }
 
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("hamming_contains_near: " + what); }
