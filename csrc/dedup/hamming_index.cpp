@@ -63,10 +63,10 @@ struct Tables {
 
 namespace {
 
-void lookup(const Tables& t, const u64* q, std::int64_t count, bool* out) {
+void lookup(const Tables& t, const u64* q, std::int64_t count, bool* out, bool simd) {
 #ifdef WSLFAST_DEDUP_MULTIVERSION
   static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
-  if (avx2) return avx2::lookup(t, q, count, out);
+  if (avx2 && simd) return avx2::lookup(t, q, count, out);
 #endif
   base::lookup(t, q, count, out);
 }
@@ -74,7 +74,7 @@ void lookup(const Tables& t, const u64* q, std::int64_t count, bool* out) {
 [[noreturn]] void fail(const std::string& what) { throw std::invalid_argument("hamming_contains_near: " + what); }
 
 py::array_t<bool> contains_near(carray<u64> queries, carray<u64> refs, carray<std::int64_t> widths,
-                                carray<std::int64_t> starts, carray<u64> masks, int radius) {
+                                carray<std::int64_t> starts, carray<u64> masks, int radius, bool simd) {
   if (radius < 0 || radius > 64) fail("radius must be in [0, 64], got " + std::to_string(radius));
   if (queries.ndim() != 1 || refs.ndim() != 2 || widths.ndim() != 1 || starts.ndim() != 1 || masks.ndim() != 1)
     fail("expected queries [Q], refs [S, N], widths [S], starts [sum of 2^width + 1] and masks [M]");
@@ -114,7 +114,7 @@ py::array_t<bool> contains_near(carray<u64> queries, carray<u64> refs, carray<st
   bool* o = out.mutable_data();
   {
     py::gil_scoped_release release;
-    lookup(t, q, count, o);
+    lookup(t, q, count, o, simd);
   }
   return out;
 }
@@ -124,6 +124,7 @@ py::array_t<bool> contains_near(carray<u64> queries, carray<u64> refs, carray<st
 PYBIND11_MODULE(_dedup, m) {
   m.doc() = "Exact Hamming-radius lookups of 64-bit hashes in a multi-index hash (wslfast.data.dedup).";
   m.def("hamming_contains_near", &contains_near, py::arg("queries"), py::arg("refs"), py::arg("widths"),
-        py::arg("starts"), py::arg("masks"), py::arg("radius"),
-        "Bool [Q]: some reference hash lies within `radius` bits of query i (tables from dedup.HashIndex).");
+        py::arg("starts"), py::arg("masks"), py::arg("radius"), py::arg("simd") = true,
+        "Bool [Q]: some reference hash lies within `radius` bits of query i (tables from dedup.HashIndex). "
+        "simd=False takes the baseline-ISA loop even where AVX2 is available (tests compare the two).");
 }

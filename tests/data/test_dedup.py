@@ -141,6 +141,9 @@ def test_every_layout_equals_brute_force(monkeypatch, subs):
         want = dedup.near_duplicates_brute(q, ref, radius)
         assert index.contains_near(q).tolist() == want.tolist(), (subs, radius)
         assert index.contains_near(q, use_extension=False).tolist() == want.tolist(), (subs, radius)
+        baseline_isa = dedup._lookup_extension()(q, index._refs, index._widths, index._starts,
+                                                 index._masks.astype(np.uint64), radius, simd=False)
+        assert baseline_isa.tolist() == want.tolist(), (subs, radius)
 
 
 def test_layout_choice_and_memory_bound():
