@@ -143,11 +143,23 @@ def extensions():
 DEDUP_SOURCES = ["csrc/dedup/hamming_index.cpp"]
 
 
+def pybind11_include():
+    """pybind11's headers: the pybind11 package's, else the copy every torch ships in torch/include (the GPU
+    machine's environment has torch but may lack the package)."""
+    try:
+        import pybind11
+
+        return pybind11.get_include()
+    except ImportError:
+        import torch
+
+        return os.path.join(os.path.dirname(torch.__file__), "include")
+
+
 def dedup_extension():
-    import pybind11
     from setuptools import Extension
 
-    return Extension("wslfast._dedup", DEDUP_SOURCES, include_dirs=[pybind11.get_include()], language="c++",
+    return Extension("wslfast._dedup", DEDUP_SOURCES, include_dirs=[pybind11_include()], language="c++",
                      depends=["csrc/dedup/hamming_lookup.h"], extra_compile_args=["-O3", "-std=c++17"])
 
 
