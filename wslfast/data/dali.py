@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import DataError
 from ..sparse_targets import SparseTargets
 from .dedup import IMAGE_EXTENSIONS
 from .shards import list_shards, read_manifest
@@ -36,11 +37,6 @@ _STATE_VERSION = 1
 # What DALI's image decoders read (no GIF); anything else in an ImageFolder is skipped and counted.
 DALI_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"}
 SHOW_SKIPPED = 5  # how many skipped paths a loader names
-
-
-class DataError(ValueError):
-    """Data a loader cannot use (a damaged shard, too few samples for a batch, no images): one line to the
-    user, naming the file or folder and what was expected."""
 
 
 def _resolve_device(device) -> tuple[torch.device, int | None]:

@@ -12,6 +12,8 @@ import shutil
 import warnings
 from pathlib import Path
 
+from ..errors import WordNetMissingError
+
 __all__ = ["ensure_wordnet", "get_wordnet", "wordnet_available", "WordNetMissingError", "INSTALL_HINT"]
 
 INSTALL_HINT = ("apt-get install wordnet-base wordnet-sense-index "
@@ -31,10 +33,6 @@ _LEXNAMES = ["adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.an
              "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
              "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl"]
 _CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
-
-
-class WordNetMissingError(RuntimeError):
-    """WordNet's files are not installed."""
 
 
 def lexnames_text() -> str:

@@ -13,15 +13,13 @@ import warnings
 
 import torch
 
+from ..errors import CheckpointError
+
 __all__ = ["checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint",
            "find_resumable", "CheckpointError", "load_weights"]
 
 _NAME = re.compile(r"^ckpt_(\d{9,})\.pt$")
 REQUIRED_KEYS = ("step", "model")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read or lacks what a resume needs."""
 
 
 def checkpoint_path(out_dir: str, step: int) -> str:

@@ -11,22 +11,17 @@ import os
 import re
 import sys
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, load_config, parse_overrides
-from .rundir import RunFolderError
+from ..errors import UserError
+from .config import load_config, parse_overrides
 
 __all__ = ["command_line", "usage", "install_error_handler", "is_user_error", "one_line"]
 
-_ALWAYS_USER = (ConfigError, CheckpointError, RunFolderError, FileNotFoundError, NotADirectoryError,
-                IsADirectoryError, PermissionError)
+_ALWAYS_USER = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
 def is_user_error(e: BaseException) -> bool:
     """An error caused by the input (files, keys, data), to be shown as one line."""
-    if isinstance(e, _ALWAYS_USER):
-        return True
-    dali = sys.modules.get("wslfast.data.dali")  # its DataError, without importing DALI here
-    return dali is not None and isinstance(e, getattr(dali, "DataError", ()))
+    return isinstance(e, _ALWAYS_USER)
 
 
 def one_line(e: BaseException) -> str:

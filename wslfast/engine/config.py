@@ -15,14 +15,12 @@ from typing import Any, Iterable
 
 import yaml
 
+from ..errors import ConfigError
+
 __all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-
-
-class ConfigError(ValueError):
-    """A config file or override the defaults cannot accept."""
 
 
 class Config(dict):

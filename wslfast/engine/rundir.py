@@ -15,6 +15,7 @@ import os
 import re
 import time
 
+from ..errors import RunFolderError
 from .checkpoint import CheckpointError, find_resumable, list_checkpoints
 
 __all__ = ["RunFolderError", "RESUMABLE_KEYS", "RUN_FILE", "check_run_folder", "write_run_file", "config_diff"]
@@ -25,10 +26,6 @@ RESUMABLE_KEYS = frozenset({
     "steps", "total_images", "log_every", "checkpoint_every", "keep_last", "num_threads", "tensorboard",
     "resume", "out", "max_nonfinite", "config", "debug", "dist_timeout", "cache_dir", "device", "compile",
 })
-
-
-class RunFolderError(RuntimeError):
-    """--out holds another run."""
 
 
 def _show(v) -> str:
