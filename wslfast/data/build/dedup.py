@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["phash", "phash_file", "hash_directory", "hamming", "near_duplicates", "near_duplicates_brute",
-           "HashIndex", "IMAGE_EXTENSIONS", "DEFAULT_RADIUS"]
+from ..format import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+__all__ = ["phash", "phash_file", "hash_directory", "hamming", "near_duplicates", "near_duplicates_brute",
+           "HashIndex", "DEFAULT_RADIUS"]
+
 DEFAULT_RADIUS = 10
 _N, _K = 32, 8
 
@@ -137,7 +138,7 @@ def choose_substrings(n: int, radius: int) -> int:
 def _lookup_extension():
     """wslfast._dedup's lookup (C++, no torch), or None in a checkout whose extensions are not built."""
     try:
-        from .._dedup import hamming_contains_near
+        from ..._dedup import hamming_contains_near
     except ImportError:
         return None
     return hamming_contains_near
