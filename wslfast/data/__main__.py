@@ -79,11 +79,11 @@ def main(argv=None) -> int:
             from .build import write_shards
             from .build.dedup import DEFAULT_RADIUS
 
+            radius = DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius
             m = write_shards(args.images, args.tags, args.vocab, args.out, shard_size=args.shard_size,
                              label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
-                             name=args.name, dedup_radius=DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius,
-                             progress=True, ray_address=args.ray_address)
+                             name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
                                                 "reencoded")}, indent=1))
         elif args.cmd == "synthetic":
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         return 2
     # The library's errors for bad input (wslfast.errors), missing files, and the ValueErrors of argument
     # checks: one line. Anything else is a bug and keeps its traceback.
-    except (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError) as e:
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
