@@ -12,7 +12,7 @@ pytest.importorskip("nvidia.dali")
 from wslfast.data import loaders  # noqa: E402
 from wslfast.data.format import list_shards, read_manifest, verify_shard  # noqa: E402
 from wslfast.data.loaders import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from wslfast.errors import DataError  # noqa: E402
+from wslfast.errors import ConfigError, DataError  # noqa: E402
 from wslfast.sparse_targets import SparseTargets  # noqa: E402
 
 
@@ -142,11 +142,13 @@ def test_two_epochs_differ_and_ranks_agree_on_length(shard_dir):
 
 
 def test_bad_inputs(shard_dir, tmp_path):
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(DataError, match="batch_size"):
         loaders.train_loader(shard_dir, 10**6, device="cpu")
-    with pytest.raises(ValueError, match="rank"):
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        loaders.train_loader(shard_dir, 0, device="cpu")
+    with pytest.raises(ConfigError, match="rank"):
         loaders.train_loader(shard_dir, 4, rank=2, world_size=2, device="cpu")
-    with pytest.raises(ValueError, match="image_size"):
+    with pytest.raises(ConfigError, match="image_size"):
         loaders.eval_loader(shard_dir, 4, device="cpu", image_size=64, resize_size=32)
     with pytest.raises(FileNotFoundError):
         loaders.train_loader(tmp_path / "missing", 4, device="cpu")
@@ -157,7 +159,7 @@ def test_bad_inputs(shard_dir, tmp_path):
             loaders.train_loader(shard_dir, 4, device="cuda")
     a = loaders.train_loader(shard_dir, 4, device="cpu", image_size=16)
     b = loaders.train_loader(shard_dir, 8, device="cpu", image_size=16)
-    with pytest.raises(ValueError, match="saved for"):
+    with pytest.raises(ConfigError, match="saved for"):
         b.load_state_dict(a.state_dict())
     lone = tmp_path / "lone"
     lone.mkdir()
@@ -277,3 +279,15 @@ def test_eval_image_folder_split_over_ranks(corpus):
              for r in range(3)]
     assert torch.equal(torch.cat(parts), full) and full.tolist() == sorted(full.tolist())
     assert [p.numel() for p in parts] == [20 * (r + 1) // 3 - 20 * r // 3 for r in range(3)]
+
+
+def test_one_factory_behind_both_loaders(shard_dir, corpus):
+    with pytest.raises(ValueError, match="kind must be 'train' or 'eval'"):
+        loaders.make_loader("test", shard_dir, 4, device="cpu")
+    a = loaders.train_loader(shard_dir, 4, device="cpu", image_size=16)
+    b = loaders.make_loader("train", shard_dir, 4, device="cpu", image_size=16)
+    assert a._config() == b._config() and a.resize_size == b.resize_size == 16 and a.num_classes == b.num_classes
+    e = loaders.eval_loader(shard_dir, 4, device="cpu", image_size=16)
+    assert e.kind == "eval" and e.resize_size == 256 and len(e) == -(-read_manifest(shard_dir)["num_samples"] // 4)
+    f = loaders.make_loader("eval", corpus["target_val"], 4, device="cpu", image_size=16, validate=False)
+    assert f.classes == sorted(p.name for p in Path(corpus["target_val"]).iterdir()) and f.skipped == 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
 from .format import write_counts
 
 __all__ = ["CONCEPTS", "FILLER_TAGS", "make_synthetic_corpus", "concept_vocabulary"]
@@ -136,11 +137,11 @@ def make_synthetic_corpus(out_dir, num_images: int = 2000, seed: int = 0, image_
     "concepts", "target_classes"} (paths as str).
     """
     if num_images < 1:
-        raise ValueError(f"make_synthetic_corpus: num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"make_synthetic_corpus: num_images must be >= 1, got {num_images}")
     if not 1 <= num_target_classes <= len(CONCEPTS):
-        raise ValueError(f"make_synthetic_corpus: num_target_classes must be in [1, {len(CONCEPTS)}]")
+        raise ConfigError(f"make_synthetic_corpus: num_target_classes must be in [1, {len(CONCEPTS)}]")
     if image_size < 16:
-        raise ValueError(f"make_synthetic_corpus: image_size must be >= 16, got {image_size}")
+        raise ConfigError(f"make_synthetic_corpus: image_size must be >= 16, got {image_size}")
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
     n_concepts, s = len(CONCEPTS), image_size

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...errors import ConfigError
 from ..format import IMAGE_EXTENSIONS
 
 __all__ = ["phash", "phash_file", "hash_directory", "hamming", "near_duplicates", "near_duplicates_brute",
@@ -158,7 +159,7 @@ class HashIndex:
 
     def __init__(self, reference, radius: int = DEFAULT_RADIUS):
         if not 0 <= int(radius) <= 64:
-            raise ValueError(f"HashIndex: radius must be in [0, 64] bits, got {radius}")
+            raise ConfigError(f"HashIndex: radius must be in [0, 64] bits, got {radius}")
         self.radius = int(radius)
         ref = np.unique(np.asarray(reference, dtype=np.uint64))
         self.size = int(ref.size)

@@ -42,7 +42,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..format import MANIFEST, MANIFEST_FORMAT, shard_stem, verify_shard, write_manifest
 from ..labels.vocab import HashtagVocabulary
-from ..sources import TagFiles, expand_inputs
+from ..sources import Source, TagFiles, expand_inputs
 from . import dedup as _dedup
 from .engines import make_engine
 from .passes import SKIP_KINDS, Job, noise_block, plan_block, weight_block
@@ -80,17 +80,18 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                  source: str | None = None, progress: bool = False, ray_address: str | None = None,
                  engine=None) -> dict:
     """Build the shards (see module docstring); returns the manifest (also out_dir/manifest.json).
-    tags_path: a TAGS file, a glob, or a list of them (compressed ones too). workers > 1 or ray_address
-    (or RAY_ADDRESS) run on Ray; out_dir must then be a folder every Ray node sees. source: the dataset's
-    source in its name (default YFCC or local)."""
-    vocab, images_dir, out, paths = _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise,
-                                            sampling, workers)
+    tags_path: a TAGS file, a glob, or a list of them (compressed ones too), or any sources.Source.
+    workers > 1 or ray_address (or RAY_ADDRESS) run on Ray; out_dir must then be a folder every Ray node
+    sees. source: the dataset's source in its name (default YFCC or local)."""
+    vocab, images_dir, out, records = _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise,
+                                              sampling, workers)
+    paths = records.paths
     work = out / _WORK
     work.mkdir(exist_ok=True)
     vocab_dict = vocab.to_dict()
     vocab_digest = hashlib.sha256(json.dumps(vocab_dict, sort_keys=True).encode()).hexdigest()
     index, ref_unreadable, ref_digest = _reference_index(dedup_against, dedup_radius, workers)
-    job = Job(source=TagFiles(paths, images_dir), images_dir=str(images_dir), work_dir=str(work),
+    job = Job(source=records, images_dir=str(images_dir), work_dir=str(work),
               out_dir=str(out), vocab=vocab, vocab_digest=vocab_digest, num_classes=len(vocab), seed=seed,
               label_noise=label_noise, sampling=sampling, index=index)
 
@@ -135,7 +136,7 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
 
 
 def _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise, sampling, workers):
-    """The arguments checked: (vocabulary, images folder, out folder (created), TAGS files)."""
+    """The arguments checked: (vocabulary, images folder, out folder (created), the Source of records)."""
     if isinstance(vocab, (str, os.PathLike)):
         vocab = HashtagVocabulary.load(vocab)
     if not isinstance(vocab, HashtagVocabulary):
@@ -151,9 +152,9 @@ def _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise, samp
     images_dir, out = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"write_shards: images folder {images_dir} does not exist")
-    paths = expand_inputs(tags_path)
+    records = tags_path if isinstance(tags_path, Source) else TagFiles(expand_inputs(tags_path), images_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return vocab, images_dir, out, paths
+    return vocab, images_dir, out, records
 
 
 def _reference_index(dedup_against, radius: int, workers: int):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ...errors import DataError
+from ...errors import ConfigError, DataError
 from ...sparse_targets import SparseTargets
 
 __all__ = ["DaliLoader", "IMAGENET_MEAN", "IMAGENET_STD", "padded_to_targets"]
@@ -37,7 +37,7 @@ def _resolve_device(device) -> tuple[torch.device, int | None]:
     if dev.type == "cpu":
         return dev, None
     if dev.type != "cuda":
-        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
+        raise ConfigError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
     if not torch.cuda.is_available():
         raise RuntimeError("device='cuda' asked for but no CUDA device is available; use device='cpu'")
     index = dev.index if dev.index is not None else torch.cuda.current_device()
@@ -65,11 +65,11 @@ class DaliLoader:
                  num_classes: int, num_samples: int, dtype=None, prefetch: int = 2, initial_fill: int = 1024,
                  random_area=(0.08, 1.0), random_aspect_ratio=(3 / 4, 4 / 3)):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+            raise ConfigError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         if image_size < 1 or resize_size < image_size:
-            raise ValueError(f"need 1 <= image_size <= resize_size, got {image_size}, {resize_size}")
+            raise ConfigError(f"need 1 <= image_size <= resize_size, got {image_size}, {resize_size}")
         if num_samples < world_size:
             raise DataError(f"{num_samples} samples cannot be split over {world_size} ranks")
         self.kind, self.batch_size, self.rank, self.world_size = kind, batch_size, rank, world_size
@@ -223,7 +223,7 @@ class DaliLoader:
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError("DaliLoader.load_state_dict: not a state from DaliLoader.state_dict()")
         if state["config"] != self._config():
-            raise ValueError(f"DaliLoader.load_state_dict: saved for {state['config']}, this loader is "
+            raise ConfigError(f"DaliLoader.load_state_dict: saved for {state['config']}, this loader is "
                              f"{self._config()}")
         self._build(base64.b64decode(state["checkpoint"]))
         self.epoch, self._run_in_epoch = int(state["epoch"]), int(state["run_in_epoch"])

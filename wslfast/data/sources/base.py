@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, runtime_checkable
 
 __all__ = ["Record", "Block", "Source", "record_key", "BLOCK_LINES"]
 
@@ -41,8 +41,10 @@ class Block:
     items: list
 
 
+@runtime_checkable
 class Source(Protocol):
-    """An input kind (see the module docstring); `TagFiles` is today's."""
+    """An input kind (see the module docstring); `TagFiles` is today's. write_shards takes one in place of
+    TAGS paths."""
     paths: list[str]
 
     def blocks(self, file_no: int) -> Iterator[Block]:
