@@ -120,17 +120,11 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
         p.unlink()
     source = source or ("YFCC" if checked.formats == {"yfcc"} else "local")
     num_samples = int(bucket_counts.sum())
-    manifest = {
-        "format": MANIFEST_FORMAT, "version": 1,
-        "name": name or dataset_name(role, source, num_samples, len(vocab)),
-        "num_samples": num_samples, "num_images": checked.num_images, "num_classes": len(vocab),
-        "tags_format": ",".join(sorted(checked.formats)), "tags": paths, "records": checked.records,
-        "skipped": checked.skipped, "reencoded": checked.reencoded,
-        "dedup_against": str(dedup_against) if dedup_against else None, "dedup_radius": dedup_radius,
-        "dedup_reference_unreadable": ref_unreadable, "label_noise": label_noise, "sampling": sampling,
-        "seed": seed, "shard_size": shard_size, "shards": shards, "label_counts": label_counts.tolist(),
-        "image_label_counts": job.noisy_marginal.tolist(), "fingerprint": fp, "vocab": vocab_dict,
-    }
+    manifest = _manifest(name or dataset_name(role, source, num_samples, len(vocab)), job, checked, paths,
+                         shards, bucket_counts, label_counts, fp, vocab_dict,
+                         dict(dedup_against=str(dedup_against) if dedup_against else None, dedup_radius=dedup_radius,
+                              dedup_reference_unreadable=ref_unreadable, label_noise=label_noise,
+                              sampling=sampling, seed=seed, shard_size=shard_size))
     write_manifest(out, manifest)
     return manifest
 
@@ -273,3 +267,17 @@ def _is_whole(tar: Path, num_samples: int) -> bool:
     except DataError:
         return False
     return True
+
+
+def _manifest(name: str, job: Job, checked: _Checked, paths, shards, bucket_counts, label_counts, fingerprint,
+              vocab_dict, options: dict) -> dict:
+    """The manifest.json of a finished build (the format's fields, in the order a reader meets them);
+    options: the build's settings as the user gave them (dedup, noise, sampling, seed, shard size)."""
+    return {
+        "format": MANIFEST_FORMAT, "version": 1, "name": name, "num_samples": int(bucket_counts.sum()),
+        "num_images": checked.num_images, "num_classes": job.num_classes,
+        "tags_format": ",".join(sorted(checked.formats)), "tags": paths, "records": checked.records,
+        "skipped": checked.skipped, "reencoded": checked.reencoded, **options, "shards": shards,
+        "label_counts": label_counts.tolist(), "image_label_counts": job.noisy_marginal.tolist(),
+        "fingerprint": fingerprint, "vocab": vocab_dict,
+    }
