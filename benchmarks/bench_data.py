@@ -169,7 +169,7 @@ def _queries(rng, ref, q):
 
 
 def bench_dedup(args) -> list[dict]:
-    from wslfast.data import dedup
+    from wslfast.data.build import dedup
 
     recs = []
     rng = np.random.default_rng(0)

@@ -35,8 +35,8 @@ def make_shards(out: Path, num_images: int, width: int, height: int, seed: int =
     """Smooth random 'photos' as JPEG (quality 90), 4 labels each from 100, written as shards."""
     from PIL import Image
 
-    from wslfast.data.shards import write_shards
-    from wslfast.data.vocab import HashtagVocabulary
+    from wslfast.data.build import write_shards
+    from wslfast.data.labels.vocab import HashtagVocabulary
 
     rng = np.random.default_rng(seed)
     img_dir = out / "images"
@@ -63,8 +63,8 @@ def torchvision_loader(shards: Path, mode: str, batch_size: int, workers: int, i
     import webdataset as wds
     from torchvision import transforms as T
 
-    from wslfast.data.dali import IMAGENET_MEAN, IMAGENET_STD
-    from wslfast.data.shards import list_shards, read_manifest
+    from wslfast.data.loaders import IMAGENET_MEAN, IMAGENET_STD
+    from wslfast.data.format import list_shards, read_manifest
     from wslfast.sparse_targets import SparseTargets
 
     num_classes = read_manifest(shards)["num_classes"]
@@ -90,7 +90,7 @@ def torchvision_loader(shards: Path, mode: str, batch_size: int, workers: int, i
 
 
 def dali_loader(shards: Path, mode: str, batch_size: int, workers: int, image_size: int, device: str):
-    from wslfast.data import dali
+    from wslfast.data import loaders as dali
 
     if mode == "train":
         return dali.train_loader(shards, batch_size, device=device, image_size=image_size, num_threads=workers)

@@ -64,7 +64,7 @@ class ShardImages(torch.utils.data.Dataset):
     """Random access to the samples of webdataset shards through their DALI .idx files; PIL decodes."""
 
     def __init__(self, shard_dir: str, transform):
-        from wslfast.data.shards import list_shards, read_manifest
+        from wslfast.data.format import list_shards, read_manifest
         self.num_classes = int(read_manifest(shard_dir)["num_classes"])
         self.samples = []  # (tar path, jpg offset, jpg size, labels offset, labels size)
         for tar in list_shards(shard_dir):
@@ -97,7 +97,7 @@ class ShardImages(torch.utils.data.Dataset):
 def stock_batches(shard_dir, batch_size, image_size, workers, seed):
     from torchvision import transforms as T
 
-    from wslfast.data.dali import IMAGENET_MEAN, IMAGENET_STD
+    from wslfast.data.loaders import IMAGENET_MEAN, IMAGENET_STD
     tf = T.Compose([T.RandomResizedCrop(image_size, scale=(0.08, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     ds = ShardImages(shard_dir, tf)
@@ -142,7 +142,7 @@ def run_one(args) -> dict:
             def loss_of(images, dense_targets):
                 return dense_soft_target_cross_entropy(model(images), dense_targets)
     elif args.impl == "wslfast":
-        from wslfast.data.dali import train_loader
+        from wslfast.data.loaders import train_loader
         from wslfast.models import create_model
         loader = train_loader(args.data, args.batch_size, device=device.type, image_size=args.image_size,
                               num_threads=args.workers, seed=0)
@@ -159,7 +159,7 @@ def run_one(args) -> dict:
         def loss_of(images, targets):
             return objective(images, targets)
     else:
-        from wslfast.data.shards import read_manifest
+        from wslfast.data.format import read_manifest
         num_classes = int(read_manifest(args.data)["num_classes"])
         model = stock_model(args.arch, num_classes, args.image_size)
         it = stock_batches(args.data, args.batch_size, args.image_size, args.workers, seed=0)

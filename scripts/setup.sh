@@ -12,10 +12,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-if ! "$VPY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.14.1')" 2>/dev/null; then
+# Again whenever requirements.txt changed since the last install (a new package for the tests, say).
+reqs=.venv/.requirements-installed
+if ! "$VPY" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '2.14.1')" 2>/dev/null \
+   || [ requirements.txt -nt "$reqs" ]; then
   echo "setup: installing torch 2.14.1 and the Python packages (a few minutes)"
   "$VPY" -m pip install -q --upgrade pip
   "$VPY" -m pip install -q -r requirements.txt
+  touch "$reqs"
 fi
 
 # WordNet 3.0 for the hashtag vocabularies (Debian's files, copied where NLTK reads them).

@@ -33,7 +33,7 @@ t = SparseTargets.from_lists([[1, 5], [], [36], [0, 2, 3]], 37)
 got = soft_target_cross_entropy(z, t, "none")
 ref = -(t.to_dense(torch.float64) * torch.log_softmax(z.double(), 1)).sum(1)
 import numpy as np
-from wslfast.data import dedup
+from wslfast.data.build import dedup
 ref_h = np.arange(1, 2000, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 q = np.concatenate([ref_h[:50] ^ np.uint64(0b101), ref_h[:50] ^ np.uint64(0xFFFF)])
 near = dedup.HashIndex(ref_h, 10).contains_near(q)

@@ -89,7 +89,7 @@ if broadcast_object(info, problem):
 
 # ---------------------------------------------------------------- data
 shards = prepare_shards(cfg, info)
-from wslfast.data.dali import train_loader  # noqa: E402  (after prepare_shards: import is slow)
+from wslfast.data.loaders import train_loader  # noqa: E402  (after prepare_shards: import is slow)
 
 loader = train_loader(shards, cfg.batch_size, rank=info.rank, world_size=info.world_size,
                       device=device.type, image_size=cfg.image_size, seed=cfg.seed, num_threads=cfg.num_threads)

@@ -101,7 +101,7 @@ if len(classes) < 2:
 image_size = cfg.image_size or pre_cfg.get("image_size") or 224
 resize_size = cfg.resize_size or round(image_size * 256 / 224)
 
-from wslfast.data.dali import eval_loader  # noqa: E402
+from wslfast.data.loaders import eval_loader  # noqa: E402
 from wslfast.models import create_model  # noqa: E402
 
 

@@ -1,7 +1,7 @@
 """Fixtures for the data tests: WordNet (skipped with a reason when absent), a small synthetic corpus."""
 import pytest
 
-from wslfast.data.wordnet import WordNetMissingError, ensure_wordnet
+from wslfast.data.labels.wordnet import WordNetMissingError, ensure_wordnet
 
 
 @pytest.fixture(scope="session")
@@ -10,7 +10,7 @@ def wordnet():
         ensure_wordnet()
     except WordNetMissingError as e:
         pytest.skip(f"WordNet not installed ({e}); CI installs wordnet-base wordnet-sense-index")
-    from wslfast.data.wordnet import get_wordnet
+    from wslfast.data.labels.wordnet import get_wordnet
 
     return get_wordnet()
 
@@ -34,7 +34,7 @@ def vocab():
 
 @pytest.fixture(scope="session")
 def shard_dir(tmp_path_factory, corpus, vocab):
-    from wslfast.data.shards import write_shards
+    from wslfast.data.build import write_shards
 
     out = tmp_path_factory.mktemp("shards")
     write_shards(corpus["images"], corpus["tags"], vocab, out, shard_size=64, seed=0)

@@ -29,8 +29,9 @@ def test_imagenet1k_vocab(wordnet, tmp_path):
 
 def test_errors_are_reported(tmp_path, capsys):
     (tmp_path / "c.tsv").write_text("dog 3\n")
-    with pytest.raises(SystemExit, match="expected 'hashtag<TAB>count'"):
-        main(["vocab", "--counts", str(tmp_path / "c.tsv"), "--out", str(tmp_path / "v.json")])
+    assert main(["vocab", "--counts", str(tmp_path / "c.tsv"), "--out", str(tmp_path / "v.json")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {tmp_path / 'c.tsv'}:1: expected 'hashtag<TAB>count', got 'dog 3'"]
     assert main(["shards", "--images", str(tmp_path / "no"), "--tags", str(tmp_path / "c.tsv"), "--vocab",
                  str(tmp_path / "none.json"), "--out", str(tmp_path / "o")]) == 1
     assert "error:" in capsys.readouterr().err
@@ -52,8 +53,8 @@ def test_demo_is_built_once_and_reused(wordnet, tmp_path, monkeypatch):
 
 def test_demo_without_wordnet_uses_the_concept_vocabulary(tmp_path, monkeypatch):
     from wslfast.data import demo
-    from wslfast.data.vocab import HashtagVocabulary
-    from wslfast.data.wordnet import WordNetMissingError
+    from wslfast.data.labels import HashtagVocabulary
+    from wslfast.errors import WordNetMissingError
 
     def missing(*a, **k):
         raise WordNetMissingError("WordNet 3.0 not found")

@@ -9,9 +9,10 @@ import torch
 from PIL import Image
 
 pytest.importorskip("nvidia.dali")
-from wslfast.data import dali  # noqa: E402
-from wslfast.data.dali import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from wslfast.data.shards import list_shards, read_manifest  # noqa: E402
+from wslfast.data import loaders  # noqa: E402
+from wslfast.data.format import list_shards, read_manifest, verify_shard  # noqa: E402
+from wslfast.data.loaders import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from wslfast.errors import ConfigError, DataError  # noqa: E402
 from wslfast.sparse_targets import SparseTargets  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def _pil_eval(path, resize, crop):
 
 def test_train_batches(shard_dir):
     m = read_manifest(shard_dir)
-    loader = dali.train_loader(shard_dir, 16, device="cpu", image_size=32, num_threads=2, seed=1)
+    loader = loaders.train_loader(shard_dir, 16, device="cpu", image_size=32, num_threads=2, seed=1)
     assert loader.num_classes == m["num_classes"] and len(loader) == m["num_samples"] // 16
     stored = {tuple(sorted(set(r))) for r in _shard_labels(shard_dir)}
     n = 0
@@ -64,13 +65,13 @@ def test_train_batches(shard_dir):
 
 def test_eval_on_shards_covers_every_sample_once_in_order(shard_dir):
     stored = _shard_labels(shard_dir)
-    loader = dali.eval_loader(shard_dir, 20, device="cpu", image_size=32, resize_size=40, num_threads=1)
+    loader = loaders.eval_loader(shard_dir, 20, device="cpu", image_size=32, resize_size=40, num_threads=1)
     got = [r for _, y in loader for r in _rows(y)]
     assert len(loader) == -(-len(stored) // 20)
     assert got == [sorted(set(r)) for r in stored]
     parts = []  # two ranks: disjoint halves that together are the whole set
     for rank in range(2):
-        ld = dali.eval_loader(shard_dir, 16, rank=rank, world_size=2, device="cpu", image_size=32,
+        ld = loaders.eval_loader(shard_dir, 16, rank=rank, world_size=2, device="cpu", image_size=32,
                               resize_size=40, num_threads=1)
         parts.append([r for _, y in ld for r in _rows(y)])
     assert parts[0] + parts[1] == got
@@ -90,7 +91,7 @@ def test_eval_on_image_folder_matches_pil(tmp_path):
             Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(p, quality=95)
             files.append(p)
     (tmp_path / "a" / "notes.txt").write_text("not an image")
-    loader = dali.eval_loader(tmp_path, 2, device="cpu", image_size=24, resize_size=28, num_threads=1)
+    loader = loaders.eval_loader(tmp_path, 2, device="cpu", image_size=24, resize_size=28, num_threads=1)
     assert loader.classes == ["a", "b"] and loader.num_classes == 2 and len(loader) == 3
     xs, ys = zip(*loader)
     x, y = torch.cat(xs), torch.cat(ys)
@@ -106,7 +107,7 @@ def test_eval_on_image_folder_matches_pil(tmp_path):
 @pytest.mark.parametrize("stop_after", [3, "epoch"])
 def test_exact_resume(shard_dir, stop_after):
     kw = dict(batch_size=16, device="cpu", image_size=24, num_threads=2, seed=4)
-    a = dali.train_loader(shard_dir, **kw)
+    a = loaders.train_loader(shard_dir, **kw)
     it = iter(a)
     if stop_after == "epoch":
         for _ in it:
@@ -116,7 +117,7 @@ def test_exact_resume(shard_dir, stop_after):
             next(it)
     state = a.state_dict()
     want = [b for _, b in zip(range(len(a) + 2), (b for _ in range(3) for b in a))]
-    b = dali.train_loader(shard_dir, **kw)
+    b = loaders.train_loader(shard_dir, **kw)
     buf = io.BytesIO()
     torch.save(state, buf)
     buf.seek(0)
@@ -130,46 +131,48 @@ def test_exact_resume(shard_dir, stop_after):
 
 
 def test_two_epochs_differ_and_ranks_agree_on_length(shard_dir):
-    loader = dali.train_loader(shard_dir, 8, device="cpu", image_size=16, num_threads=1)
+    loader = loaders.train_loader(shard_dir, 8, device="cpu", image_size=16, num_threads=1)
     e1 = torch.cat([x for x, _ in loader])
     e2 = torch.cat([x for x, _ in loader])
     assert e1.shape == e2.shape and not torch.equal(e1, e2)
     n = read_manifest(shard_dir)["num_samples"]
-    lens = [len(dali.train_loader(shard_dir, 8, rank=r, world_size=3, device="cpu", image_size=16))
+    lens = [len(loaders.train_loader(shard_dir, 8, rank=r, world_size=3, device="cpu", image_size=16))
             for r in range(3)]
     assert lens == [n // 3 // 8] * 3
 
 
 def test_bad_inputs(shard_dir, tmp_path):
-    with pytest.raises(ValueError, match="batch_size"):
-        dali.train_loader(shard_dir, 10**6, device="cpu")
-    with pytest.raises(ValueError, match="rank"):
-        dali.train_loader(shard_dir, 4, rank=2, world_size=2, device="cpu")
-    with pytest.raises(ValueError, match="image_size"):
-        dali.eval_loader(shard_dir, 4, device="cpu", image_size=64, resize_size=32)
+    with pytest.raises(DataError, match="batch_size"):
+        loaders.train_loader(shard_dir, 10**6, device="cpu")
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        loaders.train_loader(shard_dir, 0, device="cpu")
+    with pytest.raises(ConfigError, match="rank"):
+        loaders.train_loader(shard_dir, 4, rank=2, world_size=2, device="cpu")
+    with pytest.raises(ConfigError, match="image_size"):
+        loaders.eval_loader(shard_dir, 4, device="cpu", image_size=64, resize_size=32)
     with pytest.raises(FileNotFoundError):
-        dali.train_loader(tmp_path / "missing", 4, device="cpu")
-    with pytest.raises(dali.DataError, match="no class folders"):
-        dali.eval_loader(tmp_path, 4, device="cpu")  # empty folder: no classes
+        loaders.train_loader(tmp_path / "missing", 4, device="cpu")
+    with pytest.raises(DataError, match="no class folders"):
+        loaders.eval_loader(tmp_path, 4, device="cpu")  # empty folder: no classes
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
-            dali.train_loader(shard_dir, 4, device="cuda")
-    a = dali.train_loader(shard_dir, 4, device="cpu", image_size=16)
-    b = dali.train_loader(shard_dir, 8, device="cpu", image_size=16)
-    with pytest.raises(ValueError, match="saved for"):
+            loaders.train_loader(shard_dir, 4, device="cuda")
+    a = loaders.train_loader(shard_dir, 4, device="cpu", image_size=16)
+    b = loaders.train_loader(shard_dir, 8, device="cpu", image_size=16)
+    with pytest.raises(ConfigError, match="saved for"):
         b.load_state_dict(a.state_dict())
     lone = tmp_path / "lone"
     lone.mkdir()
     for ext in ("tar", "idx"):
         (lone / f"s.{ext}").write_bytes((Path(list_shards(shard_dir)[0]).with_suffix("." + ext)).read_bytes())
     with pytest.raises(ValueError, match="num_classes"):
-        dali.train_loader(lone, 4, device="cpu")
-    assert dali.train_loader(lone, 4, device="cpu", num_classes=7).num_classes == 7
+        loaders.train_loader(lone, 4, device="cpu")
+    assert loaders.train_loader(lone, 4, device="cpu", num_classes=7).num_classes == 7
 
 
 @pytest.mark.cuda
 def test_gpu_batches_are_bf16_on_device(shard_dir):
-    loader = dali.train_loader(shard_dir, 8, device="cuda", image_size=32)
+    loader = loaders.train_loader(shard_dir, 8, device="cuda", image_size=32)
     x, y = next(iter(loader))
     assert x.is_cuda and x.dtype == torch.bfloat16 and x.is_contiguous(memory_format=torch.channels_last)
     assert y.device.type == "cuda"
@@ -185,7 +188,7 @@ def test_image_folder_decode_checks_and_names_what_it_skips(tmp_path, capsys):
         tmp_path / "a" / "cut.jpg", quality=95)
     cut = (tmp_path / "a" / "cut.jpg").read_bytes()
     (tmp_path / "a" / "cut.jpg").write_bytes(cut[: len(cut) // 2])  # header intact, data truncated
-    loader = dali.eval_loader(tmp_path, 4, device="cpu", image_size=16, resize_size=20)
+    loader = loaders.eval_loader(tmp_path, 4, device="cpu", image_size=16, resize_size=20)
     assert loader.skipped == 3 and loader.num_samples == 1
     assert [y.tolist() for _, y in loader] == [[0]]  # the truncated JPEG never reaches DALI
     err = capsys.readouterr().err.strip()
@@ -196,13 +199,13 @@ def test_image_folder_decode_checks_and_names_what_it_skips(tmp_path, capsys):
 def test_image_folder_without_images_is_one_clear_error(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "readme.txt").write_text("x")
-    with pytest.raises(dali.DataError, match=r"no images \(.jpg.*in its 1 class folders"):
-        dali.eval_loader(tmp_path, 4, device="cpu")
+    with pytest.raises(DataError, match=r"no images \(.jpg.*in its 1 class folders"):
+        loaders.eval_loader(tmp_path, 4, device="cpu")
     (tmp_path / "a" / "x.jpg").write_text("x")
-    with pytest.raises(dali.DataError, match=r"none of its 1 image files decodes \(first: .*x.jpg: not an image"):
-        dali.eval_loader(tmp_path, 4, device="cpu")
+    with pytest.raises(DataError, match=r"none of its 1 image files decodes \(first: .*x.jpg: not an image"):
+        loaders.eval_loader(tmp_path, 4, device="cpu")
     with pytest.raises(FileNotFoundError, match="missing does not exist"):
-        dali.eval_loader(tmp_path / "missing", 4, device="cpu")
+        loaders.eval_loader(tmp_path / "missing", 4, device="cpu")
 
 
 def _copy_shards(shard_dir, dst):
@@ -217,8 +220,8 @@ def test_truncated_shard_is_named_when_the_loader_opens(shard_dir, tmp_path):
     victim = tars[1]
     data = victim.read_bytes()
     victim.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(dali.DataError) as e:
-        dali.train_loader(tmp_path / "s", 8, device="cpu", image_size=16)
+    with pytest.raises(DataError) as e:
+        loaders.train_loader(tmp_path / "s", 8, device="cpu", image_size=16)
     msg = str(e.value)
     assert f"shard {victim} is truncated" in msg and "python -m wslfast.data shards" in msg and "\n" not in msg
 
@@ -228,28 +231,28 @@ def test_shard_that_does_not_match_its_index_is_named(shard_dir, tmp_path):
     # long enough (shards hold about, not exactly, shard_size samples), but another shard's members
     pad = max(0, tars[0].stat().st_size - tars[1].stat().st_size) + 4096
     tars[0].write_bytes(tars[1].read_bytes() + b"\0" * pad)
-    with pytest.raises(dali.DataError, match=f"shard {tars[0]} does not match its index"):
-        dali.eval_loader(tmp_path / "s", 8, device="cpu", image_size=16, resize_size=16)
+    with pytest.raises(DataError, match=f"shard {tars[0]} does not match its index"):
+        loaders.eval_loader(tmp_path / "s", 8, device="cpu", image_size=16, resize_size=16)
     idx = tars[0].with_suffix(".idx")
     idx.write_text("hello\n")
-    with pytest.raises(dali.DataError, match="is not a webdataset index"):
-        dali.verify_shard(str(tars[0]), str(idx))
+    with pytest.raises(DataError, match="is not a webdataset index"):
+        verify_shard(tars[0], full=False)
 
 
 def test_whole_shards_pass_the_check(shard_dir):
     for t in list_shards(shard_dir):
-        dali.verify_shard(t, str(Path(t).with_suffix(".idx")))
+        verify_shard(t, full=False)
 
 
 def test_batch_larger_than_the_data_names_the_data(shard_dir):
     n = read_manifest(shard_dir)["num_samples"]
-    with pytest.raises(dali.DataError) as e:
-        dali.train_loader(shard_dir, n + 1, device="cpu", image_size=16)
+    with pytest.raises(DataError) as e:
+        loaders.train_loader(shard_dir, n + 1, device="cpu", image_size=16)
     assert f"holds {n} samples" in str(e.value) and f"at most {n}" in str(e.value) and str(shard_dir) in str(e.value)
 
 
 def test_train_on_image_folder(corpus):
-    loader = dali.train_loader(corpus["target_train"], 8, device="cpu", image_size=24, num_threads=1)
+    loader = loaders.train_loader(corpus["target_train"], 8, device="cpu", image_size=24, num_threads=1)
     assert loader.classes == sorted(corpus["target_classes"]) and len(loader) == 24 // 8
     ys = []
     for x, y in loader:
@@ -262,17 +265,29 @@ def test_padded_to_targets_matches_from_lists():
     rows = [[3, 1], [7], [2, 2, 5], [0]]
     k = max(map(len, rows))
     padded = torch.tensor([r + [-1] * (k - len(r)) for r in rows])
-    got, want = dali.padded_to_targets(padded, 9), SparseTargets.from_lists(rows, 9)
+    got, want = loaders.padded_to_targets(padded, 9), SparseTargets.from_lists(rows, 9)
     for name in ("indices", "offsets", "weights"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     with pytest.raises(ValueError):
-        dali.padded_to_targets(torch.tensor([[9]]), 9)
+        loaders.padded_to_targets(torch.tensor([[9]]), 9)
 
 
 def test_eval_image_folder_split_over_ranks(corpus):
     kw = dict(device="cpu", image_size=16, resize_size=20, num_threads=1)
-    full = torch.cat([y for _, y in dali.eval_loader(corpus["target_val"], 6, **kw)])
-    parts = [torch.cat([y for _, y in dali.eval_loader(corpus["target_val"], 4, rank=r, world_size=3, **kw)])
+    full = torch.cat([y for _, y in loaders.eval_loader(corpus["target_val"], 6, **kw)])
+    parts = [torch.cat([y for _, y in loaders.eval_loader(corpus["target_val"], 4, rank=r, world_size=3, **kw)])
              for r in range(3)]
     assert torch.equal(torch.cat(parts), full) and full.tolist() == sorted(full.tolist())
     assert [p.numel() for p in parts] == [20 * (r + 1) // 3 - 20 * r // 3 for r in range(3)]
+
+
+def test_one_factory_behind_both_loaders(shard_dir, corpus):
+    with pytest.raises(ValueError, match="kind must be 'train' or 'eval'"):
+        loaders.make_loader("test", shard_dir, 4, device="cpu")
+    a = loaders.train_loader(shard_dir, 4, device="cpu", image_size=16)
+    b = loaders.make_loader("train", shard_dir, 4, device="cpu", image_size=16)
+    assert a._config() == b._config() and a.resize_size == b.resize_size == 16 and a.num_classes == b.num_classes
+    e = loaders.eval_loader(shard_dir, 4, device="cpu", image_size=16)
+    assert e.kind == "eval" and e.resize_size == 256 and len(e) == -(-read_manifest(shard_dir)["num_samples"] // 4)
+    f = loaders.make_loader("eval", corpus["target_val"], 4, device="cpu", image_size=16, validate=False)
+    assert f.classes == sorted(p.name for p in Path(corpus["target_val"]).iterdir()) and f.skipped == 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wslfast.data import dedup
+from wslfast.data.build import dedup
 
 
 def _photo(seed, size=96):

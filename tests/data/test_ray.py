@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from wslfast.data.shards import list_shards, read_manifest, write_shards
+from wslfast.data.build import write_shards
+from wslfast.data.format import list_shards, read_manifest
 
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.dist]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from wslfast.data.shards import list_shards, write_shards
+from wslfast.data.build import write_shards
+from wslfast.data.format import list_shards
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.dist]

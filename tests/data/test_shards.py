@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wslfast.data import pipeline as PL
-from wslfast.data import shardio
-from wslfast.data.shards import dataset_name, list_shards, read_manifest, write_shards
+from wslfast.data import format as shard_format
+from wslfast.data.build import dataset_name, write_shards
+from wslfast.data.build import passes as PL
+from wslfast.data.format import list_shards, read_manifest
 
 
 def _jpeg(seed, size=40, quality=90, fmt="JPEG"):
@@ -122,7 +123,7 @@ def test_deterministic_and_resumable(corpus, vocab, tmp_path, monkeypatch):
 
 
 def test_a_crash_leaves_only_whole_shards(corpus, vocab, tmp_path, monkeypatch):
-    real, calls = shardio.jpeg_bytes, {"n": 0}
+    real, calls = shard_format.jpeg_bytes, {"n": 0}
 
     def failing(path, reencode):
         calls["n"] += 1
@@ -130,12 +131,12 @@ def test_a_crash_leaves_only_whole_shards(corpus, vocab, tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path, reencode)
 
-    monkeypatch.setattr(shardio, "jpeg_bytes", failing)
+    monkeypatch.setattr(shard_format, "jpeg_bytes", failing)
     with pytest.raises(OSError, match="disk full"):
         write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "o", shard_size=64)
     assert [Path(p).name for p in list_shards(tmp_path / "o")] == ["shard-000000.tar"]
     assert not (tmp_path / "o" / "manifest.json").exists()
-    monkeypatch.setattr(shardio, "jpeg_bytes", real)
+    monkeypatch.setattr(shard_format, "jpeg_bytes", real)
     m = write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "o", shard_size=64)
     assert len(list_shards(tmp_path / "o")) == len(m["shards"])
     assert not list((tmp_path / "o").glob(".*.tmp"))

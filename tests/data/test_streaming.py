@@ -1,7 +1,6 @@
 """The streaming shard build: compressed and multi-file inputs, verified resume, kills, bounded memory."""
 import bz2
 import gzip
-import io
 import json
 import lzma
 import os
@@ -11,12 +10,11 @@ import tarfile
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from wslfast.data.__main__ import main
-from wslfast.data.shardio import verify_shard, write_shard
-from wslfast.data.shards import list_shards, write_shards
+from wslfast.data.build import write_shards
+from wslfast.data.format import list_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,50 +44,6 @@ def _compress(src: Path, dst: Path):
         import zstandard
 
         dst.write_bytes(zstandard.ZstdCompressor().compress(data))
-
-
-def test_writer_bytes_are_tarfiles(tmp_path):
-    (tmp_path / "a.jpg").write_bytes(b"x" * 1000)
-    (tmp_path / "b.jpg").write_bytes(b"y" * 512)
-    samples = [("000000_000000", "a.jpg", False, [1, 2], {"image": "a.jpg", "tags": ["#café"]}),
-               ("000000_000001", "b.jpg", False, [3], {"image": "b.jpg", "tags": []})]
-    write_shard(tmp_path, "s", samples, tmp_path)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, image, _, labels, info in samples:
-            for ext, data in (("jpg", (tmp_path / image).read_bytes()),
-                              ("labels", np.asarray(labels, dtype="<i4").tobytes()),
-                              ("json", json.dumps(info, sort_keys=True).encode())):
-                ti = tarfile.TarInfo(f"{key}.{ext}")
-                ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = len(data), 0, 0o644, "", ""
-                tar.addfile(ti, io.BytesIO(data))
-    assert (tmp_path / "s.tar").read_bytes() == buf.getvalue()
-    assert verify_shard(tmp_path / "s.tar", 2) and not verify_shard(tmp_path / "s.tar", 3)
-
-
-def test_verify_shard_catches_damage(shard_dir, tmp_path):
-    src = Path(list_shards(shard_dir)[0])
-    good = src.read_bytes()
-    idx = src.with_suffix(".idx").read_text()
-    n = int(idx.split()[1])
-    t = tmp_path / "shard-000000.tar"
-
-    def case(data, index=idx):
-        t.write_bytes(data)
-        t.with_suffix(".idx").write_text(index)
-        return verify_shard(t, n)
-
-    assert case(good)
-    assert not case(good[:len(good) // 2])  # truncated
-    assert not case(good[:-1024])  # lost its end blocks
-    assert not case(good + bytes(10240))  # grown
-    flipped = bytearray(good)
-    flipped[3] ^= 0x20  # a header byte: name and checksum disagree
-    assert not case(bytes(flipped))
-    assert not case(good, index=idx.replace(f"v1.2 {n}", f"v1.2 {n + 1}"))
-    assert not case(good, index="garbage\n")
-    t.with_suffix(".idx").unlink()
-    assert not verify_shard(t, n)
 
 
 def test_rerun_rebuilds_damaged_shards_and_keeps_whole_ones(corpus, vocab, tmp_path):
@@ -174,15 +128,15 @@ def test_bad_inputs_give_one_error_line(corpus, vocab, tmp_path, capsys):
 
 _KILLER = textwrap.dedent("""
     import os, signal, sys
-    from wslfast.data import pipeline
-    real, done = pipeline.write_bucket, []
+    from wslfast.data.build import passes
+    real, done = passes.write_bucket, []
     def write_then_die(*a, **k):
         if len(done) == 2:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: like a power cut
         done.append(real(*a, **k))
         return done[-1]
-    pipeline.write_bucket = write_then_die
-    from wslfast.data.shards import write_shards
+    passes.write_bucket = write_then_die
+    from wslfast.data.build import write_shards
     from wslfast.data.synthetic import concept_vocabulary
     write_shards(sys.argv[1], sys.argv[2], concept_vocabulary(), sys.argv[3], shard_size=40, seed=4,
                  sampling="sqrt", label_noise=0.1)
@@ -211,7 +165,7 @@ _MEASURE = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     from PIL import Image
-    from wslfast.data.shards import write_shards
+    from wslfast.data.build import write_shards
     from wslfast.data.synthetic import concept_vocabulary
     root, n = Path(sys.argv[1]), int(sys.argv[2])
     (root / "img").mkdir(parents=True)
@@ -241,16 +195,3 @@ def test_memory_does_not_grow_with_the_records(tmp_path):
         assert r.returncode == 0, r.stderr
         peak[n] = int(r.stdout.split()[-1]) / 1024  # MB
     assert peak[4 * 4096] - peak[4096] < 4, peak  # holding bare TagRecords alone adds ~6.6 MB here
-
-
-def test_fast_headers_are_tarfiles_headers():
-    import random
-
-    from wslfast.data.shardio import _header, _tarfile_header
-
-    rng = random.Random(0)
-    for _ in range(2000):
-        name = "".join(rng.choice("abz_09.-/") for _ in range(rng.randint(1, 120)))
-        size = rng.choice([0, 1, 511, 512, 513, rng.randint(0, 8**11 - 1)])  # USTAR sizes: < 8 GiB
-        assert _header(name, size) == _tarfile_header(name, size), (name, size)
-    assert _header("café.json", 5) == _tarfile_header("café.json", 5)

@@ -43,7 +43,7 @@ def test_bad_arguments(tmp_path):
 
 
 def test_hashtags_are_wordnet_nouns_of_their_synset(wordnet):
-    from wslfast.data.vocab import noun_index
+    from wslfast.data.labels.vocab import noun_index
 
     index = noun_index()
     for forms, synset, wnid in CONCEPTS:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from wslfast.data.tagfiles import detect_format, read_tags
+from wslfast.data.sources import detect_format, read_tags
 
 
 def test_yfcc_with_encoded_tags(tmp_path, yfcc_row):

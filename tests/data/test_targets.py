@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wslfast.data.targets import add_label_noise, label_marginal, resample_copies
+from wslfast.data.build.targets import add_label_noise, label_marginal, resample_copies
 
 
 def _single_label_data(n=20000, probs=(0.5, 0.25, 0.15, 0.07, 0.03), seed=0):
@@ -69,7 +69,7 @@ def test_resampling_bad_input():
 
 
 # --- the per-record (hashed) forms used by the shard pipeline ---------------------------------------------
-from wslfast.data.targets import (WEIGHT_ONE, copies_hashed, noisy_labels_hashed, uniform,  # noqa: E402
+from wslfast.data.build.targets import (WEIGHT_ONE, copies_hashed, noisy_labels_hashed, uniform,  # noqa: E402
                                   weights_fixed)
 
 

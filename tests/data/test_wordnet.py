@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from wslfast.data import wordnet as W
+from wslfast.data.labels import wordnet as W
 
 
 def test_lexnames_match_the_man_page():

@@ -19,7 +19,7 @@ def _scores(stdout):
 def test_linear_probe_with_baseline_saves_model_and_metrics(small_checkpoint, tmp_path):
     import json
 
-    from wslfast.data.dali import eval_loader
+    from wslfast.data.loaders import eval_loader
     from wslfast.models import create_model
 
     out = tmp_path / "probe"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from wslfast.data.vocab import HashtagVocabulary
+from wslfast.data.labels.vocab import HashtagVocabulary
 from wslfast.transfer import (class_hashtag_sets, load_vocabulary, read_class_map, resolve_class_synsets,
                               zeroshot_evaluate, zeroshot_scores)
 
@@ -123,11 +123,11 @@ def test_class_names_and_maps(tmp_path):
 
 @pytest.mark.slow  # reading WordNet's noun database: ~10 s
 def test_real_wordnet_hyponyms():
-    from wslfast.data.wordnet import wordnet_available
+    from wslfast.data.labels.wordnet import wordnet_available
 
     if not wordnet_available():
         pytest.skip("WordNet is not installed")
-    from wslfast.data.wordnet import get_wordnet
+    from wslfast.data.labels.wordnet import get_wordnet
 
     wn = get_wordnet()
     names = ["dog.n.01", "hound.n.01", "beagle.n.01", "tabby.n.01", "car.n.01", "kitten.n.01"]

@@ -4,32 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 
-
-def _read_counts(path: str) -> dict[str, int]:
-    """COUNTS.tsv: `hashtag<TAB>count` a line (blank lines ignored)."""
-    counts: Counter = Counter()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-                raise SystemExit(f"{path}:{n}: expected 'hashtag<TAB>count', got {line.strip()!r}")
-            counts[parts[0]] += int(parts[1])
-    return dict(counts)
-
-
-def _count_tags(tags, images_dir: str) -> dict[str, int]:
-    """Images per hashtag over TAGS inputs, streaming (memory: the distinct tags, not the records)."""
-    from .tagfiles import iter_tags
-
-    counts: Counter = Counter()
-    for _, r in iter_tags(tags, images_dir):
-        if not r.skip:
-            counts.update(r.tags)
-    return dict(counts)
+from ..errors import UserError, WordNetMissingError
 
 
 def main(argv=None) -> int:
@@ -86,28 +62,28 @@ def main(argv=None) -> int:
     w.add_argument("--nltk-data", default=None, help="default: $WSLFAST_NLTK_DATA or ~/.cache/wslfast/nltk_data")
 
     args = ap.parse_args(argv)
-    from .wordnet import WordNetMissingError
-
     try:
         if args.cmd == "vocab":
-            from .vocab import HashtagVocabulary
+            from .format import read_counts
+            from .labels import HashtagVocabulary
+            from .sources import count_tags
 
             if args.imagenet1k:
                 vocab = HashtagVocabulary.imagenet1k()
             else:
-                counts = _read_counts(args.counts) if args.counts else _count_tags(args.tags, args.images)
+                counts = read_counts(args.counts) if args.counts else count_tags(args.tags, args.images)
                 vocab = HashtagVocabulary.from_counts(counts, min_count=args.min_count, top=args.top)
             vocab.save(args.out)
             print(f"{args.out}: {len(vocab)} labels, {vocab.num_hashtags} hashtags")
         elif args.cmd == "shards":
-            from .dedup import DEFAULT_RADIUS
-            from .shards import write_shards
+            from .build import write_shards
+            from .build.dedup import DEFAULT_RADIUS
 
+            radius = DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius
             m = write_shards(args.images, args.tags, args.vocab, args.out, shard_size=args.shard_size,
                              label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
-                             name=args.name, dedup_radius=DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius,
-                             progress=True, ray_address=args.ray_address)
+                             name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
                                                 "reencoded")}, indent=1))
         elif args.cmd == "synthetic":
@@ -122,17 +98,24 @@ def main(argv=None) -> int:
             info = prepare_demo(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size)
             print(json.dumps({k: v for k, v in info.items() if k != "settings"}, indent=1))
         elif args.cmd == "setup-wordnet":
-            from .wordnet import get_wordnet
+            from .labels import get_wordnet
 
             wn = get_wordnet(args.nltk_data)
             print(f"WordNet {wn.get_version()} ready for nltk in {wn.root}")
     except WordNetMissingError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    # The library's errors for bad input (wslfast.errors), missing files, and the ValueErrors of argument
+    # checks: one line. Anything else is a bug and keeps its traceback.
+    except (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+    return text or type(e).__name__
 
 
 if __name__ == "__main__":

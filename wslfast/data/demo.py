@@ -9,7 +9,7 @@ counts.tsv, target/{train,val} (the transfer task), vocab.json, shards/, and dem
 settings it was built with). Idempotent: a finished demo with the same settings is reused; anything else is
 rebuilt. A new folder is built beside its final place and renamed into it when whole, so concurrent
 builders (one per machine) never see half a corpus. The vocabulary comes from WordNet (see
-wslfast.data.wordnet); without it, with a warning, from the synthetic concepts' built-in table (same
+wslfast.data.labels.wordnet); without it, with a warning, from the synthetic concepts' built-in table (same
 synsets, minus the filler noun #love).
 """
 from __future__ import annotations
@@ -25,26 +25,18 @@ __all__ = ["prepare_demo", "cache_root", "demo_corpus_dir", "prepare_shards"]
 _VERSION = 2
 
 
-def _read_counts(path) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            tag, n = line.rsplit("\t", 1)
-            counts[tag] = counts.get(tag, 0) + int(n)
-    return counts
-
-
 def _build(root: Path, final: Path, settings: dict, num_images, seed, image_size, num_target_classes, min_count,
            shard_size, sampling, label_noise) -> dict:
-    from .shards import write_shards
+    from ..errors import WordNetMissingError
+    from .build import write_shards
+    from .format import read_counts
+    from .labels import HashtagVocabulary
     from .synthetic import concept_vocabulary, make_synthetic_corpus
-    from .vocab import HashtagVocabulary
-    from .wordnet import WordNetMissingError
 
     corpus = make_synthetic_corpus(root, num_images=num_images, seed=seed, image_size=image_size,
                                    num_target_classes=num_target_classes)
     try:
-        vocab = HashtagVocabulary.from_counts(_read_counts(corpus["counts"]), min_count=min_count)
+        vocab = HashtagVocabulary.from_counts(read_counts(corpus["counts"]), min_count=min_count)
     except WordNetMissingError as e:  # still usable: the concepts' own vocabulary (no filler tags)
         warnings.warn(f"{e}; using the synthetic concepts' built-in vocabulary instead")
         vocab = concept_vocabulary()
@@ -111,7 +103,7 @@ def demo_corpus_dir(cfg) -> str:
 def prepare_shards(cfg, info) -> str:
     """The folder of shards to train on (shards + manifest.json). For data=synthetic, local rank 0 of each
     machine builds the demo (prepare_demo) if it is not cached yet while the other ranks wait."""
-    from .shards import list_shards
+    from .format import list_shards
 
     if cfg.data != "synthetic":
         if not os.path.isdir(cfg.data):

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
+from .format import write_counts
+
 __all__ = ["CONCEPTS", "FILLER_TAGS", "make_synthetic_corpus", "concept_vocabulary"]
 
 # (spellings of one WordNet noun synset, the synset, its wnid): tests check both against WordNet. Each
@@ -60,7 +63,7 @@ _COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 80, 235]], dtype=np.floa
 def concept_vocabulary():
     """The 24 concepts as a HashtagVocabulary built without WordNet (label = concept index, tags = the
     normalized spellings): for tests and demos on machines without WordNet. Filler tags stay outside."""
-    from .vocab import HashtagVocabulary, normalize_hashtag
+    from .labels.vocab import HashtagVocabulary, normalize_hashtag
 
     tags = {normalize_hashtag(f): i for i, (forms, _, _) in enumerate(CONCEPTS) for f in forms}
     return HashtagVocabulary([c[1] for c in CONCEPTS], [c[2] for c in CONCEPTS], tags, source="synthetic-concepts")
@@ -134,11 +137,11 @@ def make_synthetic_corpus(out_dir, num_images: int = 2000, seed: int = 0, image_
     "concepts", "target_classes"} (paths as str).
     """
     if num_images < 1:
-        raise ValueError(f"make_synthetic_corpus: num_images must be >= 1, got {num_images}")
+        raise ConfigError(f"make_synthetic_corpus: num_images must be >= 1, got {num_images}")
     if not 1 <= num_target_classes <= len(CONCEPTS):
-        raise ValueError(f"make_synthetic_corpus: num_target_classes must be in [1, {len(CONCEPTS)}]")
+        raise ConfigError(f"make_synthetic_corpus: num_target_classes must be in [1, {len(CONCEPTS)}]")
     if image_size < 16:
-        raise ValueError(f"make_synthetic_corpus: image_size must be >= 16, got {image_size}")
+        raise ConfigError(f"make_synthetic_corpus: image_size must be >= 16, got {image_size}")
     root = Path(out_dir)
     rng = np.random.default_rng(seed)
     n_concepts, s = len(CONCEPTS), image_size
@@ -158,7 +161,7 @@ def make_synthetic_corpus(out_dir, num_images: int = 2000, seed: int = 0, image_
         tag_counts.update(tags)
         lines.append(json.dumps({"image": rel, "tags": tags}))
     (root / "tags.jsonl").write_text("\n".join(lines) + "\n")
-    (root / "counts.tsv").write_text("".join(f"{t}\t{n}\n" for t, n in sorted(tag_counts.items())))
+    write_counts(root / "counts.tsv", tag_counts)
 
     classes = [CONCEPTS[c][0][0] for c in range(num_target_classes)]
     for split, per_class in (("train", target_train_per_class), ("val", target_val_per_class)):

@@ -2,7 +2,7 @@
 
 A target class that is a WordNet noun synset is scored from the pretrained hashtag classifier: its
 "hashtag set" S(c) is every vocabulary label whose synset is c itself or one of c's hyponyms (transitively,
-instance hyponyms included; a vocabulary label IS a synset, see wslfast.data.vocab). The pooling is
+instance hyponyms included; a vocabulary label IS a synset, see wslfast.data.labels.vocab). The pooling is
 
     score_c(x) = log sum_{j in S(c)} softmax(z(x))_j  =  logsumexp_{j in S(c)} log_softmax(z(x))_j
 
@@ -60,7 +60,7 @@ def load_vocabulary(path: str):
     """A HashtagVocabulary from a saved vocab.json or from a shards folder's manifest.json (its "vocab")."""
     import json
 
-    from ..data.vocab import HashtagVocabulary
+    from ..data.labels import HashtagVocabulary
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -100,13 +100,13 @@ def _synset_of(wn, ident: str):
 
 def class_hashtag_sets(class_synsets: Sequence[str], vocab, hyponyms: bool = True, wordnet=None) -> list[list[int]]:
     """Vocabulary labels per class: the class's own synset and (hyponyms=True) all its hyponyms that are
-    labels. Needs WordNet (wslfast.data.wordnet.get_wordnet) for names and hyponyms; with hyponyms=False and
+    labels. Needs WordNet (wslfast.data.labels.wordnet.get_wordnet) for names and hyponyms; with hyponyms=False and
     wnids only, none."""
     wnid_to_label = {w: i for i, w in enumerate(vocab.wnids)}
     name_to_label = {s: i for i, s in enumerate(vocab.synsets)}
     need_wordnet = hyponyms or any(not _WNID.match(s) and s not in name_to_label for s in class_synsets)
     if need_wordnet and wordnet is None:
-        from ..data.wordnet import get_wordnet
+        from ..data.labels import get_wordnet
 
         wordnet = get_wordnet()
     sets = []

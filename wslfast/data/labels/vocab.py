@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ...errors import DataError
+
 __all__ = ["HashtagVocabulary", "normalize_hashtag", "NounIndex", "noun_index"]
 
 _FORMAT = "wslfast-hashtag-vocabulary"
@@ -180,14 +182,14 @@ class HashtagVocabulary:
         kept = sorted((o for o, n in per_synset.items() if n >= min_count), key=lambda o: (-per_synset[o], o))
         kept = kept[:top] if top is not None else kept
         if not kept:
-            raise ValueError("HashtagVocabulary.from_counts: no hashtag is a WordNet noun with enough counts "
+            raise DataError("HashtagVocabulary.from_counts: no hashtag is a WordNet noun with enough counts "
                              f"(min_count={min_count}, {len(per_key)} distinct tags)")
         return cls.from_synsets(kept, index, [per_synset[o] for o in kept], observed, source)
 
     @classmethod
     def imagenet1k(cls, nltk_data_dir=None) -> "HashtagVocabulary":
         """The 1,000 ImageNet-1k synsets, labels in the usual sorted-wnid order, tags = their lemmas."""
-        text = resources.files("wslfast.data").joinpath("imagenet1k_wnids.txt").read_text()
+        text = resources.files("wslfast.data.labels").joinpath("imagenet1k_wnids.txt").read_text()
         offsets = [int(w[1:]) for w in text.split()]
         return cls.from_synsets(offsets, noun_index(nltk_data_dir), source="imagenet1k")
 
@@ -254,11 +256,11 @@ class HashtagVocabulary:
             try:
                 data = json.load(f)
             except (ValueError, UnicodeDecodeError) as e:  # not JSON: name the file, not just the parser's line
-                raise ValueError(f"vocabulary {str(path)!r} is not a JSON vocabulary file ({e})") from None
+                raise DataError(f"vocabulary {str(path)!r} is not a JSON vocabulary file ({e})") from None
         try:
             return cls.from_dict(data)
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"vocabulary {str(path)!r} is not a wslfast vocabulary (from `python -m "
+            raise DataError(f"vocabulary {str(path)!r} is not a wslfast vocabulary (from `python -m "
                              f"wslfast.data vocab`): {e!r}") from None
 
     def __eq__(self, other) -> bool:

@@ -1,4 +1,4 @@
-"""Who runs the block steps of pipeline.py: in this process, or Ray Data (embedded or a cluster).
+"""Who runs the block steps of passes.py: in this process, or Ray Data (embedded or a cluster).
 
 Both engines produce the same bytes: blocks are fixed by the inputs, every step is a pure function of
 its block, and each shard is sorted by shuffle key before it is written. Every engine streams: the
@@ -7,8 +7,8 @@ driver sees one block's counts at a time, never the records.
 - LocalEngine (--workers 1): the steps in a loop; the write pass scatters the samples' metadata into
   partition files of a few shards each (`.work/part-*.jsonl`), then writes the shards partition by
   partition, so memory is one partition.
-- RayEngine (--workers N > 1, --ray-address or RAY_ADDRESS): pass 1 reads the TAGS files with a
-  streaming Ray Data datasource (one read task per file, one row per block) and runs `check_block` in
+- RayEngine (--workers N > 1, --ray-address or RAY_ADDRESS): pass 1 reads the source's inputs with a
+  streaming Ray Data datasource (one read task per input, one row per block) and runs `check_block` in
   `map_batches`; the counting passes map over the block list; the write pass expands the samples' metadata
   and groups it by shard (`groupby(...).map_groups`), and each group's task reads its image bytes and
   writes its shard. The Job (vocabulary, dedup index) is put into the object store once.
@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import pipeline as P
-from .tagfiles import iter_blocks, iter_file_blocks
+from . import passes as P
 
 __all__ = ["LocalEngine", "RayEngine", "make_engine"]
 
@@ -45,9 +44,10 @@ class LocalEngine:
     def put(self, job):
         self.job = job
 
-    def check(self, paths):
-        for fi, bi, fmt, lines in iter_blocks(paths):
-            yield P.check_block(self.job, fi, bi, fmt, lines)
+    def check(self, source):
+        for fi in range(len(source.paths)):
+            for block in source.blocks(fi):
+                yield P.check_block(self.job, block)
 
     def map(self, fn, blocks):
         for b in blocks:
@@ -100,8 +100,7 @@ def _job(ref_box):
 
 def _check_batch(batch, ref_box):
     job = _job(ref_box)
-    out = [P.check_block(job, int(fi), int(bi), str(fmt), list(lines))
-           for fi, bi, fmt, lines in zip(batch["fi"], batch["bi"], batch["fmt"], batch["lines"])]
+    out = [P.check_block(job, pickle.loads(b)) for b in batch["block"]]
     return {"result": [json.dumps(s) for s in out]}
 
 
@@ -130,33 +129,33 @@ def _write_group(group, ref_box):
     return {"stem": [stem], "n": [n]}
 
 
-def _tags_datasource(paths):
+def _source_datasource(source):
     import pyarrow as pa
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockMetadata
 
-    class TagsDatasource(Datasource):
-        """One read task per TAGS file, streaming one row per block of lines (see tagfiles.iter_file_blocks)."""
+    class SourceDatasource(Datasource):
+        """One read task per input of a sources.Source, streaming one row per block (the Block pickled)."""
 
         def estimate_inmemory_data_size(self):
             return None
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-            def reader(fi, p):
+            def reader(fi):
                 def read():
-                    for fi_, bi, fmt, lines in iter_file_blocks(fi, p):
-                        yield pa.table({"fi": [fi_], "bi": [bi], "fmt": [fmt], "lines": [lines]})
+                    for block in source.blocks(fi):
+                        yield pa.table({"block": [pickle.dumps(block)]})
                 return read
 
-            return [ReadTask(reader(fi, p), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
-                                                          input_files=(p,)))
-                    for fi, p in enumerate(paths)]
+            return [ReadTask(reader(fi), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
+                                                       input_files=(p,)))
+                    for fi, p in enumerate(source.paths)]
 
-    return TagsDatasource()
+    return SourceDatasource()
 
 
 def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[2])
+    return str(Path(__file__).resolve().parents[3])
 
 
 class RayEngine:
@@ -215,12 +214,12 @@ class RayEngine:
         items = [{"fi": int(fi), "bi": int(bi)} for fi, bi in blocks]
         return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * self.parallel)))
 
-    def check(self, paths):
+    def check(self, source):
         import ray.data
 
         # The read (decompress + split lines) is light: a fraction of a CPU, and not fused with the checks,
         # so the blocks of one big file spread over every worker.
-        ds = ray.data.read_datasource(_tags_datasource(paths), num_cpus=0.25).map_batches(
+        ds = ray.data.read_datasource(_source_datasource(source), num_cpus=0.25).map_batches(
             _check_batch, fn_args=(self._ref,), batch_size=1, batch_format="numpy")
         for row in ds.iter_rows():
             yield json.loads(row["result"])

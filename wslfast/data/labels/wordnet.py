@@ -12,7 +12,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from ..errors import WordNetMissingError
+from ...errors import WordNetMissingError
 
 __all__ = ["ensure_wordnet", "get_wordnet", "wordnet_available", "WordNetMissingError", "INSTALL_HINT"]
 

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["phash", "phash_file", "hash_directory", "hamming", "near_duplicates", "near_duplicates_brute",
-           "HashIndex", "IMAGE_EXTENSIONS", "DEFAULT_RADIUS"]
+from ...errors import ConfigError
+from ..format import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+__all__ = ["phash", "phash_file", "hash_directory", "hamming", "near_duplicates", "near_duplicates_brute",
+           "HashIndex", "DEFAULT_RADIUS"]
+
 DEFAULT_RADIUS = 10
 _N, _K = 32, 8
 
@@ -137,7 +139,7 @@ def choose_substrings(n: int, radius: int) -> int:
 def _lookup_extension():
     """wslfast._dedup's lookup (C++, no torch), or None in a checkout whose extensions are not built."""
     try:
-        from .._dedup import hamming_contains_near
+        from ..._dedup import hamming_contains_near
     except ImportError:
         return None
     return hamming_contains_near
@@ -157,7 +159,7 @@ class HashIndex:
 
     def __init__(self, reference, radius: int = DEFAULT_RADIUS):
         if not 0 <= int(radius) <= 64:
-            raise ValueError(f"HashIndex: radius must be in [0, 64] bits, got {radius}")
+            raise ConfigError(f"HashIndex: radius must be in [0, 64] bits, got {radius}")
         self.radius = int(radius)
         ref = np.unique(np.asarray(reference, dtype=np.uint64))
         self.size = int(ref.size)

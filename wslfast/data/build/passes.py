@@ -1,7 +1,7 @@
-"""The per-block steps of the shard build, shared by the in-process and the Ray runner (see shards.py).
+"""The per-block steps of the shard build, shared by every engine (see driver.py for the order of passes).
 
-Work is cut into blocks of BLOCK_LINES lines of one TAGS file, so every step holds one block at a time:
-- `check_block`: TAGS lines -> records -> labels -> decode-check + pHash (cached by path, size, mtime in
+Work is cut into the source's blocks (BLOCK_LINES items of one input), so every step holds one block at a time:
+- `check_block`: items -> records -> labels -> decode-check + pHash (cached by path, size, mtime in
   `.work/check-F-B.json`) -> dedup lookup; writes the block's usable records to `.work/good-F-B.json` and
   returns counts (skips, label marginal) for the driver to add up;
 - `noise_block`, `weight_block`, `plan_block`: counting passes over the good records (noisy-label marginal,
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..format import shard_stem, write_shard
+from ..sources import Block, record_key
 from . import dedup as _dedup
-from .shardio import write_shard
-from .tagfiles import BLOCK_LINES, parse_line, record_key
 from .targets import STREAM_SHUFFLE, copies_hashed, hash64, noisy_labels_hashed, weights_fixed
 
 __all__ = ["Job", "check_image", "check_block", "noise_block", "weight_block", "plan_block", "expand_block",
-           "write_bucket", "SKIP_KINDS", "stem_of"]
+           "write_bucket", "SKIP_KINDS"]
 
 SKIP_KINDS = ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt", "duplicate")
 
@@ -52,6 +52,7 @@ def check_image(path: str, want_hash: bool) -> tuple[str | None, bool, int]:
 @dataclass
 class Job:
     """Everything a block step needs; pickled once and shared with every worker."""
+    source: object  # sources.Source: where the records come from
     images_dir: str
     work_dir: str
     out_dir: str
@@ -73,10 +74,6 @@ class Job:
 
 def _bid(fi: int, bi: int) -> str:
     return f"{fi:04d}-{bi:06d}"
-
-
-def stem_of(k: int) -> str:
-    return f"shard-{k:06d}"
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -102,15 +99,16 @@ def _load_json(path: Path):
         return None
 
 
-def check_block(job: Job, fi: int, bi: int, fmt: str, lines: list[str]) -> dict:
+def check_block(job: Job, block: Block) -> dict:
     """Pass 1 over one block (see module docstring); returns its counts."""
+    fi, bi, fmt = block.file_no, block.block_no, block.kind
     images = Path(job.images_dir)
     work = Path(job.work_dir)
     want_hash = job.index is not None
     skipped = dict.fromkeys(SKIP_KINDS, 0)
     h = hashlib.sha256(f"{job.vocab_digest}\0{fmt}\0{images.resolve()}\0".encode())
-    for line in lines:
-        h.update(line.encode("utf-8", "surrogateescape"))
+    for item in block.items:
+        h.update(item.encode("utf-8", "surrogateescape") if isinstance(item, str) else bytes(item))
     in_digest = h.hexdigest()
     cache_path = work / f"check-{_bid(fi, bi)}.json"
     cache = _load_json(cache_path)
@@ -129,11 +127,7 @@ def check_block(job: Job, fi: int, bi: int, fmt: str, lines: list[str]) -> dict:
         return out
 
     cand = []  # (key, image, labels, reencode, tags, meta, stat, phash)
-    for i, line in enumerate(lines):
-        n = bi * BLOCK_LINES + i + 1
-        r = parse_line(fmt, line, n, images)
-        if r is None:
-            continue
+    for n, r in job.source.records(block):
         records += 1
         if r.skip:
             skipped[r.skip] += 1
@@ -252,5 +246,5 @@ def write_bucket(job: Job, bucket: int, skey, image, reenc, labels, info) -> tup
     order = sorted(range(len(image)), key=lambda i: (int(skey[i]), info[i], labels[i]))
     samples = [(f"{k:06d}_{j:06d}", image[i], bool(reenc[i]), json.loads(labels[i]), info[i])  # info: JSON already
                for j, i in enumerate(order)]
-    write_shard(job.out_dir, stem_of(k), samples, job.images_dir)
-    return stem_of(k), len(samples)
+    write_shard(job.out_dir, shard_stem(k), samples, job.images_dir)
+    return shard_stem(k), len(samples)

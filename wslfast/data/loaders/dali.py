@@ -18,25 +18,18 @@ continues the exact sequence of batches.
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 
 import torch
 
-from ..errors import DataError
-from ..sparse_targets import SparseTargets
-from .dedup import IMAGE_EXTENSIONS
-from .shards import list_shards, read_manifest
+from ...errors import ConfigError, DataError
+from ...sparse_targets import SparseTargets
 
-__all__ = ["train_loader", "eval_loader", "DaliLoader", "IMAGENET_MEAN", "IMAGENET_STD", "image_folder",
-           "padded_to_targets", "verify_shard", "DataError"]
+__all__ = ["DaliLoader", "IMAGENET_MEAN", "IMAGENET_STD", "padded_to_targets"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _STATE_VERSION = 1
-# What DALI's image decoders read (no GIF); anything else in an ImageFolder is skipped and counted.
-DALI_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "JPEG2000"}
-SHOW_SKIPPED = 5  # how many skipped paths a loader names
 
 
 def _resolve_device(device) -> tuple[torch.device, int | None]:
@@ -44,156 +37,11 @@ def _resolve_device(device) -> tuple[torch.device, int | None]:
     if dev.type == "cpu":
         return dev, None
     if dev.type != "cuda":
-        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
+        raise ConfigError(f"device must be 'cpu' or 'cuda[:i]', got {device!r}")
     if not torch.cuda.is_available():
         raise RuntimeError("device='cuda' asked for but no CUDA device is available; use device='cpu'")
     index = dev.index if dev.index is not None else torch.cuda.current_device()
     return torch.device("cuda", index), index
-
-
-def _shard_files(shards) -> tuple[list[str], list[str], int | None]:
-    """(tar paths, index paths, num_classes from the manifest or None)."""
-    if isinstance(shards, (str, os.PathLike)) and Path(shards).is_dir():
-        tars = list_shards(shards)
-    elif isinstance(shards, (str, os.PathLike)):
-        tars = [str(shards)]
-    else:
-        tars = [str(s) for s in shards]
-    if not tars:
-        raise FileNotFoundError(f"no whole shards found in {shards!r}")
-    for t in tars:
-        if not Path(t).is_file():
-            raise FileNotFoundError(f"shard {t} does not exist")
-    idx = [str(Path(t).with_suffix(".idx")) for t in tars]
-    missing = [i for i in idx if not Path(i).is_file()]
-    if missing:
-        raise FileNotFoundError(f"shard index files missing: {missing[:3]} (write shards with wslfast.data)")
-    for t, i in zip(tars, idx):
-        verify_shard(t, i)
-    try:
-        num_classes = int(read_manifest(Path(tars[0]).parent)["num_classes"])
-    except (FileNotFoundError, ValueError, KeyError):
-        num_classes = None
-    return tars, idx, num_classes
-
-
-def _last_line(path: str, chunk: int = 4096) -> str:
-    """The last non-empty line of a text file, read from its end (index files can be large)."""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        end = pos = f.tell()
-        tail = b""
-        while pos > 0:
-            pos = max(0, pos - chunk)
-            f.seek(pos)
-            tail = f.read(end - pos)
-            lines = [line for line in tail.splitlines() if line.strip()]
-            if len(lines) >= 2 or (pos == 0 and lines):
-                return lines[-1].decode("utf-8", "replace")
-        return ""
-
-
-def verify_shard(tar: str, idx: str) -> None:
-    """DataError unless the .tar holds what its .idx promises: long enough for the last member the index
-    names, with that member's tar header in place (a truncated or replaced shard fails here, at open, not
-    as a DALI error mid-run). Reads a few KB per shard."""
-    fix = (f"write the shards again (`python -m wslfast.data shards ...`), or remove {Path(tar).name} and "
-           f"its .idx")
-    try:
-        with open(idx, encoding="utf-8") as f:
-            head = f.readline().split()
-        last = _last_line(idx).split()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"shard index {idx} is unreadable ({e}); {fix}") from None
-    if len(head) != 2 or not head[0].startswith("v") or not head[1].isdigit():
-        raise DataError(f"shard index {idx} is not a webdataset index (first line {' '.join(head)!r}); {fix}")
-    if int(head[1]) == 0:
-        return
-    # a sample line: "ext offset size name" per component, in file order
-    if len(last) < 4 or len(last) % 4 or not all(x.isdigit() for x in last[1::4] + last[2::4]):
-        raise DataError(f"shard index {idx}: its last line is not 'ext offset size name ...'; {fix}")
-    parts = [(int(last[j + 1]), int(last[j + 2]), last[j + 3]) for j in range(0, len(last), 4)]
-    offset, size, name = max(parts)
-    have = os.path.getsize(tar)
-    if have < offset + size:
-        raise DataError(f"shard {tar} is truncated: {have:,} bytes, but its index places {name} at bytes "
-                        f"{offset:,}-{offset + size:,}; {fix}")
-    if offset >= 512 and len(name) <= 100:
-        with open(tar, "rb") as f:
-            f.seek(offset - 512)
-            header = f.read(512)
-        if header[:100].rstrip(b"\0").decode("utf-8", "replace") != name:
-            raise DataError(f"shard {tar} does not match its index {Path(idx).name}: no tar member {name} at "
-                            f"byte {offset - 512:,}; {fix}")
-
-
-def _num_samples_from_index(idx_paths: list[str]) -> int:
-    total = 0
-    for p in idx_paths:
-        with open(p, encoding="utf-8") as f:
-            head = f.readline().split()
-        if len(head) != 2 or not head[0].startswith("v"):
-            raise ValueError(f"{p}: not a webdataset index (first line {' '.join(head)!r})")
-        total += int(head[1])
-    return total
-
-
-def _decodes(path: str) -> str | None:
-    """None if PIL decodes the whole file in a format DALI reads, else why not (a full decode, not a header
-    check: a truncated JPEG has a whole header)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            fmt = im.format
-            im.load()
-    except Image.UnidentifiedImageError:
-        return "not an image"
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        return f"does not decode ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})"
-    if fmt not in DALI_FORMATS:
-        return f"{fmt} images are not read by DALI"
-    return None
-
-
-def image_folder(root, validate: bool = True, workers: int = 0) -> tuple[list[str], list[int], list[str], int]:
-    """ImageFolder layout root/<class>/**/<image>: (files, labels, classes, skipped), sorted like
-    torchvision. With validate, every file is decoded in full (DALI raises on undecodable data and cannot
-    skip inside the pipeline); files that fail are skipped, counted, and the first few named on stderr."""
-    import sys
-    from concurrent.futures import ThreadPoolExecutor
-
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such folder (expected an ImageFolder tree root/<class>/<image>)")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise DataError(f"{root}: no class folders (expected an ImageFolder tree root/<class>/<image>)")
-    candidates = []
-    for c, name in enumerate(classes):
-        for dirpath, _, names in sorted(os.walk(root / name)):
-            for n in sorted(names):
-                if Path(n).suffix.lower() in IMAGE_EXTENSIONS:
-                    candidates.append((str(Path(dirpath) / n), c))
-    if not candidates:
-        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its {len(classes)} class folders "
-                        f"(expected root/<class>/<image>)")
-    reasons = [None] * len(candidates)
-    if validate:  # PIL releases the GIL while decoding: threads share the work
-        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-            reasons = list(pool.map(_decodes, [p for p, _ in candidates], chunksize=64))
-    files = [p for (p, _), r in zip(candidates, reasons) if r is None]
-    labels = [c for (_, c), r in zip(candidates, reasons) if r is None]
-    bad = [(p, r) for (p, _), r in zip(candidates, reasons) if r is not None]
-    if bad:
-        shown = "; ".join(f"{p}: {r}" for p, r in bad[:SHOW_SKIPPED])
-        more = f"; and {len(bad) - SHOW_SKIPPED} more" if len(bad) > SHOW_SKIPPED else ""
-        print(f"{root}: skipped {len(bad)} of {len(candidates)} files that DALI cannot use ({shown}{more})",
-              file=sys.stderr, flush=True)
-    if not files:
-        raise DataError(f"{root}: none of its {len(candidates)} image files decodes (first: {bad[0][0]}: "
-                        f"{bad[0][1]})")
-    return files, labels, classes, len(bad)
 
 
 def padded_to_targets(padded: torch.Tensor, num_classes: int) -> SparseTargets:
@@ -217,11 +65,11 @@ class DaliLoader:
                  num_classes: int, num_samples: int, dtype=None, prefetch: int = 2, initial_fill: int = 1024,
                  random_area=(0.08, 1.0), random_aspect_ratio=(3 / 4, 4 / 3)):
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+            raise ConfigError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
         if image_size < 1 or resize_size < image_size:
-            raise ValueError(f"need 1 <= image_size <= resize_size, got {image_size}, {resize_size}")
+            raise ConfigError(f"need 1 <= image_size <= resize_size, got {image_size}, {resize_size}")
         if num_samples < world_size:
             raise DataError(f"{num_samples} samples cannot be split over {world_size} ranks")
         self.kind, self.batch_size, self.rank, self.world_size = kind, batch_size, rank, world_size
@@ -375,53 +223,9 @@ class DaliLoader:
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError("DaliLoader.load_state_dict: not a state from DaliLoader.state_dict()")
         if state["config"] != self._config():
-            raise ValueError(f"DaliLoader.load_state_dict: saved for {state['config']}, this loader is "
+            raise ConfigError(f"DaliLoader.load_state_dict: saved for {state['config']}, this loader is "
                              f"{self._config()}")
         self._build(base64.b64decode(state["checkpoint"]))
         self.epoch, self._run_in_epoch = int(state["epoch"]), int(state["run_in_epoch"])
         if self._run_in_epoch >= self._runs_per_epoch:
             self.epoch, self._run_in_epoch = self.epoch + 1, 0
-
-
-def train_loader(shards, batch_size, rank=0, world_size=1, device="cuda", image_size=224, seed=0,
-                 num_threads=4, num_classes=None, **kw) -> DaliLoader:
-    """Training batches (images, SparseTargets) from webdataset shards (a folder or a list of .tar).
-    An ImageFolder tree (no shards in it) gives (images, int64 classes) instead, for fine-tuning."""
-    src = Path(shards) if isinstance(shards, (str, os.PathLike)) else None
-    if src is not None and src.is_dir() and not list_shards(src):
-        files, labels, classes, skipped = image_folder(src, validate=kw.pop("validate", True))
-        loader = DaliLoader(kind="train", batch_size=batch_size, rank=rank, world_size=world_size,
-                            device=device, image_size=image_size, resize_size=kw.pop("resize_size", image_size),
-                            seed=seed, num_threads=num_threads, files=files, labels=labels,
-                            num_classes=len(classes), num_samples=len(files), **kw)
-        loader.classes, loader.skipped = classes, skipped
-        return loader
-    tars, idx, manifest_classes = _shard_files(shards)
-    num_classes = num_classes or manifest_classes
-    if num_classes is None:
-        raise ValueError("train_loader: no manifest.json beside the shards; pass num_classes=")
-    return DaliLoader(kind="train", batch_size=batch_size, rank=rank, world_size=world_size, device=device,
-                      image_size=image_size, resize_size=kw.pop("resize_size", image_size), seed=seed,
-                      num_threads=num_threads, tars=tars, idx=idx, num_classes=num_classes,
-                      num_samples=_num_samples_from_index(idx), **kw)
-
-
-def eval_loader(shards_or_folder, batch_size, rank=0, world_size=1, device="cuda", image_size=224,
-                resize_size=256, seed=0, num_threads=4, num_classes=None, **kw) -> DaliLoader:
-    """Eval batches: resize the shorter side to resize_size, center crop image_size. An ImageFolder tree
-    gives int64 class targets (`.classes` holds the names); shards give SparseTargets."""
-    src = Path(shards_or_folder) if isinstance(shards_or_folder, (str, os.PathLike)) else None
-    if src is not None and src.is_dir() and not list_shards(src):
-        files, labels, classes, skipped = image_folder(src, validate=kw.pop("validate", True))
-        loader = DaliLoader(kind="eval", batch_size=batch_size, rank=rank, world_size=world_size, device=device,
-                            image_size=image_size, resize_size=resize_size, seed=seed, num_threads=num_threads,
-                            files=files, labels=labels, num_classes=len(classes), num_samples=len(files), **kw)
-        loader.classes, loader.skipped = classes, skipped
-        return loader
-    tars, idx, manifest_classes = _shard_files(shards_or_folder)
-    num_classes = num_classes or manifest_classes
-    if num_classes is None:
-        raise ValueError("eval_loader: no manifest.json beside the shards; pass num_classes=")
-    return DaliLoader(kind="eval", batch_size=batch_size, rank=rank, world_size=world_size, device=device,
-                      image_size=image_size, resize_size=resize_size, seed=seed, num_threads=num_threads,
-                      tars=tars, idx=idx, num_classes=num_classes, num_samples=_num_samples_from_index(idx), **kw)
