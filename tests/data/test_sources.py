@@ -75,3 +75,26 @@ def test_a_new_source_writes_the_same_shards(corpus, vocab, tmp_path):
     ta, tb = list_shards(tmp_path / "jsonl"), list_shards(tmp_path / "csv")
     assert len(ta) == len(tb) > 1
     assert [Path(p).read_bytes() for p in ta] == [Path(p).read_bytes() for p in tb]
+
+
+def test_member_ref_reads_its_byte_range_and_names_a_truncated_input(tmp_path):
+    from wslfast.data.sources import MemberRef, read_member
+
+    p = tmp_path / "00000.tar"
+    p.write_bytes(bytes(range(256)) * 4)
+    ref = MemberRef(str(p), 300, 17, "a.jpg")
+    assert read_member(ref) == (bytes(range(256)) * 4)[300:317]
+    assert MemberRef.from_list(ref.to_list()) == ref
+    with pytest.raises(OSError, match="a.jpg: truncated"):
+        read_member(MemberRef(str(p), 1020, 17, "a.jpg"))
+    with pytest.raises(ValueError, match="above the limit"):
+        read_member(ref, max_bytes=16)
+
+
+def test_member_ref_reads_through_fsspec(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    from wslfast.data.sources import MemberRef, read_member
+
+    with fsspec.open("memory://bucket/00001.tar", "wb") as f:
+        f.write(b"header" + b"JPEGDATA" + b"tail")
+    assert read_member(MemberRef("memory://bucket/00001.tar", 6, 8, "k.jpg")) == b"JPEGDATA"
