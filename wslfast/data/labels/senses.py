@@ -57,14 +57,17 @@ from pathlib import Path
 from typing import Iterable
 
 from ..vocab import normalize_hashtag
-from .lexicon import NOUN_LEXNAMES, Lexicon, get_lexicon
+from .lexicon import NOUN_LEXNAMES, NOUN_RULES, Lexicon, get_lexicon
 from .text import DETERMINERS, MODALS, STOPWORDS, VERB_CUES, Stemmer, tokenize
 
 __all__ = ["SenseTagger", "Unit", "load_priors"]
 
+_EMPTY: frozenset = frozenset()
+
 PRIORS_FILE = Path(__file__).with_name("visual_priors.json")
 COUNT_W, RANK_W, MAX_RANK, BASE_RANK, BAG_MARGIN = 0.6, 0.25, 2, 1.5, 1.0
-LESK_W, LESK_SCALE, IDF_FLOOR, PRUNE = 1.5, 3.0, 2.0, 6.0
+LESK_W, LESK_SCALE, IDF_FLOOR, MAX_GAIN, MAX_CANDS = 1.5, 3.0, 2.0, 40.0, 4
+PRUNE = LESK_W * math.log1p(MAX_GAIN / LESK_SCALE)  # the most context can add: senses further behind cannot win
 NOUN_PRIOR, NOUN_MIN = 0.5, -1.0  # noun cue: prior log-odds toward nouns, threshold; see _is_noun
 
 
@@ -97,62 +100,65 @@ class SenseTagger:
 
     def __init__(self, vocab=None, stats=None, lexicon: Lexicon | None = None, priors: dict | None = None,
                  nltk_data_dir=None):
-        self.lex = lexicon if lexicon is not None else get_lexicon(nltk_data_dir)
+        self.lex = lex = lexicon if lexicon is not None else get_lexicon(nltk_data_dir)
         self.stats = stats
         p = priors if priors is not None else load_priors()
         lw = p["lexname_weight"]
         self._lex_weight = [float(lw.get(name, 0.0)) for name in NOUN_LEXNAMES]
         self._drop = {NOUN_LEXNAMES.index(n) for n in p["drop_lexnames"]}
-        person = NOUN_LEXNAMES.index("noun.person")
         ip = p["instance_penalty"]
-        self._inst_pen = [float(ip.get("noun.person" if i == person else "other", 0.0)) for i in range(len(NOUN_LEXNAMES))]
+        self._inst_pen = [float(ip.get(name if name == "noun.person" else "other", 0.0)) for name in NOUN_LEXNAMES]
         self._meta = {" ".join(tokenize(w)) for w in p["meta_words"]}
         self._meta_keys = {normalize_hashtag(w) for w in p["meta_words"]}
         self._meta_phrases: dict[str, list[tuple[str, ...]]] = {}
         for ph in p["meta_phrases"]:
             toks = tuple(tokenize(ph))
             self._meta_phrases.setdefault(toks[0], []).append(toks)
-        self._bias = {" ".join(tokenize(k)): {self.lex.sid_of_name[n]: float(b) for n, b in v.items()}
+        self._bias = {" ".join(tokenize(k)): {lex.sid_of_name[n]: float(b) for n, b in v.items()}
                       for k, v in p["sense_bias"].items()}
         self.vocab = vocab
         self._vocab_label: dict[int, int] | None = None
         if vocab is not None:
-            sid = self.lex.sid_of_name
-            self._vocab_label = {sid[name]: i for i, name in enumerate(vocab.synsets) if name in sid}
+            self._vocab_label = {lex.sid_of_name[n]: i for i, n in enumerate(vocab.synsets) if n in lex.sid_of_name}
         self.stem = Stemmer()
-        self._cands: dict[tuple[str, ...], list[tuple[int, float]]] = {}
-        self._cands_all: dict[tuple[str, ...], list[tuple[int, float]]] = {}
+        self._stem_weight = {w: v - IDF_FLOOR for w, v in lex.idf.items() if v > IDF_FLOOR}
+        # memos, each bounded (cleared past _MEMO entries) and each growing with the distinct words seen
+        self._choice_memo: dict[tuple[str, ...], tuple] = {}  # lemmas -> (candidates, inverted signatures, keys)
+        self._priors: dict[tuple[str, ...], list[tuple[int, float]]] = {}  # lemmas -> all senses' priors
         self._bags: dict[tuple[str, ...], frozenset] = {}
-        self._noun_memo: dict[str, tuple[float, bool]] = {}
+        self._tok: dict[str, tuple] = {}
+        self._phrases: dict[str, str | None] = {}
 
     # ---- public API -----------------------------------------------------------------------------
     def caption(self, text: str) -> list[str]:
         """Synset names of a caption (title, description), first-seen order, synonyms merged."""
-        return self._names(self._caption_units(text, None))
+        return self._names(self._caption(text, None))
 
     def tags(self, tags: Iterable[str]) -> list[str]:
         """Synset names of an image's hashtags, each sense chosen with the other tags as context."""
-        return self._names(self._tag_units(tags, None))
+        return self._names(self._tags(tags, None))
 
     def explain_caption(self, text: str) -> list[Unit]:
+        """What became of each word of a caption (spans in text order)."""
         detail: list[Unit] = []
-        self._caption_units(text, detail)
+        self._caption(text, detail)
         return detail
 
     def explain_tags(self, tags: Iterable[str]) -> list[Unit]:
         detail: list[Unit] = []
-        self._tag_units(tags, detail)
+        self._tags(tags, detail)
         return detail
 
     def caption_labels(self, text: str) -> list[int]:
-        return self._labels(self._caption_units(text, None))
+        """Vocabulary ids of a caption (needs SenseTagger(vocab=...))."""
+        return self._labels(self._caption(text, None))
 
     def tag_labels(self, tags: Iterable[str]) -> list[int]:
-        return self._labels(self._tag_units(tags, None))
+        return self._labels(self._tags(tags, None))
 
     def synset_ids(self, text_or_tags, kind: str = "caption") -> list[int]:
-        """Internal synset ids (lexicon rows) of a text, for counting passes (cooccur.py, vocabulary.py)."""
-        sids = self._caption_units(text_or_tags, None) if kind == "caption" else self._tag_units(text_or_tags, None)
+        """Lexicon rows of the synsets of a text (distinct, first-seen order), for counting passes."""
+        sids = self._caption(text_or_tags, None) if kind == "caption" else self._tags(text_or_tags, None)
         return list(dict.fromkeys(sids))
 
     def _names(self, sids: list[int]) -> list[str]:
@@ -165,68 +171,76 @@ class SenseTagger:
         return list(dict.fromkeys(self._vocab_label[s] for s in sids))
 
     # ---- captions -------------------------------------------------------------------------------
-    def _segment(self, toks: list[str]) -> list[tuple[int, int, str | None, bool]]:
-        """(start, end, multi-word lemma or None, is_meta_phrase) units covering toks (module docstring, 1)."""
-        n, lex = len(toks), self.lex
+    def _segment(self, toks: list[str]) -> list[tuple[int, str | None, bool]] | None:
+        """Per start position the unit taken there: (length, multi-word lemma, is a meta phrase); None when
+        every unit is a single token (the common case, module docstring step 1)."""
+        n, lex, senses = len(toks), self.lex, self.lex.senses
         best = [0] * (n + 1)
-        choice: list[tuple[int, str | None, bool]] = [(1, None, False)] * n
+        choice: list = [None] * n
+        found = False
         for i in range(n - 1, -1, -1):
             t = toks[i]
-            b, ch = best[i + 1], (1, None, False)
-            for ph in self._meta_phrases.get(t, ()):
-                L = len(ph)
-                if tuple(toks[i:i + L]) == ph and L * L + 1 + best[i + L] > b:
-                    b, ch = L * L + 1 + best[i + L], (L, None, True)
+            b, ch = best[i + 1], None
+            if t in self._meta_phrases:
+                for ph in self._meta_phrases[t]:
+                    L = len(ph)
+                    if tuple(toks[i:i + L]) == ph and L * L + 1 + best[i + L] > b:
+                        b, ch = L * L + 1 + best[i + L], (L, None, True)
             if t not in STOPWORDS:
                 for L in range(min(lex.phrase_len.get(t, 1), n - i), 1, -1):
-                    if toks[i + L - 1] in STOPWORDS:
-                        continue
-                    lemma = self._phrase(toks, i, L)
-                    if lemma is not None and L * L + best[i + L] > b:
-                        b, ch = L * L + best[i + L], (L, lemma, False)
-                if i + 1 < n:
+                    if toks[i + L - 1] not in STOPWORDS and L * L + best[i + L] > b:
+                        lemma = self._phrase(toks, i, L)
+                        if lemma is not None:
+                            b, ch = L * L + best[i + L], (L, lemma, False)
+                if i + 1 < n and 4 + best[i + 2] > b:
                     u = toks[i + 1]
-                    if len(t) > 2 and len(u) > 2 and u not in STOPWORDS and 4 + best[i + 2] > b:
-                        joined = t + u
-                        if joined in lex.senses and t not in lex.keys.get(joined, ()):
-                            b, ch = 4 + best[i + 2], (2, joined, False)
+                    joined = t + u
+                    if joined in senses and len(t) > 2 and len(u) > 2 and u not in STOPWORDS:
+                        b, ch = 4 + best[i + 2], (2, joined, False)
             best[i], choice[i] = b, ch
-        units, i = [], 0
-        while i < n:
-            L, lemma, meta = choice[i]
-            units.append((i, i + L, lemma, meta))
-            i += L
-        return units
+            found = found or ch is not None
+        return choice if found else None
 
     def _phrase(self, toks: list[str], i: int, L: int) -> str | None:
+        """The multi-word lemma toks[i:i+L] spell (the last word may be plural), or None; memoized."""
         key = " ".join(toks[i:i + L])
-        senses = self.lex.senses
-        if key in senses:
-            return key
-        head = " ".join(toks[i:i + L - 1])
-        for base in self.lex.noun_bases(toks[i + L - 1]):
-            if base != toks[i + L - 1] and f"{head} {base}" in senses:
-                return f"{head} {base}"
-        return None
+        found = self._phrases.get(key, 0)
+        if found == 0:
+            senses, found = self.lex.senses, None
+            if key in senses:
+                found = key
+            else:
+                head = " ".join(toks[i:i + L - 1])
+                for base in self.lex.noun_bases(toks[i + L - 1]):
+                    if base != toks[i + L - 1] and f"{head} {base}" in senses:
+                        found = f"{head} {base}"
+                        break
+            _remember(self._phrases, key, found)
+        return found
 
-    def _noun_score(self, tok: str, lemmas: list[str]) -> float:
-        """Log-odds that `tok` is used as a noun, from SemCor counts alone (memoized per token)."""
-        memo = self._noun_memo.get(tok)
-        if memo is None:
-            c_other, k_other = self.lex.other_pos_count(tok)
-            n_noun = sum(c for lemma in lemmas for _, c in self.lex.senses[lemma])
-            score = 99.0 if k_other == 0 else math.log((n_noun + 1) / (c_other + 1))
-            if len(self._noun_memo) > 500_000:
-                self._noun_memo.clear()
-            memo = self._noun_memo[tok] = (score, False)
-        return memo[0]
+    def _token(self, tok: str) -> tuple:
+        """Per distinct token, once: (noun lemmas, SemCor noun log-odds (99: no other part of speech),
+        context bag as a noun, context bag otherwise, is a meta word)."""
+        info = self._tok.get(tok)
+        if info is None:
+            lemmas = tuple(self.lex.noun_bases(tok)) if tok not in STOPWORDS else ()
+            score = 99.0
+            if lemmas:
+                c_other, k_other = self.lex.other_pos_count(tok)
+                if k_other:
+                    n_noun = sum(c for lemma in lemmas for _, c in self.lex.senses[lemma])
+                    score = math.log((n_noun + 1) / (c_other + 1))
+            stem_bag = self._keep(frozenset((self.stem(tok),))) if len(tok) > 1 and tok not in STOPWORDS else _EMPTY
+            meta = tok in self._meta or any(lm in self._meta for lm in lemmas)
+            info = _remember(self._tok, tok, (lemmas, score, self._bag(lemmas) if lemmas else stem_bag, stem_bag, meta))
+        return info
 
-    def _is_noun(self, toks: list[str], i: int, lemmas: list[str]) -> bool:
+    def _is_noun(self, toks: list[str], i: int, score: float) -> bool:
+        """Is toks[i] used as a noun here? Its SemCor log-odds plus cues from its neighbours (step 2)."""
         tok = toks[i]
         prev = toks[i - 1] if i > 0 else None
         if tok in MODALS:
             return prev in DETERMINERS
-        score = self._noun_score(tok, lemmas)
         if score > 50:
             return True
         nxt = toks[i + 1] if i + 1 < len(toks) else None
@@ -245,155 +259,173 @@ class SenseTagger:
             score -= 1.5
         return score > NOUN_MIN
 
-    def _caption_units(self, text: str, detail: list[Unit] | None) -> list[int]:
+    def _caption(self, text: str, detail: list[Unit] | None) -> list[int]:
         toks = tokenize(text)
+        n = len(toks)
+        choice = self._segment(toks) if n > 1 else None
         targets = []  # (unit index, lemmas)
         bags: list[frozenset] = []
-        meta_units, spans = set(), []
-        for k, (i, j, lemma, meta) in enumerate(self._segment(toks)):
-            span = " ".join(toks[i:j])
-            spans.append(span)
+        i = 0
+        while i < n:
+            ch = choice[i] if choice is not None else None
+            if ch is None:  # a single token
+                lemmas, score, noun_bag, stem_bag, meta = self._token(toks[i])
+                if not lemmas or meta or not self._is_noun(toks, i, score):
+                    bags.append(_EMPTY if meta else stem_bag)
+                    if detail is not None and toks[i] not in STOPWORDS:
+                        why = "meta" if meta else "not a noun" if lemmas else "unknown"
+                        detail.append(Unit(toks[i], list(lemmas), dropped=why))
+                else:
+                    targets.append((len(bags), lemmas, toks[i]))
+                    bags.append(noun_bag)
+                i += 1
+                continue
+            L, lemma, meta = ch
+            span = " ".join(toks[i:i + L])
+            meta = meta or lemma in self._meta
             if meta:
-                meta_units.add(k)
-                bags.append(frozenset())
+                bags.append(_EMPTY)
                 if detail is not None:
-                    detail.append(Unit(span, [], dropped="meta"))
-                continue
-            lemmas = [lemma] if lemma is not None else self.lex.noun_bases(toks[i])
-            if lemma is None and toks[i] in STOPWORDS:
-                bags.append(frozenset())
-                continue
-            if span in self._meta or any(lm in self._meta for lm in lemmas):
-                meta_units.add(k)
-                bags.append(frozenset())
-                if detail is not None:
-                    detail.append(Unit(span, lemmas, dropped="meta"))
-                continue
-            noun = bool(lemmas) and (lemma is not None or self._is_noun(toks, i, lemmas))
-            bags.append(self._bag(tuple(lemmas)) if noun else self._stem_bag(toks[i]))
-            if noun:
-                targets.append((k, lemmas))
-            elif detail is not None:
-                detail.append(Unit(span, lemmas, dropped="not a noun" if lemmas else "unknown"))
-        return self._choose(targets, bags, spans, detail)
+                    detail.append(Unit(span, [lemma] if lemma else [], dropped="meta"))
+            else:
+                targets.append((len(bags), (lemma,), span))
+                bags.append(self._bag((lemma,)))
+            i += L
+        return self._choose(targets, bags, detail)
 
-    def _stem_bag(self, tok: str) -> frozenset:
-        key = (tok,)
-        bag = self._bags.get(("", tok))
-        if bag is None:
-            bag = self._bags[("", tok)] = frozenset((self.stem(tok),)) if len(tok) > 1 else frozenset()
-        return bag
+    # ---- hashtags -------------------------------------------------------------------------------
+    def _tags(self, tags: Iterable[str], detail: list[Unit] | None) -> list[int]:
+        if isinstance(tags, str):
+            raise TypeError("tags must be a list of hashtags, not one string (split it first)")
+        targets, bags = [], []
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise TypeError(f"a hashtag must be a str, got {type(tag).__name__}")
+            key = normalize_hashtag(tag)
+            if not key or key in self._meta_keys:
+                bags.append(_EMPTY)
+                if detail is not None and key:
+                    detail.append(Unit(tag, [], dropped="meta"))
+                continue
+            lemmas = self._tag_lemmas(key)
+            stem_bag = self._keep(frozenset((self.stem(key),)))
+            if lemmas:
+                targets.append((len(bags), lemmas, tag))
+                bags.append(self._bag(lemmas) | stem_bag)
+            else:
+                bags.append(stem_bag)
+                if detail is not None:
+                    detail.append(Unit(tag, [], dropped="unknown"))
+        return self._choose(targets, bags, detail)
+
+    def _tag_lemmas(self, key: str) -> tuple[str, ...]:
+        """Lemmas of a hashtag key: the key itself, else noun.exc, else the detachment rules."""
+        keys = self.lex.keys
+        if key in keys:
+            return tuple(keys[key])
+        out: list[str] = []
+        for b in self.lex.noun_exc.get(key, ()):
+            out += [lm for lm in keys.get(b, ()) if lm not in out]
+        if not out:
+            for suffix, repl in NOUN_RULES:
+                if key.endswith(suffix) and len(key) > len(suffix) + 1:
+                    out += [lm for lm in keys.get(key[: len(key) - len(suffix)] + repl, ()) if lm not in out]
+        return tuple(out)
+
+    # ---- the sense --------------------------------------------------------------------------------
+    def _keep(self, stems: frozenset) -> frozenset:
+        """Only the stems rare enough to be evidence (idf > IDF_FLOOR)."""
+        w = self._stem_weight
+        return frozenset(s for s in stems if s in w)
+
+    def _sense_priors(self, lemmas: tuple[str, ...], restrict: bool) -> list[tuple[int, float]]:
+        """(sid, prior) of every sense of the lemmas, best first (step 4); only the vocabulary's synsets
+        when `restrict`."""
+        lex, seen, out = self.lex, set(), []
+        for li, lemma in enumerate(lemmas):
+            bias = self._bias.get(lemma, {})
+            for rank, (sid, count) in enumerate(lex.senses[lemma]):
+                if sid in seen or (restrict and sid not in self._vocab_label):
+                    continue
+                seen.add(sid)
+                ln = lex.lexname[sid]
+                out.append((sid, COUNT_W * math.log1p(count) - RANK_W * min(rank, MAX_RANK) - BASE_RANK * (li > 0)
+                            + self._lex_weight[ln] + (self._inst_pen[ln] if lex.instance[sid] else 0.0)
+                            + bias.get(sid, 0.0)))
+        out.sort(key=lambda e: -e[1])
+        return out
+
+    def _choices(self, lemmas: tuple[str, ...]) -> tuple:
+        """Per lemma tuple, once: (candidates [(sid, prior)] within PRUNE of the best, at most MAX_CANDS;
+        stem -> [(candidate index, weight)] over their signatures less the stems all of them share; the
+        set of those stems)."""
+        ch = self._choice_memo.get(lemmas)
+        if ch is None:
+            cands = self._sense_priors(lemmas, self._vocab_label is not None)
+            cands = [c for c in cands if c[1] > cands[0][1] - PRUNE][:MAX_CANDS] if cands else []
+            inv: dict[str, list[tuple[int, float]]] = {}
+            if len(cands) > 1:
+                sigs = [self._keep(self.lex.signature(sid)) for sid, _ in cands]
+                common = frozenset.intersection(*sigs)
+                for ci, sig in enumerate(sigs):
+                    for w in sig - common:
+                        inv.setdefault(w, []).append((ci, self._stem_weight[w]))
+            ch = _remember(self._choice_memo, lemmas, (cands, inv, frozenset(inv)))
+        return ch
 
     def _bag(self, lemmas: tuple[str, ...]) -> frozenset:
         """What a noun brings as context: its likely senses' bags (prior within BAG_MARGIN of the best, at
         most 2; a word's rare senses would only add noise) and the stems of its lemmas."""
         bag = self._bags.get(lemmas)
         if bag is None:
-            cands = self._candidates(lemmas, restrict=False)
-            top = [sid for sid, prior in cands[:2] if prior > cands[0][1] - BAG_MARGIN] if cands else []
+            priors = self._sense_priors(lemmas, restrict=False)
+            top = [sid for sid, prior in priors[:2] if prior > priors[0][1] - BAG_MARGIN] if priors else []
             words = {self.stem(w) for lm in lemmas for w in lm.split(" ") if w not in STOPWORDS}
-            bag = frozenset(words).union(*(self.lex.sense_bag(sid) for sid in top))
-            self._bags[lemmas] = bag
+            bag = _remember(self._bags, lemmas,
+                            self._keep(frozenset(words).union(*(self.lex.sense_bag(sid) for sid in top))))
         return bag
 
-    # ---- hashtags -------------------------------------------------------------------------------
-    def _tag_units(self, tags: Iterable[str], detail: list[Unit] | None) -> list[int]:
-        if isinstance(tags, str):
-            raise TypeError("tags must be a list of hashtags, not one string (split it first)")
-        targets, bags, spans = [], [], []
-        for tag in tags:
-            key = normalize_hashtag(tag)
-            spans.append(tag)
-            if not key or key in self._meta_keys:
-                bags.append(frozenset())
-                if detail is not None and key:
-                    detail.append(Unit(tag, [], dropped="meta"))
-                continue
-            lemmas = self._tag_lemmas(key)
-            if lemmas:
-                bags.append(self._bag(tuple(lemmas)) | self._stem_bag(key))
-                targets.append((len(bags) - 1, lemmas))
-            else:
-                bags.append(self._stem_bag(key))
-                if detail is not None:
-                    detail.append(Unit(tag, [], dropped="unknown"))
-        return self._choose(targets, bags, spans, detail)
-
-    def _tag_lemmas(self, key: str) -> list[str]:
-        keys = self.lex.keys
-        if key in keys:
-            return list(keys[key])
-        out = []
-        for b in self.lex.noun_exc.get(key, ()):
-            out += [lm for lm in keys.get(b, ()) if lm not in out]
-        if not out:
-            for suffix, repl in (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"),
-                                 ("shes", "sh"), ("men", "man"), ("ies", "y")):
-                if key.endswith(suffix) and len(key) > len(suffix) + 1:
-                    out += [lm for lm in keys.get(key[: len(key) - len(suffix)] + repl, ()) if lm not in out]
-        return out
-
-    # ---- the sense --------------------------------------------------------------------------------
-    def _candidates(self, lemmas: tuple[str, ...], restrict: bool = True) -> list[tuple[int, float]]:
-        """(sid, prior) of every sense of the lemmas, best first; limited to the vocabulary when one is set
-        (and `restrict`)."""
-        restrict = restrict and self._vocab_label is not None
-        memo = self._cands if restrict or self._vocab_label is None else self._cands_all
-        c = memo.get(lemmas)
-        if c is None:
-            lex, seen, c = self.lex, set(), []
-            for li, lemma in enumerate(lemmas):
-                bias = self._bias.get(lemma, {})
-                for rank, (sid, count) in enumerate(lex.senses[lemma]):
-                    if sid in seen or (restrict and sid not in self._vocab_label):
-                        continue
-                    seen.add(sid)
-                    ln = lex.lexname[sid]
-                    prior = (COUNT_W * math.log1p(count) - RANK_W * min(rank, MAX_RANK) - BASE_RANK * (li > 0)
-                             + self._lex_weight[ln] + (self._inst_pen[ln] if lex.instance[sid] else 0.0)
-                             + bias.get(sid, 0.0))
-                    c.append((sid, prior))
-            c.sort(key=lambda e: -e[1])
-            if c:
-                c = [e for e in c if e[1] > c[0][1] - PRUNE]
-            memo[lemmas] = c
-        return c
-
-    def _choose(self, targets, bags, spans, detail) -> list[int]:
+    def _choose(self, targets, bags: list[frozenset], detail: list[Unit] | None) -> list[int]:
+        """The sense of each target (unit index, lemmas, span) given the other units' bags (steps 4-5)."""
         out: list[int] = []
-        union = None
-        lex, idf = self.lex, self.lex.idf
-        for k, lemmas in targets:
-            cands = self._candidates(tuple(lemmas))
+        lex = self.lex
+        for k, lemmas, span in targets:
+            cands, inv, keys = self._choices(lemmas)
             if not cands:
                 if detail is not None:
-                    detail.append(Unit(spans[k], list(lemmas), dropped="not in vocabulary"))
+                    detail.append(Unit(span, list(lemmas), dropped="not in vocabulary"))
                 continue
             scored = cands
             if len(cands) > 1:
-                if union is None:
-                    union = frozenset().union(*bags)
-                own = bags[k]
-                others = [b for m, b in enumerate(bags) if m != k and b]
-                ctx_stats = self.stats.context(bags, k) if self.stats is not None else None
-                shared = [lex.signature(sid) & union for sid, _ in cands]
-                common = frozenset.intersection(*shared)  # in every candidate's signature: no evidence
-                scored = []
-                for (sid, prior), inter in zip(cands, shared):
-                    gain = 0.0
-                    for w in inter:
-                        if w not in common and (w not in own or any(w in b for b in others)):
-                            gain += max(0.0, idf.get(w, 0.0) - IDF_FLOOR)
-                    total = prior + LESK_W * math.log1p(gain / LESK_SCALE)
-                    if ctx_stats is not None:
-                        total += self.stats.score(ctx_stats, lex.lexname[sid])
-                    scored.append((sid, total))
-                scored.sort(key=lambda e: -e[1])
+                hits = keys.intersection(_EMPTY.union(*bags[:k], *bags[k + 1:]))  # the OTHER words' stems
+                stats = self.stats.context(bags, k) if self.stats is not None else None
+                if hits or stats is not None:
+                    gains = [0.0] * len(cands)
+                    for w in hits:
+                        for ci, weight in inv[w]:
+                            gains[ci] += weight
+                    scored = []
+                    for (sid, prior), gain in zip(cands, gains):
+                        total = prior + LESK_W * math.log1p(min(gain, MAX_GAIN) / LESK_SCALE) if gain else prior
+                        if stats is not None:
+                            total += self.stats.score(stats, lex.lexname[sid])
+                        scored.append((sid, total))
+                    scored.sort(key=lambda e: -e[1])
             sid = scored[0][0]
             dropped = "non-visual" if lex.lexname[sid] in self._drop else None
             if dropped is None:
                 out.append(sid)
             if detail is not None:
-                detail.append(Unit(spans[k], list(lemmas), lex.names[sid], dropped,
+                detail.append(Unit(span, list(lemmas), lex.names[sid], dropped,
                                    [(lex.names[s], t) for s, t in scored[:5]]))
         return out
+
+
+_MEMO = 500_000
+
+
+def _remember(memo: dict, key, value):
+    if len(memo) >= _MEMO:  # bounded: a corpus's long tail of forms does not grow it forever
+        memo.clear()
+    memo[key] = value
+    return value
