@@ -10,6 +10,8 @@ index.noun, index.sense, the exception lists) by this module.
   first token; every lemma also under its hashtag key (vocab.normalize_hashtag: "fishtank");
 - per word of the other parts of speech: the SemCor counts of its verb, adjective and adverb senses, and the
   verb and adjective exception lists (ran -> run, better -> good), for the noun cue of senses.py;
+- class affinities: per stem, the lexnames whose synsets mention it (their glosses and lemma names) more often
+  than chance (PMI; 'roast' goes with noun.food, 'perched' with noun.animal: a class-level Lesk);
 - idf of every stem over the synsets' signatures (so a stem that every synset under 'artifact' inherits
   counts for little).
 From those, `signature(sid)` (extended Lesk: own words, gloss, hypernyms to 3 levels, up to 50 direct
@@ -37,7 +39,7 @@ from .text import STOPWORDS, Stemmer, tokenize
 
 __all__ = ["Lexicon", "get_lexicon", "NOUN_LEXNAMES"]
 
-TABLE_VERSION = 3
+TABLE_VERSION = 4
 NOUN_LEXNAMES = [n for n in _LEXNAMES if n.startswith("noun.")]
 _NOUN_FILE0 = _LEXNAMES.index("noun.Tops")
 # WordNet's detachment rules (morph(7WN)) for nouns, verbs and adjectives.
@@ -156,7 +158,7 @@ def build_tables(corpus: Path) -> dict:
     tables = {"version": TABLE_VERSION, "names": names, "offsets": [r[0] for r in rows], "lex": lexes,
               "inst": inst, "words": words, "gloss": gloss, "ptrs": ptrs, "senses": senses, "keys": dict(keys),
               "noun_exc": _parse_exc(corpus / "noun.exc"), "verb_exc": _parse_exc(corpus / "verb.exc"),
-              "adj_exc": _parse_exc(corpus / "adj.exc"), "other": other, "idf": {}}
+              "adj_exc": _parse_exc(corpus / "adj.exc"), "other": other, "idf": {}, "class_pmi": {}}
     # idf over the signatures themselves: a stem every synset under 'artifact' inherits is no evidence
     lex = Lexicon(tables)
     df: dict[str, int] = defaultdict(int)
@@ -165,7 +167,43 @@ def build_tables(corpus: Path) -> dict:
             df[w] += 1
     n = len(rows)
     tables["idf"] = {w: round(math.log(n / (1 + c)), 3) for w, c in df.items()}
+    tables["class_pmi"] = class_pmi(
+        ((lex.lexname[sid], set(words[sid].split()) | set(gloss[sid].split())) for sid in range(n)),
+        len(NOUN_LEXNAMES))
     return tables
+
+
+def class_pmi(labelled, n_classes: int, alpha: float = 10.0, min_count: int = 5, min_pmi: float = 0.5) -> dict:
+    """stem -> {class: PMI} from (class, stems) pairs: which lexnames a word keeps company with.
+
+    PMI(w, c) = ln((n(w, c) + alpha P(c)) / ((n(w) + alpha) P(c))), smoothed toward 0 for rare stems; kept
+    for stems seen >= min_count times and associations above min_pmi. From WordNet (each synset's lexname with
+    its lemma words and gloss) in build_tables, from a corpus in cooccur.py. Memory: the distinct stems x the
+    few classes each is associated with."""
+    per: dict[str, list[int]] = {}
+    class_n = [0] * n_classes
+    for c, stems in labelled:
+        class_n[c] += 1
+        for w in stems:
+            row = per.get(w)
+            if row is None:
+                row = per[w] = [0] * n_classes
+            row[c] += 1
+    total = sum(class_n) or 1
+    prior = [max(k, 1) / total for k in class_n]
+    out = {}
+    for w, row in per.items():
+        nw = sum(row)
+        if nw < min_count:
+            continue
+        assoc = {}
+        for c, k in enumerate(row):
+            pmi = math.log((k + alpha * prior[c]) / ((nw + alpha) * prior[c]))
+            if pmi > min_pmi:
+                assoc[c] = round(pmi, 2)
+        if assoc:
+            out[w] = assoc
+    return out
 
 
 class Lexicon:
@@ -186,6 +224,9 @@ class Lexicon:
         self.adj_exc: dict[str, list[str]] = tables["adj_exc"]
         self.other: dict[str, list[int]] = tables["other"]
         self.idf: dict[str, float] = tables["idf"]
+        # stem -> {lexname index: PMI}; json turns the int keys into strings
+        self.class_pmi: dict[str, dict[int, float]] = {
+            w: {int(c): v for c, v in a.items()} for w, a in tables["class_pmi"].items()}
         self.sid_of_name = {name: i for i, name in enumerate(self.names)}
         # phrase table: first token -> the longest multi-word lemma starting with it (in tokens)
         self.phrase_len: dict[str, int] = {}

@@ -68,13 +68,14 @@ PRIORS_FILE = Path(__file__).with_name("visual_priors.json")
 COUNT_W, RANK_W, MAX_RANK, BASE_RANK, BAG_MARGIN = 0.6, 0.25, 2, 1.5, 1.0
 LESK_W, LESK_SCALE, IDF_FLOOR, MAX_GAIN, MAX_CANDS = 1.5, 3.0, 2.0, 40.0, 4
 PRUNE = LESK_W * math.log1p(MAX_GAIN / LESK_SCALE)  # the most context can add: senses further behind cannot win
-NOUN_PRIOR, NOUN_MIN = 0.5, -1.0  # noun cue: prior log-odds toward nouns, threshold; see _is_noun
+NOUN_PRIOR, NOUN_MIN = 0.5, -1.0
+CLASS_W, CLASS_CAP = 0.5, 4.0  # noun cue: prior log-odds toward nouns, threshold; see _is_noun
 
 
 def load_priors(path: str | Path = PRIORS_FILE) -> dict:
     with open(path, encoding="utf-8") as f:
         p = json.load(f)
-    missing = {"lexname_weight", "drop_lexnames", "instance_penalty", "meta_words", "meta_phrases",
+    missing = {"lexname_weight", "hypernym_weight", "drop_lexnames", "instance_penalty", "meta_words", "meta_phrases",
                "sense_bias"} - set(p)
     if missing:
         raise ValueError(f"{path}: visual priors lack {sorted(missing)}")
@@ -114,6 +115,7 @@ class SenseTagger:
         for ph in p["meta_phrases"]:
             toks = tuple(tokenize(ph))
             self._meta_phrases.setdefault(toks[0], []).append(toks)
+        self._hyper_weight = {lex.sid_of_name[n]: float(w) for n, w in p["hypernym_weight"].items()}
         self._bias = {" ".join(tokenize(k)): {lex.sid_of_name[n]: float(b) for n, b in v.items()}
                       for k, v in p["sense_bias"].items()}
         self.vocab = vocab
@@ -232,7 +234,9 @@ class SenseTagger:
                     score = math.log((n_noun + 1) / (c_other + 1))
             stem_bag = self._keep(frozenset((self.stem(tok),))) if len(tok) > 1 and tok not in STOPWORDS else _EMPTY
             meta = tok in self._meta or any(lm in self._meta for lm in lemmas)
-            info = _remember(self._tok, tok, (lemmas, score, self._bag(lemmas) if lemmas else stem_bag, stem_bag, meta))
+            affinity = self.lex.class_pmi.get(self.stem(tok)) if tok not in STOPWORDS else None
+            info = _remember(self._tok, tok, (lemmas, score, self._bag(lemmas) if lemmas else stem_bag, stem_bag,
+                                              meta, affinity))
         return info
 
     def _is_noun(self, toks: list[str], i: int, score: float) -> bool:
@@ -244,7 +248,7 @@ class SenseTagger:
         if score > 50:
             return True
         nxt = toks[i + 1] if i + 1 < len(toks) else None
-        if prev in DETERMINERS and score > -1.5:  # weak evidence either way: right after "a"/"the", a noun
+        if (prev is None or prev in DETERMINERS) and score > -1.5:  # weak evidence: after "a"/"the"/the start
             score += 1.0
         score += NOUN_PRIOR
         if nxt is None or nxt in STOPWORDS:  # last word of its phrase: does a determiner open the phrase?
@@ -263,13 +267,15 @@ class SenseTagger:
         toks = tokenize(text)
         n = len(toks)
         choice = self._segment(toks) if n > 1 else None
-        targets = []  # (unit index, lemmas)
+        targets = []  # (unit index, lemmas, span)
         bags: list[frozenset] = []
+        classes: list[dict | None] = []  # per unit: its word's lexname affinities (lexicon.class_pmi)
         i = 0
         while i < n:
             ch = choice[i] if choice is not None else None
             if ch is None:  # a single token
-                lemmas, score, noun_bag, stem_bag, meta = self._token(toks[i])
+                lemmas, score, noun_bag, stem_bag, meta, affinity = self._token(toks[i])
+                classes.append(None if meta else affinity)
                 if not lemmas or meta or not self._is_noun(toks, i, score):
                     bags.append(_EMPTY if meta else stem_bag)
                     if detail is not None and toks[i] not in STOPWORDS:
@@ -283,6 +289,7 @@ class SenseTagger:
             L, lemma, meta = ch
             span = " ".join(toks[i:i + L])
             meta = meta or lemma in self._meta
+            classes.append(None if meta else self._token(toks[i + L - 1])[5])  # the head word's
             if meta:
                 bags.append(_EMPTY)
                 if detail is not None:
@@ -291,24 +298,26 @@ class SenseTagger:
                 targets.append((len(bags), (lemma,), span))
                 bags.append(self._bag((lemma,)))
             i += L
-        return self._choose(targets, bags, detail)
+        return self._choose(targets, bags, classes, detail)
 
     # ---- hashtags -------------------------------------------------------------------------------
     def _tags(self, tags: Iterable[str], detail: list[Unit] | None) -> list[int]:
         if isinstance(tags, str):
             raise TypeError("tags must be a list of hashtags, not one string (split it first)")
-        targets, bags = [], []
+        targets, bags, classes = [], [], []
         for tag in tags:
             if not isinstance(tag, str):
                 raise TypeError(f"a hashtag must be a str, got {type(tag).__name__}")
             key = normalize_hashtag(tag)
             if not key or key in self._meta_keys:
                 bags.append(_EMPTY)
+                classes.append(None)
                 if detail is not None and key:
                     detail.append(Unit(tag, [], dropped="meta"))
                 continue
             lemmas = self._tag_lemmas(key)
             stem_bag = self._keep(frozenset((self.stem(key),)))
+            classes.append(self.lex.class_pmi.get(self.stem(lemmas[0].split(" ")[-1] if lemmas else key)))
             if lemmas:
                 targets.append((len(bags), lemmas, tag))
                 bags.append(self._bag(lemmas) | stem_bag)
@@ -316,7 +325,7 @@ class SenseTagger:
                 bags.append(stem_bag)
                 if detail is not None:
                     detail.append(Unit(tag, [], dropped="unknown"))
-        return self._choose(targets, bags, detail)
+        return self._choose(targets, bags, classes, detail)
 
     def _tag_lemmas(self, key: str) -> tuple[str, ...]:
         """Lemmas of a hashtag key: the key itself, else noun.exc, else the detachment rules."""
@@ -349,9 +358,12 @@ class SenseTagger:
                     continue
                 seen.add(sid)
                 ln = lex.lexname[sid]
+                visual = self._lex_weight[ln]
+                if self._hyper_weight:
+                    visual = max([visual] + [self._hyper_weight[h] for h in lex.hypernyms(sid, 12)
+                                             if h in self._hyper_weight])
                 out.append((sid, COUNT_W * math.log1p(count) - RANK_W * min(rank, MAX_RANK) - BASE_RANK * (li > 0)
-                            + self._lex_weight[ln] + (self._inst_pen[ln] if lex.instance[sid] else 0.0)
-                            + bias.get(sid, 0.0)))
+                            + visual + (self._inst_pen[ln] if lex.instance[sid] else 0.0) + bias.get(sid, 0.0)))
         out.sort(key=lambda e: -e[1])
         return out
 
@@ -385,10 +397,12 @@ class SenseTagger:
                             self._keep(frozenset(words).union(*(self.lex.sense_bag(sid) for sid in top))))
         return bag
 
-    def _choose(self, targets, bags: list[frozenset], detail: list[Unit] | None) -> list[int]:
-        """The sense of each target (unit index, lemmas, span) given the other units' bags (steps 4-5)."""
+    def _choose(self, targets, bags: list[frozenset], classes: list, detail: list[Unit] | None) -> list[int]:
+        """The sense of each target (unit index, lemmas, span) given the other units' bags and lexname
+        affinities (steps 4-5)."""
         out: list[int] = []
         lex = self.lex
+        affinity = None  # summed over the text's words: lexname -> PMI
         for k, lemmas, span in targets:
             cands, inv, keys = self._choices(lemmas)
             if not cands:
@@ -398,19 +412,26 @@ class SenseTagger:
             scored = cands
             if len(cands) > 1:
                 hits = keys.intersection(_EMPTY.union(*bags[:k], *bags[k + 1:]))  # the OTHER words' stems
-                stats = self.stats.context(bags, k) if self.stats is not None else None
-                if hits or stats is not None:
-                    gains = [0.0] * len(cands)
-                    for w in hits:
-                        for ci, weight in inv[w]:
-                            gains[ci] += weight
-                    scored = []
-                    for (sid, prior), gain in zip(cands, gains):
-                        total = prior + LESK_W * math.log1p(min(gain, MAX_GAIN) / LESK_SCALE) if gain else prior
-                        if stats is not None:
-                            total += self.stats.score(stats, lex.lexname[sid])
-                        scored.append((sid, total))
-                    scored.sort(key=lambda e: -e[1])
+                if affinity is None:
+                    affinity = {}
+                    for a in classes:
+                        if a:
+                            for c, v in a.items():
+                                affinity[c] = affinity.get(c, 0.0) + v
+                own = classes[k] or {}
+                gains = [0.0] * len(cands)
+                for w in hits:
+                    for ci, weight in inv[w]:
+                        gains[ci] += weight
+                scored = []
+                for (sid, prior), gain in zip(cands, gains):
+                    c = lex.lexname[sid]
+                    total = prior + LESK_W * math.log1p(min(gain, MAX_GAIN) / LESK_SCALE) if gain else prior
+                    coh = affinity.get(c, 0.0) - own.get(c, 0.0)
+                    if coh > 0:
+                        total += CLASS_W * min(coh, CLASS_CAP)
+                    scored.append((sid, total))
+                scored.sort(key=lambda e: -e[1])
             sid = scored[0][0]
             dropped = "non-visual" if lex.lexname[sid] in self._drop else None
             if dropped is None:
