@@ -37,7 +37,7 @@ from ..vocab import normalize_hashtag
 from ..wordnet import _LEXNAMES, ensure_wordnet
 from .text import STOPWORDS, Stemmer, tokenize
 
-__all__ = ["Lexicon", "get_lexicon", "NOUN_LEXNAMES"]
+__all__ = ["Lexicon", "get_lexicon", "NOUN_LEXNAMES", "class_pmi", "class_pmi_from_counts"]
 
 TABLE_VERSION = 4
 NOUN_LEXNAMES = [n for n in _LEXNAMES if n.startswith("noun.")]
@@ -176,23 +176,28 @@ def build_tables(corpus: Path) -> dict:
 def class_pmi(labelled, n_classes: int, alpha: float = 10.0, min_count: int = 5, min_pmi: float = 0.5) -> dict:
     """stem -> {class: PMI} from (class, stems) pairs: which lexnames a word keeps company with.
 
-    PMI(w, c) = ln((n(w, c) + alpha P(c)) / ((n(w) + alpha) P(c))), smoothed toward 0 for rare stems; kept
-    for stems seen >= min_count times and associations above min_pmi. From WordNet (each synset's lexname with
-    its lemma words and gloss) in build_tables, from a corpus in cooccur.py. Memory: the distinct stems x the
-    few classes each is associated with."""
-    per: dict[str, list[int]] = {}
+    From WordNet (each synset's lexname with its lemma words and gloss) in build_tables; cooccur.py counts
+    the same from a corpus. Memory: the distinct stems x the classes."""
+    rows: dict[str, list[int]] = {}
     class_n = [0] * n_classes
     for c, stems in labelled:
         class_n[c] += 1
         for w in stems:
-            row = per.get(w)
+            row = rows.get(w)
             if row is None:
-                row = per[w] = [0] * n_classes
+                row = rows[w] = [0] * n_classes
             row[c] += 1
+    return class_pmi_from_counts(rows, class_n, alpha, min_count, min_pmi)
+
+
+def class_pmi_from_counts(rows: dict[str, list[int]], class_n: list[int], alpha: float = 10.0,
+                          min_count: int = 5, min_pmi: float = 0.5) -> dict[str, dict[int, float]]:
+    """PMI(w, c) = ln((n(w, c) + alpha P(c)) / ((n(w) + alpha) P(c))), smoothed toward 0 for rare stems; kept
+    for stems seen >= min_count times and associations above min_pmi."""
     total = sum(class_n) or 1
     prior = [max(k, 1) / total for k in class_n]
     out = {}
-    for w, row in per.items():
+    for w, row in rows.items():
         nw = sum(row)
         if nw < min_count:
             continue

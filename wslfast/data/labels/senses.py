@@ -66,7 +66,7 @@ _EMPTY: frozenset = frozenset()
 
 PRIORS_FILE = Path(__file__).with_name("visual_priors.json")
 COUNT_W, RANK_W, MAX_RANK, BASE_RANK, BAG_MARGIN = 0.6, 0.25, 2, 1.5, 1.0
-LESK_W, LESK_SCALE, IDF_FLOOR, MAX_GAIN, MAX_CANDS = 1.5, 3.0, 2.0, 40.0, 4
+LESK_W, LESK_SCALE, IDF_FLOOR, MAX_GAIN, MAX_CANDS = 1.5, 3.0, 3.0, 40.0, 4
 PRUNE = LESK_W * math.log1p(MAX_GAIN / LESK_SCALE)  # the most context can add: senses further behind cannot win
 NOUN_PRIOR, NOUN_MIN = 0.5, -1.0
 CLASS_W, CLASS_CAP = 0.5, 4.0  # noun cue: prior log-odds toward nouns, threshold; see _is_noun
@@ -234,7 +234,7 @@ class SenseTagger:
                     score = math.log((n_noun + 1) / (c_other + 1))
             stem_bag = self._keep(frozenset((self.stem(tok),))) if len(tok) > 1 and tok not in STOPWORDS else _EMPTY
             meta = tok in self._meta or any(lm in self._meta for lm in lemmas)
-            affinity = self.lex.class_pmi.get(self.stem(tok)) if tok not in STOPWORDS else None
+            affinity = self._affinity(self.stem(tok)) if tok not in STOPWORDS else None
             info = _remember(self._tok, tok, (lemmas, score, self._bag(lemmas) if lemmas else stem_bag, stem_bag,
                                               meta, affinity))
         return info
@@ -259,11 +259,13 @@ class SenseTagger:
                 score += 2.0
         if prev in VERB_CUES:
             score -= 2.0
+        elif prev is not None and tok.endswith("ing") and prev not in STOPWORDS:  # "crane wading": a participle
+            score -= 2.0
         if nxt is not None and nxt != "of" and nxt in DETERMINERS:
             score -= 1.5
         return score > NOUN_MIN
 
-    def _caption(self, text: str, detail: list[Unit] | None) -> list[int]:
+    def _caption(self, text: str, detail: list[Unit] | None, probe: dict | None = None) -> list[int]:
         toks = tokenize(text)
         n = len(toks)
         choice = self._segment(toks) if n > 1 else None
@@ -273,6 +275,9 @@ class SenseTagger:
         i = 0
         while i < n:
             ch = choice[i] if choice is not None else None
+            if probe is not None:  # the word of this unit (its last word for a compound), for cooccur.py
+                w = toks[i + (ch[0] - 1 if ch is not None else 0)]
+                probe["stems"].append(self.stem(w) if w not in STOPWORDS else "")
             if ch is None:  # a single token
                 lemmas, score, noun_bag, stem_bag, meta, affinity = self._token(toks[i])
                 classes.append(None if meta else affinity)
@@ -298,10 +303,10 @@ class SenseTagger:
                 targets.append((len(bags), (lemma,), span))
                 bags.append(self._bag((lemma,)))
             i += L
-        return self._choose(targets, bags, classes, detail)
+        return self._choose(targets, bags, classes, detail, probe)
 
     # ---- hashtags -------------------------------------------------------------------------------
-    def _tags(self, tags: Iterable[str], detail: list[Unit] | None) -> list[int]:
+    def _tags(self, tags: Iterable[str], detail: list[Unit] | None, probe: dict | None = None) -> list[int]:
         if isinstance(tags, str):
             raise TypeError("tags must be a list of hashtags, not one string (split it first)")
         targets, bags, classes = [], [], []
@@ -312,12 +317,16 @@ class SenseTagger:
             if not key or key in self._meta_keys:
                 bags.append(_EMPTY)
                 classes.append(None)
+                if probe is not None:
+                    probe["stems"].append("")
                 if detail is not None and key:
                     detail.append(Unit(tag, [], dropped="meta"))
                 continue
             lemmas = self._tag_lemmas(key)
             stem_bag = self._keep(frozenset((self.stem(key),)))
-            classes.append(self.lex.class_pmi.get(self.stem(lemmas[0].split(" ")[-1] if lemmas else key)))
+            classes.append(self._affinity(self.stem(lemmas[0].split(" ")[-1] if lemmas else key)))
+            if probe is not None:
+                probe["stems"].append(self.stem(key))
             if lemmas:
                 targets.append((len(bags), lemmas, tag))
                 bags.append(self._bag(lemmas) | stem_bag)
@@ -325,7 +334,7 @@ class SenseTagger:
                 bags.append(stem_bag)
                 if detail is not None:
                     detail.append(Unit(tag, [], dropped="unknown"))
-        return self._choose(targets, bags, classes, detail)
+        return self._choose(targets, bags, classes, detail, probe)
 
     def _tag_lemmas(self, key: str) -> tuple[str, ...]:
         """Lemmas of a hashtag key: the key itself, else noun.exc, else the detachment rules."""
@@ -342,6 +351,27 @@ class SenseTagger:
         return tuple(out)
 
     # ---- the sense --------------------------------------------------------------------------------
+    def _affinity(self, stem: str) -> dict | None:
+        """Lexname affinities of a context word: WordNet's (lexicon.class_pmi) plus the corpus's (stats)."""
+        a = self.lex.class_pmi.get(stem)
+        if self.stats is not None:
+            b = self.stats.affinity(stem)
+            if b:
+                a = dict(a or {})
+                for c, v in b.items():
+                    a[c] = a.get(c, 0.0) + v
+        return a
+
+    def context_units(self, text, kind: str = "caption", margin: float = 2.0) -> list[tuple[str, int | None]]:
+        """Per unit of a text: (stem of its word, lexname index of its sense when the sense is not in doubt:
+        one candidate, or a winner by >= margin; else None). The counting pass of cooccur.py."""
+        probe: dict = {"stems": [], "confident": {}, "margin": margin}
+        if kind == "caption":
+            self._caption(text, None, probe)
+        else:
+            self._tags(text, None, probe)
+        return [(s, probe["confident"].get(k)) for k, s in enumerate(probe["stems"])]
+
     def _keep(self, stems: frozenset) -> frozenset:
         """Only the stems rare enough to be evidence (idf > IDF_FLOOR)."""
         w = self._stem_weight
@@ -397,7 +427,8 @@ class SenseTagger:
                             self._keep(frozenset(words).union(*(self.lex.sense_bag(sid) for sid in top))))
         return bag
 
-    def _choose(self, targets, bags: list[frozenset], classes: list, detail: list[Unit] | None) -> list[int]:
+    def _choose(self, targets, bags: list[frozenset], classes: list, detail: list[Unit] | None,
+                probe: dict | None = None) -> list[int]:
         """The sense of each target (unit index, lemmas, span) given the other units' bags and lexname
         affinities (steps 4-5)."""
         out: list[int] = []
@@ -436,6 +467,8 @@ class SenseTagger:
             dropped = "non-visual" if lex.lexname[sid] in self._drop else None
             if dropped is None:
                 out.append(sid)
+                if probe is not None and (len(scored) == 1 or scored[0][1] - scored[1][1] >= probe["margin"]):
+                    probe["confident"][k] = lex.lexname[sid]
             if detail is not None:
                 detail.append(Unit(span, list(lemmas), lex.names[sid], dropped,
                                    [(lex.names[s], t) for s, t in scored[:5]]))
