@@ -174,7 +174,7 @@ def main():
         version=read_version(),
         description="Weakly supervised pretraining of ResNeXt on hashtag-labelled images, fast.",
         packages=find_packages(include=["wslfast", "wslfast.*"]),
-        package_data={"wslfast": ["data/*.txt", "data/*.json"]},
+        package_data={"wslfast": ["data/*.txt", "data/*.json", "data/labels/*.json"]},
         ext_modules=ext,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
         python_requires=">=3.10",

@@ -39,7 +39,7 @@ from .text import STOPWORDS, Stemmer, tokenize
 
 __all__ = ["Lexicon", "get_lexicon", "NOUN_LEXNAMES", "class_pmi", "class_pmi_from_counts"]
 
-TABLE_VERSION = 4
+TABLE_VERSION = 5
 NOUN_LEXNAMES = [n for n in _LEXNAMES if n.startswith("noun.")]
 _NOUN_FILE0 = _LEXNAMES.index("noun.Tops")
 # WordNet's detachment rules (morph(7WN)) for nouns, verbs and adjectives.
@@ -118,17 +118,18 @@ def build_tables(corpus: Path) -> dict:
     index = _parse_index(corpus / "index.noun")
     sid_of = {r[0]: i for i, r in enumerate(rows)}
     noun_counts: dict[tuple[str, int], int] = {}
-    other: dict[str, list[int]] = {}  # lemma -> [tag count, number of senses] over verb/adj/adv
+    other: dict[str, list[int]] = {}  # lemma -> tag counts and sense numbers as a verb, adjective, adverb
     with open(corpus / "index.sense", encoding="utf-8") as f:
         for line in f:
             key, off, _, cnt = line.split()
             lemma, _, rest = key.partition("%")
             if rest[0] == "1":
                 noun_counts[(lemma, int(off))] = int(cnt)
-            else:
-                o = other.setdefault(lemma, [0, 0])
-                o[0] += int(cnt)
-                o[1] += 1
+            else:  # [verb count, verb senses, adjective count, adj senses, adverb count, adv senses]
+                o = other.setdefault(lemma, [0, 0, 0, 0, 0, 0])
+                slot = {"2": 0, "3": 2, "5": 2, "4": 4}[rest[0]]
+                o[slot] += int(cnt)
+                o[slot + 1] += 1
     names, lexes, inst, words, gloss, ptrs = [], [], [], [], [], []
     for offset, lex, lemma_words, p, g in rows:
         first = lemma_words[0].lower()
@@ -258,18 +259,18 @@ class Lexicon:
         return out
 
     def other_pos_count(self, word: str) -> tuple[int, int]:
-        """(SemCor tag count, number of senses) of `word` as a verb, adjective or adverb, over its bases."""
-        bases = {word}
-        bases.update(self.verb_exc.get(word, ()))
-        bases.update(self.adj_exc.get(word, ()))
-        for suffix, repl in VERB_RULES + ADJ_RULES:
-            if word.endswith(suffix) and len(word) > len(suffix) + 1:
-                bases.add(word[: len(word) - len(suffix)] + repl)
+        """(SemCor tag count, number of senses) of `word` as a verb, adjective or adverb: the largest over
+        its bases by each part of speech's own rules ('shorts' is no form of the adjective 'short')."""
         count = n = 0
-        for b in bases:
-            o = self.other.get(b)
-            if o is not None:
-                count, n = max(count, o[0]), max(n, o[1])
+        for slot, exc, rules in ((0, self.verb_exc, VERB_RULES), (2, self.adj_exc, ADJ_RULES), (4, {}, ())):
+            bases = {word, *exc.get(word, ())}
+            for suffix, repl in rules:
+                if word.endswith(suffix) and len(word) > len(suffix) + 1:
+                    bases.add(word[: len(word) - len(suffix)] + repl)
+            for b in bases:
+                o = self.other.get(b)
+                if o is not None and o[slot + 1]:
+                    count, n = max(count, o[slot]), max(n, o[slot + 1])
         return count, n
 
     # ---- signatures -------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from typing import Iterable
 
 from ..vocab import normalize_hashtag
 from .lexicon import NOUN_LEXNAMES, NOUN_RULES, Lexicon, get_lexicon
-from .text import DETERMINERS, MODALS, STOPWORDS, VERB_CUES, Stemmer, tokenize
+from .text import COUNT_WORDS, DETERMINERS, MODALS, STOPWORDS, VERB_CUES, Stemmer, tokenize
 
 __all__ = ["SenseTagger", "Unit", "load_priors"]
 
@@ -163,6 +163,10 @@ class SenseTagger:
         sids = self._caption(text_or_tags, None) if kind == "caption" else self._tags(text_or_tags, None)
         return list(dict.fromkeys(sids))
 
+    def label_ids(self, sids: list[int]) -> list[int]:
+        """Vocabulary ids of synset ids from `synset_ids` (needs SenseTagger(vocab=...))."""
+        return self._labels(sids)
+
     def _names(self, sids: list[int]) -> list[str]:
         names = self.lex.names
         return [names[s] for s in dict.fromkeys(sids)]
@@ -248,6 +252,10 @@ class SenseTagger:
         if score > 50:
             return True
         nxt = toks[i + 1] if i + 1 < len(toks) else None
+        if nxt is not None and score < 0 and nxt not in STOPWORDS:  # "a red car": a modifier, not a noun,
+            nxt_info = self._token(nxt)                               # when the next word is surely one
+            if nxt_info[0] and nxt_info[1] >= 0:
+                return False
         if (prev is None or prev in DETERMINERS) and score > -1.5:  # weak evidence: after "a"/"the"/the start
             score += 1.0
         score += NOUN_PRIOR
@@ -280,6 +288,9 @@ class SenseTagger:
                 probe["stems"].append(self.stem(w) if w not in STOPWORDS else "")
             if ch is None:  # a single token
                 lemmas, score, noun_bag, stem_bag, meta, affinity = self._token(toks[i])
+                if len(lemmas) > 1 and i > 0 and toks[i - 1] in COUNT_WORDS and lemmas[0] == toks[i]:
+                    lemmas = lemmas[1:] + lemmas[:1]  # "two glasses": the plural of glass before the lemma glasses
+                    noun_bag = self._bag(lemmas)
                 classes.append(None if meta else affinity)
                 if not lemmas or meta or not self._is_noun(toks, i, score):
                     bags.append(_EMPTY if meta else stem_bag)

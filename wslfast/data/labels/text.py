@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["tokenize", "STOPWORDS", "MODALS", "DETERMINERS", "VERB_CUES", "Stemmer"]
+__all__ = ["tokenize", "STOPWORDS", "MODALS", "DETERMINERS", "COUNT_WORDS", "VERB_CUES", "Stemmer"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _POSSESSIVE = re.compile(r"['\u2019]s\b")
@@ -58,6 +58,9 @@ DETERMINERS = frozenset("""
 a an the this that these those my your his her its our their some any every each no another
 two three four five six seven eight nine ten several many few of
 """.split())
+
+# Count words: the plural after them is a plural ("two glasses"), not a lemma of its own (glasses).
+COUNT_WORDS = frozenset("two three four five six seven eight nine ten several many few both".split())
 
 # Before a verb more often than before a noun ("to fly", "can swim", "is running").
 VERB_CUES = frozenset("to will would can could may might must should shall is are was were be been "
