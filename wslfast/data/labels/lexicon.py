@@ -19,8 +19,8 @@ hyponyms, holonyms, meronyms, topic domain) and `sense_bag(sid)` (what a word me
 the synset's words, its hypernyms' to 2 levels, its gloss) are made on first use and kept (memory grows with
 the distinct synsets seen, at most WordNet's 82k).
 
-Building takes ~15 s on one core; the result is cached as JSON in ~/.cache/wslfast/labels (or
-$WSLFAST_LABELS_CACHE), ~10 MB gzipped, and loads in ~2 s; the cache is keyed by the WordNet files' sizes
+Building takes ~30 s on one core; the result is cached as JSON in ~/.cache/wslfast/labels (or
+$WSLFAST_LABELS_CACHE), ~5.5 MB gzipped, and loads in ~2-4 s; the cache is keyed by the WordNet files' sizes
 and times and this module's table version, and is rebuilt when either changes.
 """
 from __future__ import annotations
