@@ -346,6 +346,9 @@ def _load(corpus: str, cache_dir: str) -> Lexicon:
             with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=6) as f:
                 json.dump({"fingerprint": fp, "tables": tables}, f, separators=(",", ":"))
             os.replace(tmp, path)
+            for old in cache.glob("lexicon-v*.json.gz"):  # tables of other versions are dead weight
+                if old != path:
+                    old.unlink(missing_ok=True)
         except OSError:  # a read-only home still labels; it just builds the tables each run
             pass
     return Lexicon(tables)
