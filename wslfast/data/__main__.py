@@ -1,4 +1,4 @@
-"""python -m wslfast.data {vocab,shards,synthetic,demo,setup-wordnet} ... (see --help of each)."""
+"""python -m wslfast.data {vocab,shards,label,synthetic,demo,setup-wordnet} ... (see --help of each)."""
 from __future__ import annotations
 
 import argparse
@@ -58,6 +58,10 @@ def main(argv=None) -> int:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--image-size", type=int, default=64)
 
+    from .labels.label_cli import add_parser as add_label_parser  # text -> synsets: labels/label_cli.py
+
+    add_label_parser(sub)
+
     w = sub.add_parser("setup-wordnet", help="copy the Debian WordNet files where nltk reads them")
     w.add_argument("--nltk-data", default=None, help="default: $WSLFAST_NLTK_DATA or ~/.cache/wslfast/nltk_data")
 
@@ -97,6 +101,10 @@ def main(argv=None) -> int:
 
             info = prepare_demo(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size)
             print(json.dumps({k: v for k, v in info.items() if k != "settings"}, indent=1))
+        elif args.cmd == "label":
+            from .labels.label_cli import run as run_label
+
+            return run_label(args)
         elif args.cmd == "setup-wordnet":
             from .labels import get_wordnet
 
