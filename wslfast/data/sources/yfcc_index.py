@@ -95,6 +95,11 @@ class IdIndex:
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_maps"} | {"_maps": None}
 
+    @property
+    def ready(self) -> bool:
+        """True when the sorted table is in the cache already."""
+        return (Path(self.dir) / "meta.json").is_file()
+
     # ---- build ---------------------------------------------------------------------------------------------
     def build(self) -> "IdIndex":
         """Make sure the folder exists (building it if needed); returns self."""
@@ -119,6 +124,7 @@ class IdIndex:
     def _build_into(self, out: Path):
         ids: list[list[int]] = [[] for _ in range(_BUCKETS)]
         hashes: list[list[bytes]] = [[] for _ in range(_BUCKETS)]
+        parts = [(os.path.join(out, f"b{b:03d}.ids"), os.path.join(out, f"b{b:03d}.hashes")) for b in range(_BUCKETS)]
         pending = n_lines = 0
         with_hash = 0
         first = True
@@ -144,23 +150,22 @@ class IdIndex:
                     with_hash += bool(h)
                     pending += 1
                     if pending >= self.flush:
-                        self._spill(out, ids, hashes)
+                        self._spill(parts, ids, hashes)
                         pending = 0
         except STREAM_ERRORS as e:
             raise DataError(f"{self.path}: cannot read past line {n_lines} ({e})") from None
-        self._spill(out, ids, hashes)
+        self._spill(parts, ids, hashes)
         offsets = np.zeros(_BUCKETS + 1, dtype=np.int64)
         with open(out / "ids.u64", "wb") as fi, open(out / "hashes.s32", "wb") as fh:
-            for b in range(_BUCKETS):
-                part_i, part_h = out / f"b{b:03d}.ids", out / f"b{b:03d}.hashes"
-                if part_i.exists():
+            for b, (part_i, part_h) in enumerate(parts):
+                if os.path.exists(part_i):
                     bi = np.fromfile(part_i, dtype="<u8")
                     bh = np.fromfile(part_h, dtype="S32")
                     order = np.argsort(bi, kind="stable")
                     bi[order].tofile(fi)
                     bh[order].tofile(fh)
-                    part_i.unlink()
-                    part_h.unlink()
+                    os.unlink(part_i)
+                    os.unlink(part_h)
                     offsets[b + 1] = offsets[b] + bi.size
                 else:
                     offsets[b + 1] = offsets[b]
@@ -169,12 +174,13 @@ class IdIndex:
                                                    "ids": int(offsets[-1]), "with_hash": with_hash}))
 
     @staticmethod
-    def _spill(out: Path, ids, hashes):
-        for b in range(_BUCKETS):
+    def _spill(parts, ids, hashes):
+        """Append the buffered entries to their bucket files and empty the buffers."""
+        for b, (part_i, part_h) in enumerate(parts):
             if ids[b]:
-                with open(out / f"b{b:03d}.ids", "ab") as f:
+                with open(part_i, "ab") as f:
                     np.asarray(ids[b], dtype="<u8").tofile(f)
-                with open(out / f"b{b:03d}.hashes", "ab") as f:
+                with open(part_h, "ab") as f:
                     np.asarray(hashes[b], dtype="S32").tofile(f)
                 ids[b].clear()
                 hashes[b].clear()
