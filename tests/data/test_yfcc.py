@@ -106,7 +106,8 @@ def test_readme_commands_take_every_form_to_shards(tmp_path, yfcc_line, vocab, w
     assert main(["vocab", "--tags", pattern, "--top", "17000", "--out", str(tmp_path / "v.json")]) == 0
     out = capsys.readouterr().out
     assert '"bad_record": 1' in out and '"video": 1' in out
-    assert {"brown_bear.n.01", "dog.n.01", "pizza.n.01"} <= set(json.loads((tmp_path / "v.json").read_text())["synsets"])
+    synsets = set(json.loads((tmp_path / "v.json").read_text())["synsets"])
+    assert {"brown_bear.n.01", "dog.n.01", "pizza.n.01"} <= synsets
     vocab.save(tmp_path / "concepts.json")
     assert main(["shards", "--images", str(img), "--tags", pattern, "--vocab", str(tmp_path / "concepts.json"),
                  "--out", str(tmp_path / "shards"), "--shard-size", "4"]) == 0

@@ -87,8 +87,8 @@ def main(argv=None) -> int:
             from .build.dedup import DEFAULT_RADIUS
 
             radius = DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius
-            m = write_shards(args.images, _tag_source(args, args.images), args.vocab, args.out, shard_size=args.shard_size,
-                             label_noise=args.label_noise, sampling=args.sampling,
+            m = write_shards(args.images, _tag_source(args, args.images), args.vocab, args.out,
+                             shard_size=args.shard_size, label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
                              name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
@@ -139,7 +139,10 @@ def _tag_source(args, images):
     from ..errors import ConfigError
     from .sources import IdIndex, TagFiles, YfccOptions, expand_inputs
 
-    text = tuple(t.strip() for t in args.text.split(",") if t.strip())
+    text = YfccOptions(text=tuple(t.strip() for t in args.text.split(",") if t.strip())).text
+    if "tags" not in text and getattr(args, "kind", None) != "caption":
+        raise ConfigError(f"--text {args.text}: labels come from the user tags here; titles and descriptions "
+                          f"become labels only through caption labels (add tags to --text)")
     tables = {}
     for kind, path in (("subset", args.subset), ("hash", args.yfcc_hash)):
         if path:
@@ -148,9 +151,6 @@ def _tag_source(args, images):
                 print(f"note: sorting {path} into {table.dir} (once)", file=sys.stderr, flush=True)
             tables[kind] = table.build()
     opts = YfccOptions(text=text, subset=tables.get("subset"), hashes=tables.get("hash"))
-    if "tags" not in opts.text and getattr(args, "kind", None) != "caption":
-        raise ConfigError(f"--text {args.text}: labels come from the user tags here; titles and descriptions "
-                          f"become labels only through caption labels (add tags to --text)")
     return TagFiles(expand_inputs(args.tags), images, lookup=images is not None, yfcc=opts)
 
 

@@ -60,7 +60,7 @@ def _detect(path) -> str:
     n = 0
     try:
         with open_text(path) as f:
-            for n, line in enumerate(iter_lines(f), 1):
+            for n, line in enumerate(iter_lines(f, MAX_LINE_CHARS), 1):
                 if not line.strip():
                     continue
                 fmt = _format_of_line(line)
