@@ -9,7 +9,6 @@ import pytest
 from wslfast.data.build import write_shards
 from wslfast.data.format import list_shards
 from wslfast.data.sources import BLOCK_LINES, Block, Record, Source, TagFiles, count_tags, expand_inputs, record_key
-from wslfast.errors import DataError
 
 
 def test_tag_files_blocks_and_record_numbers(tmp_path):
@@ -36,9 +35,11 @@ def test_count_tags_streams_and_skips_what_the_build_skips(tmp_path):
     (tmp_path / "t.jsonl").write_text('{"image": "a.jpg", "tags": ["#dog", "#cat"]}\n{"image": "../x.jpg", '
                                       '"tags": ["#dog"]}\n{"image": "b.jpg", "tags": ["#dog"]}\n')
     assert count_tags(str(tmp_path / "t.jsonl"), tmp_path) == {"#dog": 2, "#cat": 1}
-    (tmp_path / "empty.jsonl").write_text("\n\n")
-    with pytest.raises(DataError, match="TAGS file is empty"):
-        count_tags(str(tmp_path / "empty.jsonl"), tmp_path)
+    (tmp_path / "empty.jsonl").write_text("\n\n")  # an empty input is skipped and counted, never an error
+    skipped = {}
+    assert count_tags([str(tmp_path / "empty.jsonl"), str(tmp_path / "t.jsonl")], tmp_path, skipped) == \
+        {"#dog": 2, "#cat": 1}
+    assert skipped == {"empty_file": 1, "bad_record": 1}
 
 
 class CsvTags:

@@ -19,10 +19,12 @@ def main(argv=None) -> int:
                      "files or globs; .gz/.bz2/.xz/.zst read as streams) instead")
     src.add_argument("--imagenet1k", action="store_true", help="the 1,000 ImageNet-1k synsets")
     v.add_argument("--wordnet-nouns", action="store_true", help="canonicalize to WordNet nouns (the default)")
-    v.add_argument("--images", default=".", help="images folder (for YFCC --tags lookups)")
+    v.add_argument("--images", default=None, help="images folder: YFCC records whose image is not there are not "
+                   "counted (default: no lookup, every photo's tags count)")
     v.add_argument("--top", type=int, default=None, help="keep the N most frequent synsets")
     v.add_argument("--min-count", type=int, default=1)
     v.add_argument("--out", required=True)
+    _yfcc_arguments(v)
 
     s = sub.add_parser("shards", help="write webdataset shards")
     s.add_argument("--images", required=True)
@@ -44,6 +46,7 @@ def main(argv=None) -> int:
                         "--out must be a folder every node sees")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--name", default=None, help="dataset name (default role-source-I-L, e.g. train-local-2k-25)")
+    _yfcc_arguments(s)
 
     y = sub.add_parser("synthetic", help="make the small demo corpus")
     y.add_argument("--out", required=True)
@@ -75,17 +78,21 @@ def main(argv=None) -> int:
             if args.imagenet1k:
                 vocab = HashtagVocabulary.imagenet1k()
             else:
-                counts = read_counts(args.counts) if args.counts else count_tags(args.tags, args.images)
+                skipped: dict = {}
+                counts = read_counts(args.counts) if args.counts else \
+                    count_tags(_tag_source(args, args.images), args.images, skipped)
                 vocab = HashtagVocabulary.from_counts(counts, min_count=args.min_count, top=args.top)
             vocab.save(args.out)
             print(f"{args.out}: {len(vocab)} labels, {vocab.num_hashtags} hashtags")
+            if args.tags and skipped:
+                print(f"records not counted: {json.dumps(skipped, sort_keys=True)}")
         elif args.cmd == "shards":
             from .build import write_shards
             from .build.dedup import DEFAULT_RADIUS
 
             radius = DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius
-            m = write_shards(args.images, args.tags, args.vocab, args.out, shard_size=args.shard_size,
-                             label_noise=args.label_noise, sampling=args.sampling,
+            m = write_shards(args.images, _tag_source(args, args.images), args.vocab, args.out,
+                             shard_size=args.shard_size, label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
                              name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
@@ -119,6 +126,40 @@ def main(argv=None) -> int:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _yfcc_arguments(p):
+    p.add_argument("--text", default="tags",
+                   help="YFCC100M: what each record carries, comma-separated from tags,title,description "
+                        "(default tags: the user tags, for the hashtag vocabulary; title/description: their "
+                        "decoded text, for caption labels, also kept in each sample's .json as 'text')")
+    p.add_argument("--subset", default=None,
+                   help="YFCC100M: keep only the photos of this list, e.g. OpenAI's YFCC15M "
+                        "yfcc100m_subset_data.tsv(.bz2) (line, photo id, hash a line), or 'id<TAB>hash' or one id "
+                        "a line; sorted once into $WSLFAST_CACHE (40 bytes per id on disk, memory-mapped)")
+    p.add_argument("--yfcc-hash", default=None,
+                   help="YFCC100M: the yfcc100m_hash file (photo id<TAB>hash), to find images stored by hash "
+                        "(the image bucket's layout) for files without a hash column; sorted once like --subset")
+
+
+def _tag_source(args, images):
+    """The TAGS files as a Source, with the YFCC options (subset / hash tables sorted on first use)."""
+    from ..errors import ConfigError
+    from .sources import IdIndex, TagFiles, YfccOptions, expand_inputs
+
+    text = YfccOptions(text=tuple(t.strip() for t in args.text.split(",") if t.strip())).text
+    if "tags" not in text and getattr(args, "kind", None) != "caption":
+        raise ConfigError(f"--text {args.text}: labels come from the user tags here; titles and descriptions "
+                          f"become labels only through caption labels (add tags to --text)")
+    tables = {}
+    for kind, path in (("subset", args.subset), ("hash", args.yfcc_hash)):
+        if path:
+            table = IdIndex(path, kind)
+            if not table.ready:
+                print(f"note: sorting {path} into {table.dir} (once)", file=sys.stderr, flush=True)
+            tables[kind] = table.build()
+    opts = YfccOptions(text=text, subset=tables.get("subset"), hashes=tables.get("hash"))
+    return TagFiles(expand_inputs(args.tags), images, lookup=images is not None, yfcc=opts)
 
 
 def _one_line(e: BaseException) -> str:

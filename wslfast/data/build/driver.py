@@ -185,7 +185,8 @@ def _check_pass(eng, job: Job, progress: bool) -> _Checked:
         c.records += s["records"]
         c.num_images += s["good"]
         c.reencoded += s["reencoded"]
-        c.formats.add(s["fmt"])
+        if s["fmt"] != "empty":  # an input with no line (counted as skipped.empty_file) has no format
+            c.formats.add(s["fmt"])
         for k, v in s["skipped"].items():
             c.skipped[k] += v
         np.add.at(c.marginal, np.asarray(s["marginal"][0], dtype=np.int64), np.asarray(s["marginal"][1]))

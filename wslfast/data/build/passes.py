@@ -29,7 +29,8 @@ from .targets import STREAM_SHUFFLE, copies_hashed, hash64, noisy_labels_hashed,
 __all__ = ["Job", "check_image", "check_block", "noise_block", "weight_block", "plan_block", "expand_block",
            "write_bucket", "SKIP_KINDS"]
 
-SKIP_KINDS = ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt", "duplicate")
+SKIP_KINDS = ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt", "duplicate",
+              "bad_encoding", "empty_file", "not_in_subset")  # the last three: sources' skips (tagfiles, yfcc)
 
 
 def check_image(path: str, want_hash: bool) -> tuple[str | None, bool, int]:
