@@ -3,8 +3,8 @@
     from wslfast.data.demo import prepare_demo
     d = prepare_demo("runs/demo")     # {"shards", "vocab", "target_train", "target_val", "num_classes", ...}
 
-The one demo preparer: `python -m wslfast.data demo`, the training scripts (`prepare_shards`,
-`demo_corpus_dir`) and the benchmarks all use it. Layout of a demo folder: images/, tags.jsonl,
+The one demo preparer: `python -m wslfast.data demo`, the training scripts (`demo_corpus_dir`, and
+wslfast.engine.datasets) and the benchmarks all use it. Layout of a demo folder: images/, tags.jsonl,
 counts.tsv, target/{train,val} (the transfer task), vocab.json, shards/, and demo.json (written last: the
 settings it was built with). Idempotent: a finished demo with the same settings is reused; anything else is
 rebuilt. A new folder is built beside its final place and renamed into it when whole, so concurrent
@@ -20,7 +20,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-__all__ = ["prepare_demo", "cache_root", "demo_corpus_dir", "prepare_shards"]
+__all__ = ["prepare_demo", "cache_root", "demo_corpus_dir"]
 
 _VERSION = 2
 
@@ -106,30 +106,3 @@ def demo_corpus_dir(cfg) -> str:
     name = (f"synthetic-n{cfg.synthetic_images}-c{cfg.synthetic_classes}-px{cfg.image_size}"
             f"-s{cfg.seed}-{cfg.sampling}")
     return os.path.join(cache_root(cfg), name)
-
-
-def prepare_shards(cfg, info) -> str:
-    """The folder of shards to train on (shards + manifest.json). For data=synthetic, local rank 0 of each
-    machine builds the demo (prepare_demo) if it is not cached yet while the other ranks wait."""
-    from .shards import list_shards
-
-    if cfg.data != "synthetic":
-        if not os.path.isdir(cfg.data):
-            raise SystemExit(f"data: {cfg.data!r} is neither 'synthetic' nor a folder of shards")
-        folder = cfg.data
-    else:
-        corpus = demo_corpus_dir(cfg)
-        if info.local_rank == 0:
-            if not os.path.isfile(os.path.join(corpus, "demo.json")):
-                print(f"demo data: building the synthetic corpus in {corpus} (once)", flush=True)
-            prepare_demo(corpus, num_images=cfg.synthetic_images, seed=cfg.seed, image_size=cfg.image_size,
-                         num_target_classes=cfg.synthetic_classes, min_count=1, shard_size=1000,
-                         sampling=cfg.sampling)
-        if info.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
-        folder = os.path.join(corpus, "shards")
-    if not list_shards(folder):
-        raise SystemExit(f"data: no shards in {folder}")
-    return folder
