@@ -40,12 +40,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from wslfast.engine import (Config, ConfigError, DistInfo, HashtagObjective, LRSchedule,  # noqa: E402
-                            MetricsLogger, NonFiniteGuard, NonFiniteLossError, RunFolderError, StopSignals,
-                            all_ranks_max, broadcast_object, build_optimizer, capture_rng, check_run_folder,
-                            cleanup_distributed, command_line, convert_sync_batchnorm, find_resumable,
-                            format_duration, gather_objects, load_checkpoint, nonfinite_flag, params_digest,
-                            peak_learning_rate, peak_memory, peer_failure, restore_rng, save_checkpoint,
-                            seed_everything, setup_distributed, write_run_file)
+                            MetricsLogger, NonFiniteGuard, NonFiniteLossError, StopSignals, all_ranks_max,
+                            broadcast_object, build_optimizer, capture_rng, claim_run_folder, cleanup_distributed,
+                            command_line, convert_sync_batchnorm, find_resumable, format_duration, gather_objects,
+                            load_checkpoint, nonfinite_flag, params_digest, peak_learning_rate, peak_memory,
+                            peer_failure, restore_rng, save_checkpoint, seed_everything, setup_distributed)
 
 
 # Top to bottom: PretrainConfig (every key, its type and help), then the steps main() takes: build_schedule,
@@ -149,46 +148,6 @@ def check_config(cfg: Config) -> None:
             raise ConfigError(f"key {key!r}: expected an integer >= 1, got {cfg[key]}")
 
 
-@dataclass
-class Run:
-    """What a pretraining run is made of, built by main() step by step; save() and resume() take it."""
-    cfg: Config
-    info: DistInfo
-    loader: object
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: LRSchedule
-    guard: NonFiniteGuard
-    step: int = 0
-    images_seen: int = 0
-
-
-def claim_run_folder(cfg: Config, info: DistInfo) -> None:
-    """out is this run's alone: rank 0 checks it (and writes run.json); every rank stops if it is not."""
-    problem = None
-    if info.is_main:
-        try:
-            check_run_folder(cfg.out, cfg, cfg.resume)
-            write_run_file(cfg.out, cfg)
-        except RunFolderError as e:
-            problem = str(e)
-    if broadcast_object(info, problem):
-        raise RunFolderError(problem) if info.is_main else SystemExit(1)  # rank 0 alone says why
-
-
-def build_data(cfg: Config, info: DistInfo):
-    """This rank's training loader: endless epochs of (images, SparseTargets) over its part of the shards
-    (the demo corpus is built first when data=synthetic)."""
-    from wslfast.engine.datasets import prepare_shards
-
-    shards = prepare_shards(cfg, info)
-    from wslfast.data.dali import train_loader  # after prepare_shards: the import is slow
-
-    return train_loader(shards, cfg.batch_size, rank=info.rank, world_size=info.world_size,
-                        device=info.device.type, image_size=cfg.image_size, seed=cfg.seed,
-                        num_threads=cfg.num_threads)
-
-
 def build_schedule(cfg: Config, global_batch: int) -> tuple[LRSchedule, int, str]:
     """(LR schedule over images seen, the run's steps, how the peak LR was chosen)."""
     total_steps = cfg.steps if cfg.steps is not None else math.ceil(cfg.total_images / global_batch)
@@ -206,6 +165,19 @@ def build_schedule(cfg: Config, global_batch: int) -> tuple[LRSchedule, int, str
     return schedule, total_steps, lr_rule
 
 
+def build_data(cfg: Config, info: DistInfo):
+    """This rank's training loader: endless epochs of (images, SparseTargets) over its part of the shards
+    (the demo corpus is built first when data=synthetic)."""
+    from wslfast.engine.datasets import prepare_shards
+
+    shards = prepare_shards(cfg, info)
+    from wslfast.data.dali import train_loader  # after prepare_shards: the import is slow
+
+    return train_loader(shards, cfg.batch_size, rank=info.rank, world_size=info.world_size,
+                        device=info.device.type, image_size=cfg.image_size, seed=cfg.seed,
+                        num_threads=cfg.num_threads)
+
+
 def build_model(cfg: Config, info: DistInfo, num_classes: int) -> torch.nn.Module:
     """The backbone with its hashtag classifier, the same initial weights on every rank, on the device."""
     from wslfast.models import create_model
@@ -221,6 +193,20 @@ def build_model(cfg: Config, info: DistInfo, num_classes: int) -> torch.nn.Modul
             model.set_fused(False)
         model = convert_sync_batchnorm(model, info.device)
     return model.to(info.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+
+@dataclass
+class Run:
+    """What a pretraining run is made of, built by main() step by step; save() and resume() take it."""
+    cfg: Config
+    info: DistInfo
+    loader: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    guard: NonFiniteGuard
+    step: int = 0
+    images_seen: int = 0
 
 
 def resume(run: Run) -> str | None:
@@ -369,7 +355,7 @@ def main(argv=None) -> int:
     global_batch = cfg.batch_size * info.world_size
     schedule, total_steps, lr_rule = build_schedule(cfg, global_batch)  # before any work: it checks the config
     seed_everything(cfg.seed + info.rank)  # every rank its own stream (augmentations, ...)
-    claim_run_folder(cfg, info)
+    claim_run_folder(info, cfg.out, cfg, cfg.resume)  # out is this run's alone; run.json written
 
     loader = build_data(cfg, info)
     model = build_model(cfg, info, loader.num_classes)

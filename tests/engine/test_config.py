@@ -67,7 +67,7 @@ def test_yaml_then_overrides_win(tmp_path):
 
 
 @pytest.mark.parametrize("value,expected", [("1e6", 1_000_000), ("3_500", 3500), ("7", 7), ("2.0", 2),
-                                            ("-3", -3)])
+                                            ("-3", -3), ("12345678901234567891", 12345678901234567891)])
 def test_ints_accept_integral_spellings(value, expected):
     cfg = load_config(Keys, ["--total-images", value])
     assert cfg.total_images == expected and type(cfg.total_images) is int

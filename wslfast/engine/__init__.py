@@ -10,7 +10,7 @@ from .distributed import (DistInfo, all_ranks_max, broadcast_object, capture_rng
 from .guard import NonFiniteGuard, NonFiniteLossError, nonfinite_flag
 from .objective import HashtagObjective, dense_soft_target_cross_entropy
 from .metrics import MetricsLogger, format_duration, format_line, peak_memory
-from .rundir import RunFolderError, check_run_folder, config_diff, write_run_file
+from .rundir import RunFolderError, check_run_folder, claim_run_folder, config_diff, write_run_file
 from .optim import build_optimizer
 from .schedule import SCHEDULES, LRSchedule, peak_learning_rate
 from .signals import StopSignals
@@ -25,5 +25,5 @@ __all__ = [
     "StopSignals", "GlobalBatchNorm2d", "convert_sync_batchnorm", "load_weights", "command_line",
     "install_error_handler", "is_user_error", "usage", "format_duration", "peak_memory", "RunFolderError",
     "check_run_folder", "config_diff", "write_run_file", "attempt_store", "peer_failure", "config_keys",
-    "build_optimizer", "peak_learning_rate",
+    "build_optimizer", "peak_learning_rate", "claim_run_folder",
 ]

@@ -168,8 +168,13 @@ def _prepare(value: Any, tp) -> Any:
     if base is int and not isinstance(value, bool):
         number = value
         if isinstance(value, str):
+            text = value.strip().replace("_", "")
             try:
-                number = float(value.strip().replace("_", ""))
+                return int(text)  # exact, however large
+            except ValueError:
+                pass
+            try:
+                number = float(text)
             except ValueError:
                 return value
         if isinstance(number, float) and math.isfinite(number) and number.is_integer():
