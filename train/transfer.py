@@ -119,13 +119,17 @@ def check_config(cfg: Config) -> list[str]:
     if not modes or any(m not in MODES for m in modes):
         raise ConfigError(f"key 'mode': expected linear, finetune or zeroshot (or a comma-separated list), "
                           f"got {cfg.mode!r}")
-    if cfg.mixup < 0 or not 0 <= cfg.label_smoothing < 1 or not 0 <= cfg.ema < 1 or not 0 <= cfg.ema_warmup <= 1:
-        raise ConfigError("need mixup >= 0, label_smoothing in [0, 1), ema (a decay) in [0, 1), "
-                          "ema_warmup in [0, 1]")
-    if cfg.batch_size < 1:
-        raise ConfigError(f"key 'batch_size': expected an integer >= 1, got {cfg.batch_size}")
-    if "finetune" in modes and not cfg.lr > 0:
-        raise ConfigError(f"key 'lr': expected a number > 0, got {cfg.lr}")
+    ranges = [("batch_size", cfg.batch_size >= 1, "an integer >= 1"),
+              ("epochs", cfg.epochs >= 0, "an integer >= 0"),
+              ("lbfgs_iters", cfg.lbfgs_iters >= 1, "an integer >= 1"),
+              ("lr", cfg.lr > 0 or "finetune" not in modes, "a number > 0"),
+              ("mixup", cfg.mixup >= 0, "a number >= 0"),
+              ("label_smoothing", 0 <= cfg.label_smoothing < 1, "a number in [0, 1)"),
+              ("ema", 0 <= cfg.ema < 1, "a decay in [0, 1)"),
+              ("ema_warmup", 0 <= cfg.ema_warmup <= 1, "a fraction in [0, 1]")]
+    for key, ok, what in ranges:
+        if not ok:
+            raise ConfigError(f"key {key!r}: expected {what}, got {cfg[key]}")
     return modes
 
 

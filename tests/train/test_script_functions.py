@@ -184,7 +184,9 @@ def transfer_cfg(*argv):
 @pytest.mark.parametrize("argv,match", [
     (["--mode", "fewshot"], "key 'mode': expected linear, finetune or zeroshot"),
     (["--mode", ","], "key 'mode'"),
-    (["--ema", "1.5"], "ema \\(a decay\\) in \\[0, 1\\)"),
+    (["--ema", "1.5"], "key 'ema': expected a decay in \\[0, 1\\), got 1.5"),
+    (["--label-smoothing", "1"], "key 'label_smoothing': expected a number in \\[0, 1\\), got 1.0"),
+    (["--epochs", "-1"], "key 'epochs': expected an integer >= 0, got -1"),
     (["--batch-size", "0"], "key 'batch_size': expected an integer >= 1, got 0"),
     (["--mode", "finetune", "--lr", "0"], "key 'lr': expected a number > 0, got 0.0"),
 ])

@@ -1,6 +1,7 @@
-"""What the train/ scripts share: typed config and command line, distributed set-up, checkpoints, LR schedule, metrics, signals,
-non-finite step handling, a CPU-capable SyncBatchNorm and the pretraining objective module (the only
-piece that calls wslfast.ops, and only when its forward runs fused)."""
+"""What the train/ scripts share: typed config and command line, distributed set-up, run folders,
+checkpoints, the LR rule and schedule, the optimizer, the shards a run reads, metrics, signals, non-finite
+step handling, a CPU-capable SyncBatchNorm and the pretraining objective module (the only piece that calls
+wslfast.ops, and only when its forward runs fused)."""
 from .checkpoint import (CheckpointError, checkpoint_path, find_resumable, list_checkpoints, load_checkpoint,
                          load_weights, save_checkpoint)
 from .cli import command_line, install_error_handler, is_user_error, usage
