@@ -178,7 +178,7 @@ def main():
         ext_modules=ext,
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
         python_requires=">=3.10",
-        install_requires=["numpy", "pyyaml", "pillow", "nltk"],
+        install_requires=["numpy", "pyyaml", "pillow", "nltk", "jsonargparse>=4.30", "docstring-parser"],
         zip_safe=False,
     )
 

@@ -229,8 +229,8 @@ def main():
     if args.loader == "synthetic":
         args.data = "synthetic"
     elif not args.data:
-        from wslfast.data.demo import prepare_shards
         from wslfast.engine import Config, DistInfo
+        from wslfast.engine.datasets import prepare_shards
         demo = Config(data="synthetic", synthetic_images=2000, synthetic_classes=10, sampling="natural",
                       cache_dir="", image_size=max(64, args.image_size), seed=0)
         args.data = prepare_shards(demo, DistInfo(0, 1, 0, torch.device("cpu"), None))

@@ -1,45 +1,66 @@
-"""The scripts' command line: --help lists every key with its default; user errors are one line, bugs keep
-their traceback; --debug keeps every traceback."""
+"""The scripts' command line: --help lists every declared key with its default, help and type; user errors
+are one line, bugs keep their traceback; --debug keeps every traceback."""
 import subprocess
 import sys
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Optional
 
 import pytest
 
 from wslfast.engine import CheckpointError, ConfigError, command_line, is_user_error, usage
-from wslfast.engine.cli import _comments
-
-DEFAULTS = dict(batch_size=32, lr=None, out="runs/x", fused=True, total_images=3_500_000, note="")
 
 
-def test_usage_lists_every_key_with_its_default():
-    text = usage(DEFAULTS, "The script.\n\nMore.")
-    assert text.startswith("The script.")
-    for line in ("--batch-size 32", "--lr null", "--out runs/x", "--fused true", "--total-images 3_500_000",
-                 '--note ""', "--debug"):
-        assert line in text, line
+@dataclass
+class Keys:
+    SECTIONS: ClassVar[dict] = {"batch_size": "optimisation", "out": "run"}
+
+    batch_size: int = 32
+    """images per rank"""
+    lr: Optional[float] = None
+    """peak learning rate; null -> the paper's rule"""
+    amp: Literal["none", "bf16"] = "none"
+    """mixed precision"""
+    out: str = "runs/x"
+    """the run's folder"""
+    fused: bool = True
+    total_images: int = 3_500_000
+    note: str = ""
+
+
+def test_usage_lists_every_key_with_default_help_and_type():
+    text = usage(Keys, "The script.\n\nMore.", width=120)
+    assert text.startswith("The script.\n\nMore.")
+    for key, default, rest in [("batch-size", "32", "images per rank (int)"),
+                               ("lr", "null", "peak learning rate; null -> the paper's rule (float | null)"),
+                               ("amp", "none", "mixed precision (none | bf16)"), ("out", "runs/x", "(str)"),
+                               ("fused", "true", "(bool)"), ("total-images", "3_500_000", "(int)"),
+                               ("note", '""', "(str)")]:
+        line = next(line for line in text.splitlines() if line.startswith(f"  --{key} "))
+        assert line.split()[:2] == [f"--{key}", default] and line.endswith(rest), line
+    assert text.index("  # optimisation") < text.index("--batch-size") < text.index("  # run") < text.index("--out")
+    assert "--debug" in text and "SECTIONS" not in text
+
+
+def test_usage_wraps_long_help_and_keeps_the_type_whole():
+    text = usage(Keys, None, width=70)
+    lines = text.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("  --lr null"))
+    assert lines[i + 1].strip().endswith("(float | null)") and all(len(line) <= 70 for line in lines[i:i + 2])
 
 
 def test_help_exits_zero_and_prints_usage(capsys):
     with pytest.raises(SystemExit) as e:
-        command_line(DEFAULTS, "Doc.", ["--lr", "0.1", "--help"])
+        command_line(Keys, "Doc.", ["--lr", "0.1", "--help"])
     assert e.value.code == 0
     assert "--batch-size 32" in capsys.readouterr().out
-
-
-def test_debug_is_taken_out_before_the_keys_are_checked():
-    cfg = command_line(DEFAULTS, None, ["--debug", "--lr", "0.5"])
-    assert cfg.debug is True and cfg.lr == 0.5
-    assert command_line(DEFAULTS, None, ["--debug=false"]).debug is False
     sys.excepthook = sys.__excepthook__
 
 
-def test_comments_come_from_the_defaults_block(tmp_path):
-    script = tmp_path / "s.py"
-    script.write_text('DEFAULTS = dict(\n    # data\n    data="x", size=3,   # pixels\n    lr=None,\n)\n')
-    notes = _comments(str(script))
-    assert notes["size"] == ("pixels", "data") and notes["data"] == ("", "data") and notes["lr"][0] == ""
-    text = usage(dict(data="x", size=3, lr=None), None, str(script))
-    assert "  # data" in text and "--size 3" in text and "# pixels" in text
+def test_debug_is_taken_out_before_the_keys_are_checked():
+    cfg = command_line(Keys, None, ["--debug", "--lr", "0.5"])
+    assert cfg.debug is True and cfg.lr == 0.5
+    assert command_line(Keys, None, ["--debug=false"]).debug is False
+    sys.excepthook = sys.__excepthook__
 
 
 def test_user_errors_and_bugs():
@@ -50,26 +71,37 @@ def test_user_errors_and_bugs():
 
 SCRIPT = """
 import sys
+from dataclasses import dataclass
+from typing import Optional, Tuple
 from wslfast.engine import command_line
-cfg = command_line(dict(batch_size=32), None)
+
+@dataclass
+class Keys:
+    batch_size: int = 32
+    lr: Optional[float] = None
+    betas: Optional[Tuple[float, float]] = None
+
+cfg = command_line(Keys, None)
 if cfg.batch_size == 1:
     1 / 0
 """
 
 
-@pytest.mark.parametrize("args,rc,line,traceback", [
-    (["--batch-sise", "8"], 1, "error: command line: unknown key 'batch-sise' (did you mean 'batch-size'?)", False),
-    (["--batch-size", "x"], 1, "error: config key 'batch_size': expected an integer, got 'x'", False),
-    (["--batch-sise", "8", "--debug"], 1, "ConfigError", True),
-    (["--batch-size", "1"], 1, "ZeroDivisionError", True),  # a bug keeps its traceback
+@pytest.mark.parametrize("args,line,traceback", [
+    (["--batch-sise", "8"], "error: command line: unknown key 'batch-sise' (did you mean 'batch-size'?)", False),
+    (["--batch-size", "x"], "error: command line: key 'batch_size': expected an integer, got 'x'", False),
+    (["--betas", "0.9"], "error: command line: key 'betas': expected a list of 2 numbers like [0.9, 0.999] or "
+                         "null, got '0.9'", False),
+    (["--batch-sise", "8", "--debug"], "ConfigError", True),
+    (["--batch-size", "1"], "ZeroDivisionError", True),  # a bug keeps its traceback
 ])
-def test_one_line_errors_in_a_script(tmp_path, args, rc, line, traceback):
+def test_one_line_errors_in_a_script(tmp_path, args, line, traceback):
     script = tmp_path / "s.py"
     script.write_text(SCRIPT)
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=60,
                           env={"PYTHONPATH": "."})
-    assert proc.returncode == rc
+    assert proc.returncode == 1
     assert line in proc.stderr
     assert ("Traceback" in proc.stderr) == traceback
     if not traceback:
-        assert proc.stderr.strip().count("\n") == 0  # exactly one line
+        assert proc.stderr.strip() == line  # exactly one line

@@ -8,8 +8,7 @@ from wslfast.models import create_model
 
 def test_sgd_keeps_the_resnext_recipe():
     model = create_model("regnet_y_tiny", num_classes=5)
-    opt = build_optimizer({"optimizer": "sgd", "lr": 0.3, "momentum": 0.8, "nesterov": True, "weight_decay": 1e-4},
-                          model, lr=0.5)
+    opt = build_optimizer(model, "sgd", lr=0.5, weight_decay=1e-4, momentum=0.8, nesterov=True)
     assert isinstance(opt, torch.optim.SGD) and len(opt.param_groups) == 1
     g = opt.param_groups[0]
     assert g["lr"] == 0.5 and g["momentum"] == 0.8 and g["nesterov"] and g["weight_decay"] == 1e-4
@@ -18,10 +17,11 @@ def test_sgd_keeps_the_resnext_recipe():
 
 def test_adamw_decays_matrices_only():
     model = create_model("vit_tiny", num_classes=5, image_size=32)
-    opt = build_optimizer({"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.95]}, model)
+    opt = build_optimizer(model, "adamw", lr=1e-3, weight_decay=0.1, betas=[0.9, 0.95], eps=1e-6)
     assert isinstance(opt, torch.optim.AdamW)
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0 and decay["betas"] == (0.9, 0.95)
+    assert decay["eps"] == no_decay["eps"] == 1e-6
     skip = no_decay_param_names(model)
     assert {"class_token", "encoder.pos_embedding", "heads.head.bias", "encoder.ln.weight"} <= skip
     assert "conv_proj.weight" not in skip and "encoder.layers.encoder_layer_0.self_attention.in_proj_weight" not in skip
@@ -37,4 +37,13 @@ def test_adamw_decays_matrices_only():
 
 def test_bad_optimizer_name():
     with pytest.raises(ValueError, match="optimizer must be one of sgd, adamw"):
-        build_optimizer({"optimizer": "lamb"}, torch.nn.Linear(2, 2))
+        build_optimizer(torch.nn.Linear(2, 2), "lamb")
+
+
+def test_plain_sgd_and_adamw_defaults():
+    opt = build_optimizer(torch.nn.Linear(2, 2), "sgd", lr=0.1, nesterov=False)
+    assert not opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+    opt = build_optimizer(torch.nn.Linear(2, 2), "adamw", lr=0.1)
+    assert opt.param_groups[0]["betas"] == (0.9, 0.999) and opt.param_groups[0]["eps"] == 1e-8
+    with pytest.raises(ValueError, match="betas must be two numbers"):
+        build_optimizer(torch.nn.Linear(2, 2), "adamw", betas=[0.9])

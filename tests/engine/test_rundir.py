@@ -72,3 +72,15 @@ def test_run_file_and_diff():
 def test_run_file_holds_the_config(tmp_path):
     path = write_run_file(str(tmp_path), dict(CFG, device=torch.device("cpu")))
     assert json.load(open(path))["config"]["lr"] == 0.1
+
+
+def test_claim_run_folder_writes_run_json_or_refuses(tmp_path):
+    from wslfast.engine import DistInfo, claim_run_folder
+
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
+    claim_run_folder(info, str(tmp_path / "new"), CFG, "auto")
+    assert json.load(open(tmp_path / "new" / "run.json"))["config"] == CFG
+    _run_with_checkpoints(tmp_path / "old")
+    with pytest.raises(RunFolderError, match="lr 0.1 there, 0.3 here"):
+        claim_run_folder(info, str(tmp_path / "old"), dict(CFG, lr=0.3), "auto")
+    assert json.load(open(tmp_path / "old" / "run.json"))["config"] == CFG  # the other run's file is kept

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from wslfast.engine import LRSchedule
+from wslfast.engine import ConfigError, LRSchedule, peak_learning_rate
 
 
 def test_linear_warmup_from_goyal_start_then_step_halvings():
@@ -55,3 +55,24 @@ def test_state_dict_rebuilds_the_same_schedule():
     s = LRSchedule(peak_lr=2.0, total_images=500, warmup_images=50, kind="cosine", min_lr=0.01)
     t = LRSchedule(**{k: v for k, v in s.state_dict().items()})
     assert all(s(x) == t(x) for x in range(0, 600, 7))
+
+
+@pytest.mark.parametrize("lr,optimizer,batch,demo,expected", [
+    (0.3, "sgd", 512, False, (0.3, "given")),
+    (1e-3, "adamw", 4096, True, (1e-3, "given")),
+    (None, "sgd", 8064, False, (3.15, "paper's rule 0.1 x batch/256")),   # Mahajan et al.: 336 GPUs x 24
+    (None, "sgd", 256, False, (0.1, "paper's rule 0.1 x batch/256")),
+    (None, "sgd", 8, False, (0.003125, "paper's rule 0.1 x batch/256")),
+    (None, "sgd", 32, True, (0.4, "demo rule 0.4 x batch/32")),
+    (None, "sgd", 64, True, (0.8, "demo rule 0.4 x batch/32")),
+])
+def test_peak_learning_rate_rule(lr, optimizer, batch, demo, expected):
+    peak, rule = peak_learning_rate(lr, optimizer, batch, demo_data=demo)
+    assert peak == pytest.approx(expected[0], rel=1e-12) and rule == expected[1] and type(peak) is float
+
+
+def test_peak_learning_rate_needs_lr_for_adamw():
+    with pytest.raises(ConfigError, match="optimizer adamw needs --lr"):
+        peak_learning_rate(None, "adamw", 256)
+    with pytest.raises(ConfigError, match="global batch must be >= 1"):
+        peak_learning_rate(None, "sgd", 0)

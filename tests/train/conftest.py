@@ -1,4 +1,7 @@
-"""Shared set-up for the train/ script tests: one small synthetic corpus per session, command helpers."""
+"""Shared set-up for the train/ script tests: one small synthetic corpus per session, command helpers, and
+the scripts themselves as modules (their config classes and steps, called without running main)."""
+import functools
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,6 +13,17 @@ from tests.engine.dist_launch import quiet_env
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PRETRAIN = os.path.join(ROOT, "train", "pretrain.py")
 TRANSFER = os.path.join(ROOT, "train", "transfer.py")
+
+
+@functools.lru_cache(maxsize=None)
+def load_script(path):
+    """train/<name>.py imported as the module train_<name> (its main() does not run)."""
+    name = "train_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and the help-text reader look the module up by name
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -1,23 +1,16 @@
 """Ordinary mistakes on the train/ scripts end in one `error:` line naming the key or file and what was
 expected, with a non-zero exit status and no traceback (unless --debug); --help lists every key."""
-import ast
 import os
 import re
 
 import pytest
 import torch
 
-from tests.train.conftest import PRETRAIN, TRANSFER, run_script
+from tests.train.conftest import PRETRAIN, TRANSFER, load_script, run_script
+from wslfast.engine import config_keys
 
 pytestmark = pytest.mark.slow
-
-
-def _defaults(script) -> dict:
-    tree = ast.parse(open(script).read())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DEFAULTS":
-            return {kw.arg: ast.literal_eval(kw.value) for kw in node.value.keywords}
-    raise AssertionError(f"{script} has no DEFAULTS = dict(...)")
+SCHEMAS = {PRETRAIN: "PretrainConfig", TRANSFER: "TransferConfig"}
 
 
 def _one_error_line(proc, *needles):
@@ -32,15 +25,39 @@ def _one_error_line(proc, *needles):
 
 
 @pytest.mark.parametrize("script", [PRETRAIN, TRANSFER], ids=["pretrain", "transfer"])
-def test_help_lists_every_key_with_its_default(script):
+def test_help_lists_every_key_with_its_default_and_help(script):
     proc = run_script(script, ["--help"], timeout=60)
     assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
-    for key, value in _defaults(script).items():
+    text = " ".join(proc.stdout.split())  # help texts wrap
+    for key in config_keys(getattr(load_script(script), SCHEMAS[script])):
+        value = key.default
         shown = {None: "null", True: "true", False: "false", "": '""'}.get(value, value) \
             if not isinstance(value, (int, float)) or isinstance(value, bool) else value
         if isinstance(shown, int) and abs(shown) >= 10_000:
             shown = f"{shown:_}"
-        assert f"--{key.replace('_', '-')} {shown}" in proc.stdout, key
+        assert f"--{key.name.replace('_', '-')} {shown} {key.help}" in text, key.name
+
+
+# (the other types and checks are tested in-process: tests/engine/test_config.py, test_script_functions.py)
+@pytest.mark.parametrize("script,args,line", [
+    (PRETRAIN, ["--lr", "abc"], "command line: key 'lr': expected a number or null, got 'abc'"),
+    (PRETRAIN, ["--betas", "0.9"], "command line: key 'betas': expected a list of 2 numbers like [0.9, 0.999] or "
+                                   "null, got '0.9'"),
+    (PRETRAIN, ["--steps", "x"], "command line: key 'steps': expected an integer or null, got 'x'"),
+    (TRANSFER, ["--pooling", "mean"], "command line: key 'pooling': expected one of logsumexp, max, got 'mean'"),
+], ids=["lr", "betas", "steps", "transfer-pooling"])
+def test_wrong_value_is_one_line_naming_key_and_type(script, args, line, tmp_path):
+    proc = run_script(script, args + ["--out", tmp_path / "out"], timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: {line}", proc.stderr
+    assert not os.path.exists(tmp_path / "out")  # refused before anything was written
+
+
+@pytest.mark.parametrize("text,needle", [("lr: abc\n", "key 'lr': expected a number or null, got 'abc'")])
+def test_wrong_type_in_yaml(text, needle, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    proc = run_script(PRETRAIN, ["--config", path], timeout=60)
+    assert proc.returncode == 1 and proc.stderr.strip() == f"error: config file {str(path)!r}: {needle}", proc.stderr
 
 
 @pytest.mark.parametrize("script", [PRETRAIN, TRANSFER], ids=["pretrain", "transfer"])

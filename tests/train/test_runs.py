@@ -60,7 +60,7 @@ def test_short_run_warms_up_peaks_and_decays(small_args, tmp_path):
 
 
 def test_lr_follows_the_paper_rule_on_user_data(small_args, tmp_path):
-    from wslfast.data.demo import demo_corpus_dir
+    from wslfast.engine.datasets import demo_corpus_dir
 
     i = small_args.index("--cache-dir")
     cfg = Config(cache_dir=small_args[i + 1], synthetic_images=48, synthetic_classes=3, image_size=32, seed=0,

@@ -48,7 +48,7 @@ def test_linear_probe_with_baseline_saves_model_and_metrics(small_checkpoint, tm
 
 
 def test_finetune_from_plain_state_dict(small_checkpoint, tmp_path):
-    from wslfast.data.demo import demo_corpus_dir
+    from wslfast.engine.datasets import demo_corpus_dir
     from wslfast.engine import Config
 
     ckpt = load_checkpoint(small_checkpoint)
@@ -67,15 +67,16 @@ def test_finetune_from_plain_state_dict(small_checkpoint, tmp_path):
 
 @pytest.mark.parametrize("args,match", [
     (["--checkpoint", "/nonexistent.pt"], "does not exist"),
-    (["--mode", "fewshot"], "mode must be linear, finetune or zeroshot"),
+    (["--mode", "fewshot"], "key 'mode': expected linear, finetune or zeroshot"),
 ])
 def test_bad_input(args, match, tmp_path):
     proc = run_script(TRANSFER, args)
-    assert proc.returncode != 0 and match in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and match in proc.stderr
 
 
 def test_plain_state_dict_needs_arch(tmp_path):
     path = tmp_path / "sd.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, path)
     proc = run_script(TRANSFER, ["--checkpoint", path])
-    assert proc.returncode != 0 and "give --arch" in proc.stderr
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: a plain state_dict does not name its architecture: give --arch"

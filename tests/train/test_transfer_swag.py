@@ -51,4 +51,5 @@ def test_zeroshot_bad_class_map(small_checkpoint, tmp_path):
     bad = tmp_path / "map.tsv"
     bad.write_text("dog\tnot-a-synset\n")
     proc = run_script(TRANSFER, ["--checkpoint", small_checkpoint, "--mode", "zeroshot", "--class-map", bad])
-    assert proc.returncode != 0 and "expected `class<TAB>synset`" in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ") and "expected `class<TAB>synset`" in proc.stderr
+    assert "Traceback" not in proc.stderr

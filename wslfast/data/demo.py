@@ -3,8 +3,8 @@
     from wslfast.data.demo import prepare_demo
     d = prepare_demo("runs/demo")     # {"shards", "vocab", "target_train", "target_val", "num_classes", ...}
 
-The one demo preparer: `python -m wslfast.data demo`, the training scripts (`prepare_shards`,
-`demo_corpus_dir`) and the benchmarks all use it. Layout of a demo folder: images/, tags.jsonl,
+The one demo preparer: `python -m wslfast.data demo`, the training scripts (through
+wslfast.engine.datasets, which names the folder from a run's config) and the benchmarks all use it. Layout of a demo folder: images/, tags.jsonl,
 counts.tsv, target/{train,val} (the transfer task), vocab.json, shards/, and demo.json (written last: the
 settings it was built with). Idempotent: a finished demo with the same settings is reused; anything else is
 rebuilt. A new folder is built beside its final place and renamed into it when whole, so concurrent
@@ -20,7 +20,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-__all__ = ["prepare_demo", "cache_root", "demo_corpus_dir", "prepare_shards"]
+__all__ = ["prepare_demo", "demo_folder_name"]
 
 _VERSION = 2
 
@@ -86,42 +86,6 @@ def prepare_demo(root, num_images: int = 2000, seed: int = 0, image_size: int = 
     return info
 
 
-# ---- for the training scripts (train/pretrain.py, train/transfer.py) ------------------------------------------
-def cache_root(cfg) -> str:
-    """$WSLFAST_CACHE, else ~/.cache/wslfast, unless the config names cache_dir."""
-    return cfg.cache_dir or os.environ.get("WSLFAST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                            "wslfast")
-
-
-def demo_corpus_dir(cfg) -> str:
-    """The demo folder of a training config (named by its parameters); its target/ is the transfer task."""
-    name = (f"synthetic-n{cfg.synthetic_images}-c{cfg.synthetic_classes}-px{cfg.image_size}"
-            f"-s{cfg.seed}-{cfg.sampling}")
-    return os.path.join(cache_root(cfg), name)
-
-
-def prepare_shards(cfg, info) -> str:
-    """The folder of shards to train on (shards + manifest.json). For data=synthetic, local rank 0 of each
-    machine builds the demo (prepare_demo) if it is not cached yet while the other ranks wait."""
-    from .format import list_shards
-
-    if cfg.data != "synthetic":
-        if not os.path.isdir(cfg.data):
-            raise SystemExit(f"data: {cfg.data!r} is neither 'synthetic' nor a folder of shards")
-        folder = cfg.data
-    else:
-        corpus = demo_corpus_dir(cfg)
-        if info.local_rank == 0:
-            if not os.path.isfile(os.path.join(corpus, "demo.json")):
-                print(f"demo data: building the synthetic corpus in {corpus} (once)", flush=True)
-            prepare_demo(corpus, num_images=cfg.synthetic_images, seed=cfg.seed, image_size=cfg.image_size,
-                         num_target_classes=cfg.synthetic_classes, min_count=1, shard_size=1000,
-                         sampling=cfg.sampling)
-        if info.enabled:
-            import torch.distributed as dist
-
-            dist.barrier()
-        folder = os.path.join(corpus, "shards")
-    if not list_shards(folder):
-        raise SystemExit(f"data: no shards in {folder}")
-    return folder
+def demo_folder_name(num_images: int, num_classes: int, image_size: int, seed: int, sampling: str) -> str:
+    """The cache folder name of a demo corpus, from the parameters it is built with."""
+    return f"synthetic-n{num_images}-c{num_classes}-px{image_size}-s{seed}-{sampling}"

@@ -1,18 +1,19 @@
-"""The train/ scripts' command line: `--help` listing every key with its default, and ordinary mistakes
-(a misspelled key, a missing or damaged file, data that cannot fill a batch, a run folder that belongs to
-another run) ended with one line `error: ...` and exit status 1 instead of a traceback. `--debug` keeps
-the traceback. Anything else (a bug) still prints its traceback.
+"""The train/ scripts' command line: `--help` listing every declared key with its default, type and help,
+and ordinary mistakes (a misspelled key, a value of the wrong type, a missing or damaged file, data that
+cannot fill a batch, a run folder that belongs to another run) ended with one line `error: ...` and exit
+status 1 instead of a traceback. `--debug` keeps the traceback. Anything else (a bug) still prints its
+traceback.
 
-    cfg = command_line(DEFAULTS, __doc__)      # first thing in a script
+    cfg = command_line(PretrainConfig, __doc__)      # first thing in a script's main()
 """
 from __future__ import annotations
 
-import os
-import re
+import shutil
 import sys
+import textwrap
 
 from ..errors import UserError
-from .config import load_config, parse_overrides
+from .config import config_keys, describe_type, load_config, parse_overrides
 
 __all__ = ["command_line", "usage", "install_error_handler", "is_user_error", "one_line"]
 
@@ -51,46 +52,35 @@ def _default_text(value) -> str:
         return value if value else '""'
     if isinstance(value, int) and abs(value) >= 10_000:
         return f"{value:_}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_default_text(v) for v in value) + "]"
     return str(value)
 
 
-def _comments(script: str | None) -> dict:
-    """{key: comment} from the DEFAULTS = dict(...) block of the script's source (comments on its lines,
-    and section comments above them); {} when the source is not readable."""
-    try:
-        lines = open(script, encoding="utf-8").read().splitlines()
-        start = next(i for i, line in enumerate(lines) if line.startswith("DEFAULTS = dict("))
-    except (OSError, TypeError, StopIteration):
-        return {}
-    notes, section = {}, None
-    for line in lines[start + 1:]:
-        if line.startswith(")"):
-            break
-        code, _, comment = line.partition("#")
-        keys = re.findall(r"(\w+)\s*=", code)
-        if not keys and comment:
-            section = comment.strip()
+def usage(schema: type, doc: str | None = None, width: int | None = None) -> str:
+    """The --help text: the script's docstring, then every declared key with its default, help and type
+    (from the config dataclass: see wslfast.engine.config), under the section headings the schema names
+    in SECTIONS ({first key of a section: heading})."""
+    width = width or min(max(shutil.get_terminal_size((120, 24)).columns, 80), 140)
+    keys = config_keys(schema)
+    sections = getattr(schema, "SECTIONS", {})
+    out = [(doc or "").strip(), "",
+           "Keys, in a YAML file (--config FILE.yaml) or as --key value (dashes or underscores), with their "
+           "defaults and (types):"]
+    left = [f"--{k.name.replace('_', '-')} {_default_text(k.default)}" for k in keys]
+    col = min(max(map(len, left)), 32) + 2
+    for key, text in zip(keys, left):
+        if key.name in sections:
+            out.append(f"  # {sections[key.name]}")
+        kind = f"({describe_type(key.type)})".replace(" ", "\0")  # the type is never split across lines
+        lines = [line.replace("\0", " ") for line in textwrap.wrap(f"{key.help} {kind}".strip(), max(40, width - 2 - col))]
+        if len(text) > col - 2:  # too wide for the column: help from the next line
+            out.append(f"  {text}")
+            out.extend(" " * (2 + col) + line for line in lines)
             continue
-        for k in keys:
-            notes[k] = ("", section)
-        if keys and comment.strip():
-            notes[keys[-1]] = (comment.strip(), section)
-    return notes
-
-
-def usage(defaults: dict, doc: str | None = None, script: str | None = None) -> str:
-    """The --help text: the script's docstring, then every key with its default (and its comment)."""
-    out = [(doc or "").strip(), "", "Keys (in --config FILE.yaml, or as --key value; default shown):"]
-    notes, last_section = _comments(script), None
-    width = max(len(k) + len(_default_text(v)) for k, v in defaults.items()) + 4
-    for key, value in defaults.items():
-        comment, section = notes.get(key, ("", None))
-        if section and section != last_section:
-            out.append(f"  # {section}")
-            last_section = section
-        text = f"--{key.replace('_', '-')} {_default_text(value)}"
-        out.append(f"  {text:<{width}}" + (f"  # {comment}" if comment else "").rstrip())
-    out.append(f"  {'--debug':<{width}}  # full tracebacks instead of one-line errors")
+        out.append(f"  {text:<{col}}{lines[0]}")
+        out.extend(" " * (2 + col) + line for line in lines[1:])
+    out.append(f"  {'--debug':<{col}}full tracebacks instead of one-line errors")
     return "\n".join(line.rstrip() for line in out)
 
 
@@ -110,16 +100,16 @@ def _wants_debug(argv: list[str]) -> tuple[bool, list[str]]:
     return debug, rest
 
 
-def command_line(defaults: dict, doc: str | None = None, argv=None, script: str | None = None):
-    """The run's Config from argv (default sys.argv[1:]); handles --help and --debug (cfg.debug)."""
+def command_line(schema: type, doc: str | None = None, argv=None):
+    """The run's Config from argv (default sys.argv[1:]) against the schema (a config dataclass); handles
+    --help and --debug (cfg.debug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    script = script or (sys.argv[0] if sys.argv and os.path.isfile(sys.argv[0]) else None)
     debug, argv = _wants_debug(argv)
     install_error_handler(debug)
     if "-h" in argv or "--help" in argv:
-        print(usage(defaults, doc, script))
+        print(usage(schema, doc))
         raise SystemExit(0)
     parse_overrides(argv)  # syntax errors first, so they read as such
-    cfg = load_config(defaults, argv)
+    cfg = load_config(schema, argv)
     cfg["debug"] = debug
     return cfg

@@ -1,30 +1,45 @@
-"""Run configuration: built-in defaults, then a YAML file, then `--key value` overrides.
+"""Run configuration: typed keys declared once, then a YAML file, then `--key value` overrides.
 
-    cfg = load_config(DEFAULTS, sys.argv[1:])      # argv may hold --config FILE.yaml and --key value pairs
+A script declares its keys as one dataclass: each field's type, default, and the docstring under it (its
+help, shown by `--help`):
 
-Keys are spelled with underscores or dashes alike (`--batch-size 32` == `--batch_size=32`). Every key must
-exist in the defaults (a typo is an error naming the closest key), and every value is converted to the type
-of its default (bools accept true/false/yes/no/1/0; ints accept 1e6 or 1_000_000 when integral). A default of
-None takes any YAML scalar or list.
+    @dataclass
+    class TrainKeys:
+        batch_size: int = 32
+        \"\"\"images per GPU\"\"\"
+        lr: Optional[float] = None
+        \"\"\"peak learning rate; null -> the paper's rule\"\"\"
+
+    cfg = load_config(TrainKeys, ["--config", "run.yaml", "--lr", "0.1"])    # Config: cfg.lr == 0.1
+
+jsonargparse (a maintained typed-config library) checks every value against its field's type: Optional[X]
+takes null or an X, Literal[...] one of its values, Tuple[float, float] two numbers, a plain type never
+null. This module adds what the scripts promised before it: keys spelled with dashes or underscores
+(`--batch-size 32` == `--batch_size=32`, in YAML too), a bare `--flag` meaning true, bools from 1/0, ints
+from integral spellings (1e6, 2.0), and every mistake as one ConfigError line naming the key, the
+expected type and, for an unknown key, the closest declared one.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import difflib
+import functools
+import math
 import os
-from typing import Any, Iterable
+import typing
+from typing import Any, Iterable, NamedTuple
 
 import yaml
 
 from ..errors import ConfigError
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_overrides"]
-
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
+__all__ = ["Config", "ConfigError", "Key", "config_keys", "describe_type", "expected_text", "load_config",
+           "parse_overrides"]
 
 
 class Config(dict):
-    """A dict whose keys also read as attributes (cfg.lr); keys are the defaults' keys."""
+    """A dict whose keys also read as attributes (cfg.lr): the run's settings, as run.json stores them."""
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -36,73 +51,187 @@ class Config(dict):
         self[name] = value
 
 
+class Key(NamedTuple):
+    name: str
+    type: Any
+    default: Any
+    help: str
+
+
+@functools.lru_cache(maxsize=None)
+def config_keys(schema: type) -> tuple[Key, ...]:
+    """The declared keys of a config dataclass, in declaration order, each with its docstring as help."""
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"config schema must be a dataclass, got {schema!r}")
+    import docstring_parser  # reads the attribute docstrings (PEP 257) under each field
+
+    try:
+        params = docstring_parser.parse_from_object(schema).params
+    except (OSError, TypeError):  # no source to read them from (a frozen or generated class): no help texts
+        params = []
+    helps = {p.arg_name: " ".join(p.description.split()) for p in params if p.description}
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in dataclasses.fields(schema):
+        if f.default is dataclasses.MISSING:
+            raise TypeError(f"{schema.__name__}.{f.name}: every config key needs a default")
+        keys.append(Key(f.name, hints[f.name], f.default, helps.get(f.name, "")))
+    return tuple(keys)
+
+
+@functools.lru_cache(maxsize=None)
+def _parser(schema: type):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False, default_env=False, print_config=None)
+    parser.add_class_arguments(schema)
+    return parser
+
+
+# ---------------------------------------------------------------- type names for --help and errors
+def _args(tp) -> tuple:
+    return typing.get_args(tp)
+
+
+def _optional_of(tp):
+    """X for Optional[X] (Union[X, None]), else None."""
+    if typing.get_origin(tp) is typing.Union and type(None) in _args(tp):
+        rest = [a for a in _args(tp) if a is not type(None)]
+        return rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]
+    return None
+
+
+def describe_type(tp) -> str:
+    """A short name for --help: int, float, bool, str, [float, float], none | bf16, int | null."""
+    inner = _optional_of(tp)
+    if inner is not None:
+        return f"{describe_type(inner)} | null"
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(str(a) for a in _args(tp))
+    if origin in (tuple, list):
+        args = _args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"[{describe_type(args[0])}, ...]"
+        return "[" + ", ".join(describe_type(a) for a in args) + "]"
+    return getattr(tp, "__name__", str(tp))
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def expected_text(tp) -> str:
+    """What a value of this type looks like, for an error: 'a number or null', 'one of none, bf16', ..."""
+    inner = _optional_of(tp)
+    if inner is not None:
+        return f"{expected_text(inner)} or null"
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in _args(tp))
+    if origin in (tuple, list):
+        args = _args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(args[0])} like [1, 2]"
+        samples = {int: ["1", "2", "3"], float: ["0.9", "0.999", "0.5"]}
+        example = ", ".join(samples.get(a, ["x"] * 3)[i % 3] for i, a in enumerate(args))
+        return f"a list of {len(args)} {_plural(args[0])} like [{example}]"
+    return _WORDS.get(tp, f"a {describe_type(tp)}")
+
+
+def _plural(tp) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}.get(tp, "values")
+
+
+# ---------------------------------------------------------------- values
+def _base_type(tp):
+    inner = _optional_of(tp)
+    return inner if inner is not None else tp
+
+
+def _allows_null(tp) -> bool:
+    return _optional_of(tp) is not None
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in ("null", "~", "Null", "NULL"))
+
+
+def _prepare(value: Any, tp) -> Any:
+    """The spellings the scripts always took that the library does not: bools from 1/0/on/off, ints from
+    integral floats and exponent notation (1e6, 2.0, 3_500)."""
+    base = _base_type(tp)
+    if base is bool:
+        if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.strip().lower() in ("1", "on", "0", "off"):
+            return value.strip().lower() in ("1", "on")
+    if base is int and not isinstance(value, bool):
+        number = value
+        if isinstance(value, str):
+            text = value.strip().replace("_", "")
+            try:
+                return int(text)  # exact, however large
+            except ValueError:
+                pass
+            try:
+                number = float(text)
+            except ValueError:
+                return value
+        if isinstance(number, float) and math.isfinite(number) and number.is_integer():
+            return int(number)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """Builtin types only (checkpoints are loaded with weights_only, run.json is JSON); tuples as lists."""
+    if isinstance(value, bool) or value is None:
+        return value
+    for kind in (int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _show(value: Any) -> str:
+    return "null" if value is None else repr(value)
+
+
+def _convert(schema: type, key: Key, value: Any, where: str) -> Any:
+    """value (a YAML value, or a string from the command line) checked and converted to the key's type."""
+    wrong = ConfigError(f"{where}: key {key.name!r}: expected {expected_text(key.type)}, got {_show(value)}")
+    if _is_null(value) and key.type is not str:
+        if not _allows_null(key.type):
+            raise wrong
+        return None
+    try:
+        parsed = _parser(schema).parse_object({key.name: _prepare(value, key.type)}, defaults=False)
+    except (argparse.ArgumentError, ValueError, TypeError):
+        raise wrong from None
+    result = getattr(parsed, key.name)
+    if result is None and not _allows_null(key.type):  # the library lets None through for any type
+        raise wrong
+    if _base_type(key.type) is float and isinstance(result, float) and math.isnan(result):
+        raise wrong
+    return _plain(result)
+
+
 def _norm_key(key: str) -> str:
     return key.strip().lstrip("-").replace("-", "_")
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """value (a YAML scalar or a string from the command line) converted to the type of default."""
-    where = f"config key {key!r}"
-    if default is None:
-        parsed = yaml.safe_load(value) if isinstance(value, str) else value
-        if isinstance(parsed, str):  # YAML 1.1 reads 1e30 as a string; a number was meant
-            for number in (int, float):
-                try:
-                    return number(parsed.replace("_", ""))
-                except ValueError:
-                    pass
-        return parsed
-    if value is None or (isinstance(value, str) and not isinstance(default, str)
-                         and value.strip().lower() in ("null", "none", "~")):
-        return None  # an explicit null turns an option off (e.g. steps: null -> use total_images)
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        try:
-            number = float(str(value).replace("_", "")) if not isinstance(value, float) else value
-        except ValueError:
-            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
-        if not number.is_integer():
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return int(number)
-    if isinstance(default, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        try:
-            return float(str(value).replace("_", "")) if isinstance(value, str) else float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-    if isinstance(default, (list, tuple)):
-        parsed = yaml.safe_load(value) if isinstance(value, str) else value
-        if not isinstance(parsed, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list like [1, 2], got {value!r}")
-        return list(parsed)
-    if isinstance(default, str):
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{where}: defaults of type {type(default).__name__} are not supported")
+def _check_key(schema: type, key: str, where: str, dashes: bool) -> Key:
+    keys = {k.name: k for k in config_keys(schema)}
+    name = _norm_key(key)
+    if name not in keys:
+        close = difflib.get_close_matches(name, list(keys), n=1)
+        shown = (close[0].replace("_", "-") if dashes else close[0]) if close else None
+        raise ConfigError(f"{where}: unknown key {key!r}" + (f" (did you mean {shown!r}?)" if shown else ""))
+    return keys[name]
 
 
-def _check_key(key: str, defaults: dict, source: str) -> str:
-    k = _norm_key(key)
-    if k not in defaults:
-        close = difflib.get_close_matches(k, list(defaults), n=1)
-        hint = f" (did you mean {close[0].replace('_', '-')!r}?)" if close else ""
-        raise ConfigError(f"{source}: unknown key {key!r}{hint}")
-    return k
-
-
+# ---------------------------------------------------------------- sources
 def parse_overrides(argv: Iterable[str]) -> tuple[str | None, list[tuple[str, str]]]:
     """['--config', 'a.yaml', '--lr', '0.1', '--amp=bf16'] -> ('a.yaml', [('lr', '0.1'), ('amp', 'bf16')]).
 
@@ -130,35 +259,38 @@ def parse_overrides(argv: Iterable[str]) -> tuple[str | None, list[tuple[str, st
     return config_path, pairs
 
 
-def load_config(defaults: dict, argv: Iterable[str] = (), config_path: str | None = None) -> Config:
-    """defaults <- YAML file (--config or config_path) <- --key value overrides, each value type-checked."""
-    cfg = Config({_norm_key(k): v for k, v in defaults.items()})
+def read_yaml(path: str) -> dict:
+    """A YAML file's mapping of key: value ({} for an empty file); ConfigError if it is not one."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as e:  # one line: what is wrong, and where
+            mark = getattr(e, "problem_mark", None)
+            at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(e, "problem", None) or " ".join(str(e).split())
+            raise ConfigError(f"config file {path!r} is not valid YAML: {problem}{at}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of key: value")
+    return data
+
+
+def load_config(schema: type, argv: Iterable[str] = (), config_path: str | None = None) -> Config:
+    """The schema's defaults <- YAML file (--config FILE, or config_path) <- --key value overrides, each
+    value checked against its key's declared type. cfg.config is the YAML file's path (None without)."""
+    cfg = Config({k.name: _plain(k.default) for k in config_keys(schema)})
     argv_path, pairs = parse_overrides(argv)
     config_path = argv_path or config_path
     if config_path:
-        if not os.path.isfile(config_path):
-            raise ConfigError(f"config file {config_path!r} does not exist")
-        with open(config_path) as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise ConfigError(f"config file {config_path!r} is not valid YAML: {e}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {config_path!r} must hold a mapping of key: value")
-        for key, value in data.items():
-            k = _check_key(str(key), cfg, f"config file {config_path!r}")
-            cfg[k] = _coerce(k, value, defaults_value(defaults, k))
+        where = f"config file {config_path!r}"
+        for key, value in read_yaml(config_path).items():
+            k = _check_key(schema, str(key), where, dashes=False)
+            cfg[k.name] = _convert(schema, k, value, where)
     for key, value in pairs:
-        k = _check_key(key, cfg, "command line")
-        cfg[k] = _coerce(k, value, defaults_value(defaults, k))
+        k = _check_key(schema, key, "command line", dashes=True)
+        cfg[k.name] = _convert(schema, k, value, "command line")
     cfg["config"] = config_path
     return cfg
-
-
-def defaults_value(defaults: dict, key: str) -> Any:
-    for k, v in defaults.items():
-        if _norm_key(k) == key:
-            return v
-    raise KeyError(key)

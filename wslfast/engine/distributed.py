@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 __all__ = ["DistInfo", "setup_distributed", "cleanup_distributed", "pick_device", "seed_everything",
            "capture_rng", "restore_rng", "attempt_store", "peer_failure", "gather_objects", "broadcast_object", "all_ranks_max", "params_digest"]
 
@@ -40,9 +42,9 @@ class DistInfo:
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:
     """'auto' -> cuda:<local_rank> when a GPU is present, else cpu; 'cuda' without a GPU is an error."""
     if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {choice!r}")
+        raise ConfigError(f"device must be auto, cpu or cuda, got {choice!r}")
     if choice == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA GPU is available")
+        raise ConfigError("device=cuda was asked for but no CUDA GPU is available")
     if choice == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
     if local_rank >= torch.cuda.device_count():

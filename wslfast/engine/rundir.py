@@ -17,8 +17,10 @@ import time
 
 from ..errors import RunFolderError
 from .checkpoint import CheckpointError, find_resumable, list_checkpoints
+from .distributed import broadcast_object
 
-__all__ = ["RunFolderError", "RESUMABLE_KEYS", "RUN_FILE", "check_run_folder", "write_run_file", "config_diff"]
+__all__ = ["RunFolderError", "RESUMABLE_KEYS", "RUN_FILE", "check_run_folder", "write_run_file", "config_diff",
+           "claim_run_folder"]
 
 RUN_FILE = "run.json"
 # Keys a continued run may change: its length, its reporting, resources, how it resumes.
@@ -95,3 +97,17 @@ def write_run_file(out: str, config: dict) -> str:
                   sort_keys=True)
     os.replace(tmp, path)
     return path
+
+
+def claim_run_folder(info, out: str, config: dict, resume: str) -> None:
+    """A run's first step: rank 0 checks out (check_run_folder) and writes run.json; if out is not this
+    run's, rank 0 raises RunFolderError (one line) and every other rank exits quietly. info: DistInfo."""
+    problem = None
+    if info.is_main:
+        try:
+            check_run_folder(out, config, resume)
+            write_run_file(out, config)
+        except RunFolderError as e:
+            problem = str(e)
+    if broadcast_object(info, problem):
+        raise RunFolderError(problem) if info.is_main else SystemExit(1)  # rank 0 alone says why

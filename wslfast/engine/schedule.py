@@ -5,14 +5,34 @@ Linear warm-up (Goyal et al. 2017): from warmup_start_lr to the peak LR over the
             (Mahajan et al. 2018 use step halvings after warm-up),
   cosine:   half a cosine from the peak down to min_lr at total_images,
   constant: the peak until the end.
+
+The peak itself comes from peak_learning_rate: the one given, else the linear scaling rule for SGD.
 """
 from __future__ import annotations
 
 import math
 
-__all__ = ["LRSchedule", "SCHEDULES"]
+from ..errors import ConfigError
+
+__all__ = ["LRSchedule", "SCHEDULES", "peak_learning_rate"]
 
 SCHEDULES = ("step", "cosine", "constant")
+
+
+def peak_learning_rate(lr: float | None, optimizer: str, global_batch: int, demo_data: bool = False
+                       ) -> tuple[float, str]:
+    """(peak LR, how it was chosen). A given lr wins; else, for SGD, the linear scaling rule on the global
+    batch: the paper's 0.1 x batch/256 (Goyal et al. 2017, Mahajan et al. 2018), or 0.4 x batch/32 on the
+    demo corpus (its tiny model learns faster). AdamW has no such rule here: it needs lr."""
+    if lr is not None:
+        return float(lr), "given"
+    if optimizer != "sgd":
+        raise ConfigError(f"optimizer {optimizer} needs --lr (the paper's rule, 0.1 x batch/256, is SGD's)")
+    if global_batch < 1:
+        raise ConfigError(f"the global batch must be >= 1, got {global_batch}")
+    if demo_data:
+        return 0.4 * global_batch / 32, "demo rule 0.4 x batch/32"
+    return 0.1 * global_batch / 256, "paper's rule 0.1 x batch/256"
 
 
 class LRSchedule:

@@ -3,8 +3,7 @@ smoothing, and zero-shot classification through the hashtag head and WordNet. On
 from .ema import ModelEMA
 from .mixup import mixup_batch, mixup_cross_entropy
 from .zeroshot import (POOLINGS, class_hashtag_sets, load_vocabulary, parse_synset_id, read_class_map,
-                       resolve_class_synsets, synthetic_class_map, zeroshot_evaluate, zeroshot_scores)
+                       resolve_class_synsets, zeroshot_evaluate, zeroshot_scores)
 
 __all__ = ["ModelEMA", "mixup_batch", "mixup_cross_entropy", "POOLINGS", "class_hashtag_sets", "load_vocabulary",
-           "parse_synset_id", "read_class_map", "synthetic_class_map", "resolve_class_synsets", "zeroshot_evaluate",
-           "zeroshot_scores"]
+           "parse_synset_id", "read_class_map", "resolve_class_synsets", "zeroshot_evaluate", "zeroshot_scores"]

@@ -13,8 +13,9 @@ classes is the prediction. A class with an empty set cannot be predicted (score 
     sets = class_hashtag_sets(["n02084071", "kitten.n.01"], vocab)          # label ids per class
     scores = zeroshot_scores(hashtag_logits, sets)                         # [B, C]
 
-Class names: wnids ("n02084071") or synset names ("dog.n.01"); `read_class_map` reads a
-`class<TAB>synset` file for folders named otherwise.
+Class names: wnids ("n02084071") or synset names ("dog.n.01"); for folders named otherwise a class map
+{class: synset} is passed in: `read_class_map` reads one from a `class<TAB>synset` file (a dataset's own
+map, such as the demo task's, comes from its caller).
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ from typing import Iterable, Sequence
 
 import torch
 
-__all__ = ["POOLINGS", "parse_synset_id", "read_class_map", "load_vocabulary", "synthetic_class_map",
-           "resolve_class_synsets", "class_hashtag_sets",
-           "zeroshot_scores", "zeroshot_evaluate"]
+__all__ = ["POOLINGS", "parse_synset_id", "read_class_map", "load_vocabulary", "resolve_class_synsets",
+           "class_hashtag_sets", "zeroshot_scores", "zeroshot_evaluate"]
 
 POOLINGS = ("logsumexp", "max")
 _WNID = re.compile(r"^n\d{8}$")
@@ -68,15 +68,6 @@ def load_vocabulary(path: str):
         return HashtagVocabulary.from_dict(d["vocab"] if isinstance(d, dict) and "vocab" in d else d)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"zero-shot: cannot read a hashtag vocabulary from {path!r} ({e})") from None
-
-
-def synthetic_class_map(classes: Sequence[str]) -> dict[str, str]:
-    """The demo target task's classes (folders named by each concept's first spelling, e.g. 'dog') -> their
-    wnids, from wslfast.data.synthetic.CONCEPTS."""
-    from ..data.synthetic import CONCEPTS
-
-    table = {forms[0]: wnid for forms, _, wnid in CONCEPTS}
-    return {c: table[c] for c in classes if c in table}
 
 
 def resolve_class_synsets(classes: Sequence[str], class_map: dict[str, str] | None = None) -> list[str]:
