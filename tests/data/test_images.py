@@ -356,8 +356,9 @@ def _member_tar(tmp_path, members: dict) -> tuple[Path, list]:
 def test_tar_members_go_through_the_same_guard(tmp_path, vocab):
     good = _save(_photo(8), quality=92)
     png = _save(_photo(9), "PNG")
+    tall = _save(Image.new("L", (10, 70_000)), "PNG")
     path, refs = _member_tar(tmp_path, {"a.jpg": good, "b.png": png, "c.jpg": good[:400],
-                                        "d.jpg": _dds_unknown_fourcc(), "e.png": _save(Image.new("L", (10, 70_000)), "PNG")})
+                                        "d.jpg": _dds_unknown_fourcc(), "e.png": tall})
     refs += [MemberRef(str(path), 0, 1 << 40, "huge.jpg"),  # bounded read: refused before reading
              MemberRef(str(path), refs[0].offset, refs[0].size + (1 << 20), "past-the-end.jpg"),
              MemberRef(str(tmp_path / "gone.tar"), 0, 10, "x.jpg")]
@@ -512,8 +513,8 @@ def test_scaled_decode_makes_the_full_decodes_decisions(tmp_path):
         for v, data in enumerate(_jpeg_variants(seed, w, h)):
             for k in range(25):
                 kind, bad = _damaged(data, rng)
-                mem = I.check_image(None, _write(tmp_path / f"{seed}-{v}-{k}.jpg", bad), I.ImagePolicy(follow_symlinks=True),
-                                    want_hash=True)
+                path = _write(tmp_path / f"{seed}-{v}-{k}.jpg", bad)
+                mem = I.check_image(None, path, I.ImagePolicy(follow_symlinks=True), want_hash=True)
                 want = _full_decode_reason(bad)
                 assert mem.reason == want, (kind, seed, v, k, mem)
                 tally[kind, want] = tally.get((kind, want), 0) + 1
@@ -565,3 +566,32 @@ def test_phash_of_the_scaled_decode_is_within_the_dedup_tolerance(size, capsys):
     with capsys.disabled():
         print(f"\npHash full vs scaled at {size[0]}x{size[1]}: Hamming distances {sorted(dist)}")
     assert max(dist) <= 4 and np.mean(dist) <= 1.5, dist
+
+
+@pytest.mark.slow
+@pytest.mark.dist
+def test_ray_writes_the_same_reencoded_bytes_and_examples(tmp_path, vocab):
+    """Blocks of 3 records checked by two Ray workers: the packs of re-encoded JPEGs and the first skip
+    examples (merged whatever order the blocks finish in) give the in-process build's manifest and bytes."""
+    pytest.importorskip("ray")
+    from wslfast.data.sources import TagFiles
+
+    img = tmp_path / "img"
+    img.mkdir()
+    names = []
+    for i in range(12):
+        kind = ("jpg", "png", "trunc", "jpg")[i % 4]
+        data = _save(_photo(i), "PNG") if kind == "png" else _save(_photo(i), quality=90)
+        name = f"{i}.{'png' if kind == 'png' else 'jpg'}"
+        (img / name).write_bytes(data[:300] if kind == "trunc" else data)
+        names.append(name)
+    names += [f"gone{i}.jpg" for i in range(7)]
+    tags = _tags(tmp_path, names)
+    local = write_shards(img, TagFiles([str(tags)], img, block_lines=3), vocab, tmp_path / "local", shard_size=4)
+    dist = write_shards(img, TagFiles([str(tags)], img, block_lines=3), vocab, tmp_path / "ray", shard_size=4,
+                        workers=2)
+    assert local["reencoded"] == 3 and local["skipped"]["corrupt"] == 3 and local["skipped"]["missing"] == 7
+    assert [e["line"] for e in local["skip_examples"]["missing"]] == [13, 14, 15, 16, 17]
+    assert dist == local
+    assert [Path(f).read_bytes() for f in list_shards(tmp_path / "ray")] == \
+        [Path(f).read_bytes() for f in list_shards(tmp_path / "local")]

@@ -34,8 +34,8 @@ from PIL import Image
 from ..errors import DataError
 
 __all__ = ["write_shard", "verify_shard", "jpeg_bytes", "shard_stem", "list_shards", "index_num_samples",
-           "encode_jpeg", "to_rgb", "read_manifest", "write_manifest", "read_counts", "write_counts", "MANIFEST", "MANIFEST_FORMAT",
-           "INDEX_VERSION", "IMAGE_EXTENSIONS"]
+           "read_manifest", "write_manifest", "read_counts", "write_counts", "MANIFEST", "MANIFEST_FORMAT",
+           "INDEX_VERSION", "IMAGE_EXTENSIONS", "encode_jpeg", "to_rgb"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "wslfast-shards"

@@ -18,6 +18,7 @@ from fuzzing import fuzz_settings, mutate, mutations, no_hang
 from wslfast.data.build import images as I
 from wslfast.data.build import write_shards
 from wslfast.data.format import list_shards
+from wslfast.data.sources import MemberRef
 
 REASONS = {"missing", "not_image", "corrupt"} | set(I.SKIPS)
 # Small pixel limit: a mutated header that claims many pixels is refused before decoding, so no example
@@ -43,7 +44,8 @@ def _seeds() -> dict[str, bytes]:
         "tiff-deflate": ("RGB", "TIFF", {"compression": "tiff_deflate"}),
         "tiff-packbits": ("RGB", "TIFF", {"compression": "packbits"}),
         "tiff-jpeg": ("RGB", "TIFF", {"compression": "jpeg"}), "tiff-16bit": ("I;16", "TIFF", {}),
-        "tiff-float": ("F", "TIFF", {}), "webp": ("RGB", "WEBP", {}), "webp-lossless": ("RGBA", "WEBP", {"lossless": True}),
+        "tiff-float": ("F", "TIFF", {}), "webp": ("RGB", "WEBP", {}),
+        "webp-lossless": ("RGBA", "WEBP", {"lossless": True}),
         "ppm": ("RGB", "PPM", {}), "pgm": ("L", "PPM", {}), "ico": ("RGBA", "ICO", {}),
         "dds": ("RGBA", "DDS", {}), "dds-dxt1": ("RGB", "DDS", {"pixel_format": "DXT1"}),
         "tga-rle": ("RGB", "TGA", {"compression": "tga_rle"}), "pcx": ("RGB", "PCX", {}), "sgi": ("RGB", "SGI", {}),
@@ -121,7 +123,8 @@ def test_mutated_tar_members_are_counted_never_raised(tmp_path_factory, seed, mu
     path = tmp_path_factory.getbasetemp() / "member.bin"
     path.write_bytes(b"x" * 512 + data)
     with no_hang(10):
-        _assert_counted(I.check_image(None, I.MemberRef(str(path), 512, len(data), "m.jpg"), POLICIES["web"], True), seed)
+        ref = MemberRef(str(path), 512, len(data), "m.jpg")
+        _assert_counted(I.check_image(None, ref, POLICIES["web"], want_hash=True), seed)
 
 
 def test_a_build_of_mutated_images_counts_every_record(tmp_path, vocab):

@@ -4,10 +4,10 @@ pHash: grey, resize to 32x32 (antialiased), 2-D DCT-II, keep the 8x8 lowest freq
 when coefficient k exceeds their median (the DC term left out of the median). Resizing, re-encoding and
 mild colour shifts move few bits; different images differ in ~32 of 64. Two images are duplicates when
 their hashes are within `radius` bits (default 10). A JPEG is hashed from its DCT-scaled decode
-(`draft_for_hash`: luma only, 1/2 to 1/8 scale, never below 32x32), 3-5x cheaper than a full decode on
-photos; on 640x480 to 1,600x1,200 photos its hash is within 0-2 bits of the full decode's (measured in
-tests/data/test_images.py), far inside the radius. Other modes go through format.to_rgb first (16-bit,
-alpha), as their shard JPEG does.
+(`draft_for_hash`: luma only, 1/2 to 1/8 scale, never below 32x32): the decode is 2-2.5x cheaper than a
+full one on photos and the pHash of the small image over 10x cheaper, and on 640x480 to 1,600x1,200
+photos the hash is within 0-2 bits of the full decode's (tests/data/test_images.py), far inside the
+radius. Other modes go through format.to_rgb first (16-bit, alpha), as their shard JPEG does.
 
 Search: `HashIndex` is an exact multi-index hash (Norouzi et al., CVPR 2012). The 64 bits are cut into S
 substrings (S from the reference count and radius: 6 of 10-11 bits at r = 10 and up to ~3M references);
@@ -30,7 +30,8 @@ from PIL import Image
 from ...errors import ConfigError
 from ..format import IMAGE_EXTENSIONS, to_rgb
 
-__all__ = ["phash", "phash_file", "draft_for_hash", "hash_directory", "hamming", "near_duplicates", "near_duplicates_brute",
+__all__ = ["phash", "phash_file", "draft_for_hash", "hash_directory", "hamming", "near_duplicates",
+           "near_duplicates_brute",
            "HashIndex", "DEFAULT_RADIUS"]
 
 DEFAULT_RADIUS = 10
