@@ -595,3 +595,18 @@ def test_ray_writes_the_same_reencoded_bytes_and_examples(tmp_path, vocab):
     assert dist == local
     assert [Path(f).read_bytes() for f in list_shards(tmp_path / "ray")] == \
         [Path(f).read_bytes() for f in list_shards(tmp_path / "local")]
+
+
+def test_references_are_hashed_as_the_build_hashes_its_images(tmp_path):
+    """dedup's reference folders and the build's samples get the same pHash for every kind of file (the
+    scaled decode for plain JPEGs, the RGB of the re-encode for the others), so a copy is found at 0 bits."""
+    pic = _photo(30, 160, 120)
+    files = {"a.jpg": _save(pic, quality=90), "b.jpg": _save(pic.convert("L")), "c.jpg": _save(pic.convert("CMYK")),
+             "d.png": _save(pic.convert("RGBA"), "PNG"), "e.webp": _save(pic, "WEBP"),
+             "f.png": _save(Image.fromarray((np.asarray(pic.convert("L"), np.uint16) * 257)), "PNG")}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    hashes, unreadable = hash_directory(tmp_path)
+    assert unreadable == 0
+    build = [_check(tmp_path / n).phash for n in sorted(files)]
+    assert hashes.tolist() == build == [phash_file(tmp_path / n) for n in sorted(files)]

@@ -52,8 +52,9 @@ _LOW, _LOW_T = np.ascontiguousarray(_DCT[:_K]), np.ascontiguousarray(_DCT[:_K].T
 def draft_for_hash(im: Image.Image) -> Image.Image:
     """Ask a JPEG not yet loaded for its cheapest decode that still gives the pHash: grey (luma only), DCT-
     scaled by 1/2 to 1/8 but at least 32x32. libjpeg still entropy-decodes every coefficient, so a
-    truncated file fails im.load() as with a full decode. No-op for other formats."""
-    if im.format in ("JPEG", "MPO") and im.mode in ("RGB", "L", "YCbCr"):
+    truncated file fails im.load() as with a full decode. No-op for other formats (and for MPO: the build
+    re-encodes those from a full decode, so their references are hashed the same way)."""
+    if im.format == "JPEG" and im.mode in ("RGB", "L"):
         im.draft("L", (_N, _N))
     return im
 
