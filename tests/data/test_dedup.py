@@ -36,6 +36,28 @@ def test_dct_is_orthonormal_dct2():
     assert np.allclose(m @ x, ref)
 
 
+def test_phash_matches_its_definition():
+    """phash (the 8x8 block of the DCT, the median by sort, bits packed) against the definition written
+    out: the full 32x32 DCT-II in float64 by loops over cosines, np.median, bit k set for coefficient k."""
+    n = np.arange(32)
+    cos = np.cos(np.pi * (2 * n[None, :] + 1) * n[:, None] / 64) * np.sqrt(2 / 32)
+    cos[0] /= np.sqrt(2)
+    rng = np.random.default_rng(3)
+    images = [Image.fromarray(rng.integers(0, 256, (int(h), int(w)), dtype=np.uint8))
+              for h, w in rng.integers(1, 120, (150, 2))] + [_photo(s, 100) for s in range(20)]
+    exact = 0
+    for im in images:
+        grey = np.asarray(im.convert("L").resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
+        low = (cos @ grey @ cos.T)[:8, :8].ravel()
+        med = np.median(low[1:])
+        want = sum(1 << k for k in range(64) if low[k] > med)
+        # bits of coefficients that tie with the median up to rounding (flat images) may go either way
+        ties = sum(1 << k for k in range(64) if abs(low[k] - med) <= 1e-9 * (1 + np.abs(low).max()))
+        assert (dedup.phash(im) ^ want) & ~ties == 0
+        exact += dedup.phash(im) == want
+    assert exact >= len(images) - 3
+
+
 def test_hamming_matches_python_popcount():
     rng = np.random.default_rng(0)
     a = rng.integers(0, 2**63, size=50, dtype=np.uint64) * np.uint64(2) + np.uint64(1)

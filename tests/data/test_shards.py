@@ -9,6 +9,7 @@ from PIL import Image
 
 from wslfast.data import format as shard_format
 from wslfast.data.build import dataset_name, write_shards
+from wslfast.data.build import images as build_images
 from wslfast.data.build import passes as PL
 from wslfast.data.format import list_shards, read_manifest
 
@@ -52,8 +53,13 @@ def _members(tar_path):
 def test_skips_are_counted_and_samples_are_right(messy, vocab, tmp_path):
     img, tags = messy
     m = write_shards(img, tags, vocab, tmp_path / "out", shard_size=4, seed=3)
-    assert m["skipped"] == {"bad_record": 0, "video": 0, "missing": 1, "out_of_vocabulary": 1, "not_image": 1,
-                            "corrupt": 1, "duplicate": 0, "bad_encoding": 0, "empty_file": 0, "not_in_subset": 0}
+    assert m["skipped"] == {**dict.fromkeys(PL.SKIP_KINDS, 0), "missing": 1, "out_of_vocabulary": 1, "not_image": 1,
+                            "corrupt": 1}
+    ex = m["skip_examples"]  # the first cases of each image failure, with where and why
+    assert sorted(ex) == ["corrupt", "missing", "not_image"]
+    assert ex["corrupt"] == [{"input": str(tags), "line": 10, "image": "trunc.jpg", "error": ex["corrupt"][0]["error"]}]
+    assert "truncated" in ex["corrupt"][0]["error"].lower() and ex["missing"][0]["image"] == "gone.jpg"
+    assert ex["not_image"][0]["line"] == 11
     assert m["num_samples"] == m["num_images"] == 9 and m["reencoded"] == 1
     assert m["num_classes"] == len(vocab) and m["name"] == "train-local-9-" + str(len(vocab))
     files = list_shards(tmp_path / "out")
@@ -112,7 +118,7 @@ def test_deterministic_and_resumable(corpus, vocab, tmp_path, monkeypatch):
     before = [Path(x).stat().st_mtime_ns for x in fa]
     gone = Path(fa[1]).read_bytes()
     Path(fa[1]).unlink()
-    monkeypatch.setattr(PL, "check_image", lambda *a: pytest.fail("image decoded again on resume"))
+    monkeypatch.setattr(build_images, "check_image", lambda *a: pytest.fail("image decoded again on resume"))
     write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "a", shard_size=64, seed=5)
     monkeypatch.undo()
     assert Path(fa[1]).read_bytes() == gone

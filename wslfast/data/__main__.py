@@ -47,6 +47,11 @@ def main(argv=None) -> int:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--name", default=None, help="dataset name (default role-source-I-L, e.g. train-local-2k-25)")
     _yfcc_arguments(s)
+    s.add_argument("--max-pixels", type=_count, default=None,
+                   help="skip images of more pixels, read from their header before decoding (default 64e6: "
+                        "every camera photo, no decompression bomb)")
+    s.add_argument("--follow-symlinks", action="store_true",
+                   help="let symlinks inside --images lead outside it (refused and counted by default)")
 
     y = sub.add_parser("synthetic", help="make the small demo corpus")
     y.add_argument("--out", required=True)
@@ -91,10 +96,13 @@ def main(argv=None) -> int:
             from .build.dedup import DEFAULT_RADIUS
 
             radius = DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius
+            from .build.images import DEFAULT_MAX_PIXELS
+
             m = write_shards(args.images, _tag_source(args, args.images), args.vocab, args.out,
                              shard_size=args.shard_size, label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
-                             name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address)
+                             name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address,
+                             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, follow_symlinks=args.follow_symlinks)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
                                                 "reencoded")}, indent=1))
         elif args.cmd == "synthetic":
@@ -160,6 +168,17 @@ def _tag_source(args, images):
             tables[kind] = table.build()
     opts = YfccOptions(text=text, subset=tables.get("subset"), hashes=tables.get("hash"))
     return TagFiles(expand_inputs(args.tags), images, lookup=images is not None, yfcc=opts)
+
+
+def _count(text: str) -> int:
+    """A whole number >= 1, also as 64e6 or 64_000_000 (argparse type)."""
+    try:
+        v = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels such as 64e6, got {text!r}") from None
+    if not v >= 1 or v != int(v):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(v)
 
 
 def _one_line(e: BaseException) -> str:

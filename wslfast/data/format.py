@@ -15,7 +15,8 @@ builder's resume: every member header and the exact end of archive that write_sh
 
 Also here, because the builder and the tools on both sides share them: `list_shards` (the whole shards of a
 folder), `index_num_samples`, COUNTS.tsv (`hashtag<TAB>count` a line: `read_counts` / `write_counts`) and
-`IMAGE_EXTENSIONS` (the file suffixes read as images). Memory: one sample's bytes while writing, one
+`IMAGE_EXTENSIONS` (the file suffixes read as images), and what a shard's JPEG of a non-JPEG image is
+(`to_rgb`: every Pillow mode to 8-bit RGB; `encode_jpeg`). Memory: one sample's bytes while writing, one
 index line while verifying; time: verify reads a tar header per member (full) or one per shard (quick).
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from ..errors import DataError
 
 __all__ = ["write_shard", "verify_shard", "jpeg_bytes", "shard_stem", "list_shards", "index_num_samples",
            "read_manifest", "write_manifest", "read_counts", "write_counts", "MANIFEST", "MANIFEST_FORMAT",
-           "INDEX_VERSION", "IMAGE_EXTENSIONS"]
+           "INDEX_VERSION", "IMAGE_EXTENSIONS", "encode_jpeg", "to_rgb"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "wslfast-shards"
@@ -53,14 +54,47 @@ def shard_stem(k: int) -> str:
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
+JPEG_QUALITY = 95  # re-encoded samples: near-lossless, ~1/3 of a PNG photo's size
+JPEG_MAX_SIDE = 65535  # the JPEG header's 16-bit width and height
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An 8-bit RGB image of any mode Pillow decodes, with values mapped, not clipped: 16-bit (I;16*) and
+    I (Pillow's 16-bit range: PNG, PPM) by 257; F by 255 from [0, 1] (clipped to [0, 255] when its values
+    exceed 1); transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) composited over white, as
+    a page shows it; 1, L, P, CMYK, YCbCr, LAB, HSV through Pillow. Memory: ~2 copies of the pixels."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(im)
+        if mode == "F":
+            a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+            a = a * 255.0 if a.size and a.max() <= 1.0 else a
+        else:
+            a = a.astype(np.float64) / 257.0
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    elif mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("LA").convert("RGBA") if mode == "La" else im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def encode_jpeg(im: Image.Image) -> bytes:
+    """A shard's JPEG of a decoded image: to_rgb, quality JPEG_QUALITY. ValueError past JPEG_MAX_SIDE."""
+    if max(im.size) > JPEG_MAX_SIDE:
+        raise ValueError(f"{im.width} x {im.height} pixels: a JPEG side is at most {JPEG_MAX_SIDE:,}")
+    buf = io.BytesIO()
+    to_rgb(im).save(buf, format="JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
 def jpeg_bytes(path: str, reencode: bool) -> bytes:
-    """The original bytes, or a quality-95 JPEG of a non-JPEG / non-RGB image."""
+    """The bytes of an image file as a shard holds them: the original bytes, or (reencode) encode_jpeg of
+    it. The build re-encodes in its check pass (build/images.py), so its writer only copies bytes."""
     if not reencode:
         return Path(path).read_bytes()
     with Image.open(path) as im:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
+        return encode_jpeg(im)
 
 
 def _tarfile_header(name: str, size: int) -> bytes:
@@ -89,7 +123,9 @@ def _header(name: str, size: int) -> bytes:
 
 def write_shard(out, stem: str, samples, images_dir, read=None) -> int:
     """Write out/stem.{tar,idx} from samples (key, image, reencode, labels, info), in that order; the
-    image bytes are read here, by the writer (`read(path, reencode)`, default jpeg_bytes). info: a dict, or
+    image bytes are read here, by the writer: `read(images_dir / image, reencode)` (default jpeg_bytes) for
+    a str image, `read(image, reencode)` for anything else a custom `read` takes (the build passes byte
+    ranges of its inputs and of its own re-encoded JPEGs: build/images.py). info: a dict, or
     its JSON (sort_keys) as a str. Returns the number of samples. The bytes are what
     tarfile.open(mode="w", format=USTAR) writes for these members (headers made once, written directly)."""
     out, images_dir = Path(out), Path(images_dir)
@@ -100,7 +136,8 @@ def write_shard(out, stem: str, samples, images_dir, read=None) -> int:
         pos = 0
         for key, image, reencode, labels, info in samples:
             parts = []
-            for ext, data in (("jpg", read(str(images_dir / image), reencode)),
+            src = str(images_dir / image) if isinstance(image, str) else image
+            for ext, data in (("jpg", read(src, reencode)),
                               ("labels", np.asarray(labels, dtype="<i4").tobytes()),
                               ("json", info.encode() if isinstance(info, str)
                                else json.dumps(info, sort_keys=True).encode())):

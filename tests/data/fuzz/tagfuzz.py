@@ -10,44 +10,15 @@ import bz2
 import gzip
 import json
 import lzma
-import signal
-from contextlib import contextmanager
 from urllib.parse import quote_plus
 
-from hypothesis import HealthCheck, settings
+from fuzzing import Hang, fuzz_settings, no_hang  # noqa: F401  (one set of fuzz guards for the suite)
 from hypothesis import strategies as st
 
 __all__ = ["fuzz_settings", "no_hang", "Hang", "CODECS", "compress", "jsonl_lines", "yfcc_lines", "tags_lines",
            "read_records", "SKIPS"]
 
 SKIPS = {"bad_record", "bad_encoding", "video", "missing", "not_in_subset", "empty_file"}
-
-
-class Hang(BaseException):
-    """Raised by no_hang; a BaseException so that no `except Exception` in the code under test eats it."""
-
-
-@contextmanager
-def no_hang(seconds: int = 20):
-    """Fail (Hang) when the block runs longer than `seconds` (SIGALRM: the main thread, POSIX)."""
-    def _raise(*_):
-        raise Hang(f"no result after {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def fuzz_settings(max_examples: int):
-    """Seeded (derandomize: the same examples every run), no example database on disk, no deadline (a
-    shared CI machine; no_hang bounds each example instead)."""
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                           HealthCheck.function_scoped_fixture])
 
 
 # ---- codecs --------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Each sample is `<key>.jpg` (the original JPEG bytes; other image formats re-encoded to JPEG, quality 95),
 `<key>.labels` (label ids, little-endian int32) and `<key>.json` ({"tags": as given, "image", "labels"}).
 Each `shard-NNNNNN.tar` has a DALI index `shard-NNNNNN.idx` (format v1.2) and `manifest.json` describes
-the whole set. Steps: read TAGS -> map tags to labels (images with none are dropped) -> decode-check every
-image (unreadable or non-image files skipped and counted) -> drop near-duplicates of `dedup_against` ->
+the whole set. Steps: read TAGS -> map tags to labels (images with none are dropped) -> read, check and, if
+needed, re-encode every image under one guard (images.py; failures skipped and counted by reason, with
+examples) -> drop near-duplicates of `dedup_against` ->
 label noise -> resampling copies -> shuffle keys -> shards.
 
 Streaming, at any size: the work goes by the source's blocks (passes.py), and the global numbers the
@@ -44,6 +45,7 @@ from ..format import MANIFEST, MANIFEST_FORMAT, shard_stem, verify_shard, write_
 from ..labels.vocab import HashtagVocabulary
 from ..sources import Source, TagFiles, expand_inputs
 from . import dedup as _dedup
+from . import images as _images
 from .engines import make_engine
 from .passes import SKIP_KINDS, Job, noise_block, plan_block, weight_block
 from .targets import SAMPLING_MODES
@@ -78,11 +80,12 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                  sampling: str = "natural", dedup_against=None, workers: int = 1, seed: int = 0,
                  name: str | None = None, dedup_radius: int = _dedup.DEFAULT_RADIUS, role: str = "train",
                  source: str | None = None, progress: bool = False, ray_address: str | None = None,
-                 engine=None) -> dict:
+                 engine=None, max_pixels: int = _images.DEFAULT_MAX_PIXELS, follow_symlinks: bool = False) -> dict:
     """Build the shards (see module docstring); returns the manifest (also out_dir/manifest.json).
     tags_path: a TAGS file, a glob, or a list of them (compressed ones too), or any sources.Source.
     workers > 1 or ray_address (or RAY_ADDRESS) run on Ray; out_dir must then be a folder every Ray node
-    sees. source: the dataset's source in its name (default YFCC or local)."""
+    sees. source: the dataset's source in its name (default YFCC or local). max_pixels: images above it are
+    skipped (from their header); follow_symlinks: let symlinks in the images folder lead outside it."""
     vocab, images_dir, out, records = _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise,
                                               sampling, workers)
     paths = records.paths
@@ -93,7 +96,8 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
     index, ref_unreadable, ref_digest = _reference_index(dedup_against, dedup_radius, workers)
     job = Job(source=records, images_dir=str(images_dir), work_dir=str(work),
               out_dir=str(out), vocab=vocab, vocab_digest=vocab_digest, num_classes=len(vocab), seed=seed,
-              label_noise=label_noise, sampling=sampling, index=index)
+              label_noise=label_noise, sampling=sampling, index=index,
+              image_policy=_image_policy(max_pixels, follow_symlinks))
 
     with (engine or make_engine(workers, ray_address, progress)) as eng:
         checked = _check_pass(eng, job, progress)
@@ -124,7 +128,8 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                          shards, bucket_counts, label_counts, fp, vocab_dict,
                          dict(dedup_against=str(dedup_against) if dedup_against else None, dedup_radius=dedup_radius,
                               dedup_reference_unreadable=ref_unreadable, label_noise=label_noise,
-                              sampling=sampling, seed=seed, shard_size=shard_size))
+                              sampling=sampling, seed=seed, shard_size=shard_size, max_pixels=max_pixels,
+                              follow_symlinks=follow_symlinks))
     write_manifest(out, manifest)
     return manifest
 
@@ -151,6 +156,12 @@ def _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise, samp
     return vocab, images_dir, out, records
 
 
+def _image_policy(max_pixels, follow_symlinks) -> _images.ImagePolicy:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ConfigError(f"write_shards: max_pixels must be a whole number >= 1, got {max_pixels!r}")
+    return _images.ImagePolicy(int(max_pixels), bool(follow_symlinks))
+
+
 def _reference_index(dedup_against, radius: int, workers: int):
     """(HashIndex of the reference images or None, how many were unreadable, digest of their hashes)."""
     if dedup_against is None:
@@ -170,6 +181,7 @@ class _Checked:
     marginal: np.ndarray = None
     formats: set = field(default_factory=set)
     blocks: list = field(default_factory=list)  # (file, block) of the blocks with usable records, sorted
+    examples: dict = field(default_factory=dict)  # skip reason -> its first few cases (images.merge_examples)
     digest: int = 0  # order-free sum of the blocks' digests: the fingerprint of the checked records
 
     def __post_init__(self):
@@ -190,12 +202,13 @@ def _check_pass(eng, job: Job, progress: bool) -> _Checked:
         for k, v in s["skipped"].items():
             c.skipped[k] += v
         np.add.at(c.marginal, np.asarray(s["marginal"][0], dtype=np.int64), np.asarray(s["marginal"][1]))
+        _images.merge_examples(c.examples, s["examples"], s["block"][0], job.source.paths[s["block"][0]])
         c.digest = (c.digest + int(hashlib.sha256(f"{s['block']}:{s['digest']}".encode()).hexdigest(), 16)) % (1 << 256)
         seen.add("{:04d}-{:06d}".format(*s["block"]))
         if s["good"]:
             c.blocks.append(tuple(s["block"]))
     c.blocks.sort()
-    for p in Path(job.work_dir).glob("*-*-*.json"):
+    for p in Path(job.work_dir).glob("*-*-*.*"):  # check-, good-, enc- files (and temporaries) of the block
         if p.stem.split("-", 1)[-1] not in seen:
             p.unlink()
     if not c.num_images:
@@ -278,7 +291,8 @@ def _manifest(name: str, job: Job, checked: _Checked, paths, shards, bucket_coun
         "format": MANIFEST_FORMAT, "version": 1, "name": name, "num_samples": int(bucket_counts.sum()),
         "num_images": checked.num_images, "num_classes": job.num_classes,
         "tags_format": ",".join(sorted(checked.formats)), "tags": paths, "records": checked.records,
-        "skipped": checked.skipped, "reencoded": checked.reencoded, **options, "shards": shards,
+        "skipped": checked.skipped, "skip_examples": _images.manifest_examples(checked.examples),
+        "reencoded": checked.reencoded, **options, "shards": shards,
         "label_counts": label_counts.tolist(), "image_label_counts": job.noisy_marginal.tolist(),
         "fingerprint": fingerprint, "vocab": vocab_dict,
     }

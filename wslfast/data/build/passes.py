@@ -1,13 +1,14 @@
 """The per-block steps of the shard build, shared by every engine (see driver.py for the order of passes).
 
 Work is cut into the source's blocks (BLOCK_LINES items of one input), so every step holds one block at a time:
-- `check_block`: items -> records -> labels -> decode-check + pHash (cached by path, size, mtime in
-  `.work/check-F-B.json`) -> dedup lookup; writes the block's usable records to `.work/good-F-B.json` and
-  returns counts (skips, label marginal) for the driver to add up;
+- `check_block`: items -> records -> labels -> each image read, checked, pHashed and (if needed) re-encoded
+  under one guard (images.py; results cached by path, size, mtime in `.work/check-F-B.json`, re-encoded
+  JPEGs kept in `.work/enc-F-B.bin`) -> dedup lookup; writes the block's usable records to
+  `.work/good-F-B.json` and returns counts (skips by reason with examples, label marginal) for the driver;
 - `noise_block`, `weight_block`, `plan_block`: counting passes over the good records (noisy-label marginal,
   resampling weight total, samples per shard bucket);
 - `expand_block`: a block's samples (noisy labels, copies), each with its shuffle key and shard bucket;
-- `write_bucket`: one shard from its samples, sorted by shuffle key.
+- `write_bucket`: one shard from its samples, sorted by shuffle key; it copies bytes check_block proved.
 All randomness is a hash of (seed, record key), so the output never depends on which process ran what.
 """
 from __future__ import annotations
@@ -19,35 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..format import shard_stem, write_shard
 from ..sources import Block, record_key
-from . import dedup as _dedup
+from . import images as _images
 from .targets import STREAM_SHUFFLE, copies_hashed, hash64, noisy_labels_hashed, weights_fixed
 
-__all__ = ["Job", "check_image", "check_block", "noise_block", "weight_block", "plan_block", "expand_block",
+__all__ = ["Job", "check_block", "noise_block", "weight_block", "plan_block", "expand_block",
            "write_bucket", "SKIP_KINDS"]
 
 SKIP_KINDS = ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt", "duplicate",
               "bad_encoding", "empty_file", "not_in_subset")  # the last three: sources' skips (tagfiles, yfcc)
-
-
-def check_image(path: str, want_hash: bool) -> tuple[str | None, bool, int]:
-    """(skip reason or None, needs re-encoding to JPEG, pHash or 0). Decodes the whole image."""
-    try:
-        with Image.open(path) as im:
-            fmt = im.format
-            im.load()  # raises on truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False)
-            if im.width < 1 or im.height < 1:
-                return "corrupt", False, 0
-            return None, fmt != "JPEG" or im.mode not in ("RGB", "L"), _dedup.phash(im) if want_hash else 0
-    except FileNotFoundError:
-        return "missing", False, 0
-    except Image.UnidentifiedImageError:
-        return "not_image", False, 0
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return "corrupt", False, 0
+SKIP_KINDS += _images.SKIPS  # the image guard's other reasons (images.py)
 
 
 @dataclass
@@ -64,6 +48,7 @@ class Job:
     label_noise: float = 0.0
     sampling: str = "natural"
     index: object = None  # dedup.HashIndex of the reference hashes, or None
+    image_policy: _images.ImagePolicy = _images.ImagePolicy()  # pixel limit, symlinks (images.py)
     # filled in by the driver between passes
     clean_marginal: np.ndarray | None = None
     noisy_marginal: np.ndarray | None = None
@@ -75,14 +60,6 @@ class Job:
 
 def _bid(fi: int, bi: int) -> str:
     return f"{fi:04d}-{bi:06d}"
-
-
-def _stat(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
 
 
 def _atomic_json(path: Path, obj) -> bytes:
@@ -108,13 +85,14 @@ def check_block(job: Job, block: Block) -> dict:
     want_hash = job.index is not None
     skipped = dict.fromkeys(SKIP_KINDS, 0)
     h = hashlib.sha256(f"{job.vocab_digest}\0{fmt}\0{images.resolve()}\0".encode())
+    h.update(job.image_policy.key().encode())
     for item in block.items:
         h.update(item.encode("utf-8", "surrogateescape") if isinstance(item, str) else bytes(item))
     in_digest = h.hexdigest()
     cache_path = work / f"check-{_bid(fi, bi)}.json"
     cache = _load_json(cache_path)
     old = cache["rows"] if isinstance(cache, dict) and cache.get("digest") == in_digest else {}
-    fresh, changed, records = {}, False, 0
+    records = 0
     label_of: dict = {}  # tags repeat a lot: normalize each once per block
 
     def labels_of(tags):
@@ -127,7 +105,8 @@ def check_block(job: Job, block: Block) -> dict:
                 out.append(lab)
         return out
 
-    cand = []  # (key, image, labels, reencode, tags, meta, stat, phash)
+    imgs = _images.BlockImages(images, work, _bid(fi, bi), job.image_policy, want_hash, old)
+    cand = []  # (key, image, labels, stored: [offset, size] of its re-encoded JPEG or None, tags, meta, stat, phash)
     for n, r in job.source.records(block):
         records += 1
         if r.skip:
@@ -137,19 +116,12 @@ def check_block(job: Job, block: Block) -> dict:
         if not labels:
             skipped["out_of_vocabulary"] += 1
             continue
-        st = _stat(images / r.image)
-        hit = old.get(str(n))
-        if hit and hit[0] == r.image and st is not None and hit[1] == st and (hit[4] is not None or not want_hash):
-            reason, reenc, ph = hit[2], hit[3], hit[4]
-        else:
-            reason, reenc, ph = check_image(str(images / r.image), want_hash)
-            ph = ph if want_hash else None
-            changed = True
-        fresh[str(n)] = [r.image, st, reason, reenc, ph]
+        reason, image, stored, st, ph = imgs.check(n, r.image)
         if reason:
             skipped[reason] += 1
         else:
-            cand.append((record_key(fi, n), r.image, labels, reenc, r.tags, r.meta, st, ph))
+            cand.append((record_key(fi, n), image, labels, stored, r.tags, r.meta, st, ph))
+    fresh, changed = imgs.finish()
     if changed or len(fresh) != len(old):
         _atomic_json(cache_path, {"digest": in_digest, "rows": fresh})
     if want_hash and cand:
@@ -161,8 +133,8 @@ def check_block(job: Job, block: Block) -> dict:
     flat = [l for c in cand for l in c[2]]
     labels, counts = np.unique(np.asarray(flat, dtype=np.int64), return_counts=True)
     return {"block": [fi, bi], "fmt": fmt, "records": records, "skipped": skipped, "good": len(rows),
-            "reencoded": int(sum(bool(c[3]) for c in cand)), "marginal": [labels.tolist(), counts.tolist()],
-            "digest": hashlib.sha256(data).hexdigest()}
+            "reencoded": int(sum(c[3] is not None for c in cand)), "marginal": [labels.tolist(), counts.tolist()],
+            "digest": hashlib.sha256(data).hexdigest(), "examples": imgs.examples}
 
 
 def _load_good(job: Job, block) -> list:
@@ -225,19 +197,21 @@ def plan_block(job: Job, block) -> dict:
 
 def expand_block(job: Job, block) -> dict:
     """The block's samples that fall in buckets to write, as columns (bucket, skey, image, reenc, labels,
-    info): metadata only; the image bytes are read by the shard writer."""
+    info): metadata only; the image bytes are read by the shard writer (image: images.write_spec)."""
     rows = _load_good(job, block)
+    pack = str(Path(job.work_dir) / f"enc-{_bid(*block)}.bin")
     rec, skey, bucket, flat, lengths = _samples(job, rows)
     keep = job.stems[bucket] >= 0
     starts = np.cumsum(lengths) - lengths
     out = {"bucket": bucket[keep], "skey": skey[keep], "image": [], "reenc": [], "labels": [], "info": []}
     for i in rec[keep]:
-        _, image, _, reenc, tags, meta, _ = rows[i]
+        _, image, _, stored, tags, meta, _ = rows[i]
         labels = flat[starts[i]:starts[i] + lengths[i]].tolist()
-        out["image"].append(image)
-        out["reenc"].append(bool(reenc))
+        out["image"].append(_images.write_spec(image, pack, stored))
+        out["reenc"].append(stored is not None)
         out["labels"].append(json.dumps(labels))
-        out["info"].append(json.dumps({"tags": tags, "image": image, "labels": labels, **meta}, sort_keys=True))
+        out["info"].append(json.dumps({"tags": tags, "image": _images.display_name(image), "labels": labels, **meta},
+                                      sort_keys=True))
     return out
 
 
@@ -245,7 +219,8 @@ def write_bucket(job: Job, bucket: int, skey, image, reenc, labels, info) -> tup
     """Write the shard of one bucket from its samples (any order: sorted here by shuffle key)."""
     k = int(job.stems[int(bucket)])
     order = sorted(range(len(image)), key=lambda i: (int(skey[i]), info[i], labels[i]))
-    samples = [(f"{k:06d}_{j:06d}", image[i], bool(reenc[i]), json.loads(labels[i]), info[i])  # info: JSON already
+    # the bytes are final (the original file or check_block's JPEG): reencode False, a byte range or a path
+    samples = [(f"{k:06d}_{j:06d}", _images.parse_spec(image[i]), False, json.loads(labels[i]), info[i])  # info: JSON
                for j, i in enumerate(order)]
-    write_shard(job.out_dir, shard_stem(k), samples, job.images_dir)
+    write_shard(job.out_dir, shard_stem(k), samples, job.images_dir, read=_images.shard_bytes)
     return shard_stem(k), len(samples)
