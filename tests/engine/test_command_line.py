@@ -105,3 +105,21 @@ def test_one_line_errors_in_a_script(tmp_path, args, line, traceback):
     assert ("Traceback" in proc.stderr) == traceback
     if not traceback:
         assert proc.stderr.strip() == line  # exactly one line
+
+
+def test_help_into_a_closed_pipe_is_quiet(tmp_path):
+    """`pretrain.py --help | head -1`: the reader leaves early; no BrokenPipeError traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = ("import sys\nfrom wslfast.engine import command_line\nfrom wslfast.engine.config import *\n"
+              "from dataclasses import dataclass\n@dataclass\nclass C:\n    lr: float = 0.1\n"
+              "command_line(C, 'doc\\n' * 20000, ['--help'])\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": root})
+    proc.stdout.readline()
+    proc.stdout.close()  # like `head -1`
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and "Traceback" not in err, err

@@ -9,6 +9,7 @@ traceback.
 from __future__ import annotations
 
 import shutil
+import os
 import sys
 import textwrap
 
@@ -107,7 +108,10 @@ def command_line(schema: type, doc: str | None = None, argv=None):
     debug, argv = _wants_debug(argv)
     install_error_handler(debug)
     if "-h" in argv or "--help" in argv:
-        print(usage(schema, doc))
+        try:
+            print(usage(schema, doc), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader left; say nothing more
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0)
     parse_overrides(argv)  # syntax errors first, so they read as such
     cfg = load_config(schema, argv)
