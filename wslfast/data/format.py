@@ -21,8 +21,9 @@ builder's resume: every member header and the exact end of archive that write_sh
 
 Also here, because the builder and the tools on both sides share them: `list_shards` (the whole shards of a
 folder: of its published version), `published_dir`, `index_num_samples`, COUNTS.tsv (`hashtag<TAB>count` a
-line: `read_counts` / `write_counts`) and `IMAGE_EXTENSIONS` (the file suffixes read as images). Memory: one sample's bytes while writing, one
-index line while verifying; time: verify reads a tar header per member (full) or one per shard (quick).
+line: `read_counts` / `write_counts`) and `IMAGE_EXTENSIONS` (the file suffixes read as images). Memory: one
+sample's bytes while writing, one index line while verifying; time: verify reads a tar header per member
+(full) or one per shard (quick).
 """
 from __future__ import annotations
 

@@ -173,19 +173,20 @@ class LocalEngine:
 _WORKER: dict = {}  # in a pool worker: this pass's job and its bucket -> partition table
 
 
-def _init_worker(job) -> None:
+def _init_worker(job, driver_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver stops us
     _WORKER.clear()
     _WORKER["job"] = job
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_watch_driver, args=(driver_pid,), daemon=True).start()
 
 
-def _watch_parent(ppid: int) -> None:
-    """Exit when the driver is gone (SIGKILL leaves the pool no chance to stop its workers)."""
+def _watch_driver(driver_pid: int) -> None:
+    """Exit when the driver is gone (SIGKILL leaves the pool no chance to stop its workers): a spawned
+    worker's parent is the driver until the driver dies (even before this worker got here)."""
     while True:
-        time.sleep(0.5)
-        if os.getppid() != ppid:
+        if os.getppid() != driver_pid:
             os._exit(1)
+        time.sleep(0.5)
 
 
 def _check_task(block):
@@ -238,7 +239,7 @@ class PoolEngine:
         """fn(*args) for each args of tasks on the pool, results in task order, at most `window` in flight."""
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_init_worker, initargs=(self.job,))
+                                             initializer=_init_worker, initargs=(self.job, os.getpid()))
         pending = deque()
         try:
             for args in tasks:

@@ -17,6 +17,7 @@ the object store once per pass. Errors raised in Ray's workers reach the driver 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import socket
@@ -107,6 +108,7 @@ def _package_root() -> str:
 def resolve_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
     """The cluster address to give ray.init, checked to accept a TCP connection within `timeout` seconds;
     ConfigError (one line) otherwise. "auto": Ray's lookup ($RAY_ADDRESS, then the local cluster)."""
+    given = address
     if address == "auto":
         from ray._private.services import canonicalize_bootstrap_address_or_die
 
@@ -118,14 +120,18 @@ def resolve_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
     host, sep, port = hostport.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit():
-        raise ConfigError(f"--ray-address {address!r} is not HOST:PORT (e.g. 10.0.0.1:6379) or 'auto'")
+        raise ConfigError(f"--ray-address {_named(given, address)!r} is not HOST:PORT (e.g. 10.0.0.1:6379) or 'auto'")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
         why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise ConfigError(f"--ray-address {address}: nothing accepts connections there ({why} within "
+        raise ConfigError(f"--ray-address {_named(given, address)}: nothing accepts connections there ({why} within "
                           f"{timeout:g} s); start the cluster (`ray start --head`) or fix the address") from None
     return address
+
+
+def _named(given: str, resolved: str) -> str:
+    return given if given == resolved else f"{given} (= {resolved})"
 
 
 class RayEngine:
@@ -167,13 +173,19 @@ class RayEngine:
         ctx.enable_progress_bars = self.progress
         ctx.print_on_execution_start = self.progress
         if not self.progress:
-            import logging
-
             logging.getLogger("ray.data").setLevel(logging.WARNING)
+        # Ray Data logs a failed task's traceback to stderr before raising it; the error reaches the caller
+        # anyway (as the project's one line, or a bug's full traceback), so stderr gets none of those logs.
+        self._quiet = [h for h in logging.getLogger("ray.data").handlers
+                       if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        for h in self._quiet:
+            h.addFilter(_below_error)
         self.parallel = max(1, int(ray.cluster_resources().get("CPU", self.workers)))
         return self
 
     def __exit__(self, *exc):
+        for h in getattr(self, "_quiet", ()):
+            h.removeFilter(_below_error)
         if self._started:
             import ray
 
@@ -217,12 +229,21 @@ class RayEngine:
         return _unwrapped((str(row["stem"]), int(row["n"])) for row in ds.iter_rows())
 
 
+def _below_error(record) -> bool:
+    return record.levelno < logging.ERROR
+
+
 def _unwrapped(rows):
-    """rows, with an error raised in a Ray worker re-raised as the project's own (one line in the CLI)."""
+    """rows, with an error raised in a Ray worker re-raised as the project's own (one line in the CLI),
+    without the retry advice Ray Data appends to its message."""
     try:
         yield from rows
     except Exception as e:
         cause = user_error(e)
         if cause is e:
             raise
+        args = cause.args
+        if args and isinstance(args[0], str) and "\nFailed to " in args[0]:
+            args = (args[0].split("\nFailed to ", 1)[0],) + args[1:]
+        cause.args = tuple(a for a in args if not (isinstance(a, str) and a.startswith("Failed to ")))
         raise cause from None
