@@ -314,3 +314,46 @@ def test_bad_input_under_ray_is_one_line(corpus, vocab, tmp_path):
     r = _cli(["shards", "--images", str(corpus["images"]), "--tags", str(tmp_path / "cut.jsonl.gz"), "--vocab",
               str(tmp_path / "v.json"), "--out", str(tmp_path / "o"), "--workers", "2", "--engine", "ray"], timeout=600)
     assert r.returncode == 1 and "cannot read past line" in _one_error_line(r.stderr)
+
+
+_MEASURE_POOL = textwrap.dedent("""
+    import json, resource, sys
+    from pathlib import Path
+    import numpy as np
+    from PIL import Image
+    from wslfast.data.build import write_shards
+    from wslfast.data.build.engines import PoolEngine
+    from wslfast.data.synthetic import concept_vocabulary
+    if __name__ == "__main__":
+        root, n = Path(sys.argv[1]), int(sys.argv[2])
+        (root / "img").mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(16):
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / "img" / f"{i}.jpg")
+        tags = ["#dog", "#pizza", "#tree", "#brownbear"]
+        with open(root / "tags.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"image": f"{i % 16}.jpg", "tags": [tags[i % 4], tags[i // 4 % 4]],
+                                    "note": "x" * 200}) + "\\n")
+        m = write_shards(root / "img", root / "tags.jsonl", concept_vocabulary(), root / "out", shard_size=500,
+                         sampling="sqrt", label_noise=0.1, engine=PoolEngine(2, window=2))
+        assert m["num_images"] == n
+        usage = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        print(*usage)
+""")
+
+
+@pytest.mark.slow
+def test_pool_memory_does_not_grow_with_the_records(tmp_path):
+    """Peak RSS of the driver and of the largest worker, 8 blocks of records vs 2 (window: 2 tasks in
+    flight): holding the records (~1.3 KB each) would add ~32 MB; the pool adds next to nothing."""
+    script = tmp_path / "measure.py"
+    script.write_text(_MEASURE_POOL)
+    peak = {}
+    for n in (2 * 4096, 8 * 4096):
+        r = subprocess.run([sys.executable, str(script), str(tmp_path / str(n)), str(n)], cwd=ROOT, env=ENV,
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        peak[n] = [int(x) / 1024 for x in r.stdout.split()[-2:]]  # MB: driver, largest worker
+    grow = [b - a for a, b in zip(peak[2 * 4096], peak[8 * 4096])]
+    assert grow[0] < 4 and grow[1] < 4, peak
