@@ -247,6 +247,26 @@ def test_an_error_in_a_pool_worker_is_the_project_error(corpus, vocab, split_tag
     assert "Traceback" in str(e.value.__cause__)  # the worker's traceback, kept for a Python caller
 
 
+class StuckTags(TagFiles):
+    """The first input fails at once while the second one's block takes a minute."""
+
+    def records(self, block):
+        if block.file_no == 0:
+            raise DataError(f"{self.paths[0]}: line 1: refused")
+        if block.file_no == 1:
+            time.sleep(60)
+        return super().records(block)
+
+
+def test_an_error_stops_the_pool_at_once(corpus, vocab, split_tags, tmp_path):
+    start = time.time()
+    with pytest.raises(DataError, match="line 1: refused"):
+        write_shards(corpus["images"], StuckTags(split_tags, corpus["images"]), vocab, tmp_path / "o", workers=2)
+    assert time.time() - start < 30  # the worker stuck in its minute was stopped, not waited for
+    workers = [k for k in psutil.Process().children(recursive=True) if "spawn_main" in _cmd(k)]
+    assert not _running(workers)
+
+
 def test_bad_input_under_the_pool_is_one_line(corpus, vocab, tmp_path):
     good = gzip.compress(Path(corpus["tags"]).read_bytes())
     (tmp_path / "cut.jsonl.gz").write_bytes(good[:len(good) // 2])

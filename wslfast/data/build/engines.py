@@ -222,18 +222,29 @@ class PoolEngine:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self._close()
+    def __exit__(self, exc_type, *exc):
+        self._close(abort=exc_type is not None)
         return False
 
     def put(self, job):
         self._close()
         self.job = job
 
-    def _close(self):
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def _close(self, abort: bool = False):
+        """Stop the pool: after its tasks (a pass done), or at once (an error or Ctrl-C: what the running
+        tasks would still write is thrown away anyway, and the next build clears their temporary files)."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if not abort:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # (3.11 has no terminate_workers())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(10)
 
     def _run(self, fn, tasks):
         """fn(*args) for each args of tasks on the pool, results in task order, at most `window` in flight."""
