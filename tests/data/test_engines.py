@@ -377,3 +377,32 @@ def test_pool_memory_does_not_grow_with_the_records(tmp_path):
         peak[n] = [int(x) / 1024 for x in r.stdout.split()[-2:]]  # MB: driver, largest worker
     grow = [b - a for a, b in zip(peak[2 * 4096], peak[8 * 4096])]
     assert grow[0] < 4 and grow[1] < 4, peak
+
+
+def test_an_address_that_is_no_ray_head_fails_in_seconds(corpus, vocab, tmp_path):
+    """Something listens there (an HTTP/1 server, or a socket that never answers), but not Ray's GCS:
+    ray.init would retry it for minutes."""
+    pytest.importorskip("ray")
+    vocab.save(tmp_path / "v.json")
+    for kind in ("http", "silent"):
+        with socket.socket() as srv:
+            srv.bind(("0.0.0.0", 0))  # every interface: Ray may name the loopback by this node's address
+            srv.listen()
+            port = srv.getsockname()[1]
+            if kind == "http":
+                import threading
+
+                def answer():
+                    conn, _ = srv.accept()
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.0 400 Bad request\r\n\r\n")
+                    conn.close()
+
+                threading.Thread(target=answer, daemon=True).start()
+            start = time.time()
+            r = _cli(["shards", "--images", str(corpus["images"]), "--tags", str(corpus["tags"]), "--vocab",
+                      str(tmp_path / "v.json"), "--out", str(tmp_path / "o"), "--ray-address", f"127.0.0.1:{port}"],
+                     timeout=120)
+            took = time.time() - start
+        line = _one_error_line(r.stderr)
+        assert r.returncode == 1 and "something answers there, but not a Ray head" in line and took < 45, (took, line)

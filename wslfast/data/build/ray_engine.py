@@ -3,8 +3,8 @@
 Used only when the user says so: `--ray-address HOST:PORT` (a cluster started with `ray start`), `--ray-address
 auto` (Ray's own lookup: $RAY_ADDRESS, else the cluster last started on this machine), or `--engine ray`
 (an embedded Ray of --workers CPUs, `ray.init(address="local")`, which never reads $RAY_ADDRESS). A cluster
-address is checked first with a plain TCP connection (5 s), so a dead address fails in seconds with one line
-instead of Ray's minutes of retries. Ray 2.60 (the pinned version) turns token authentication on by default
+address is checked first (a TCP connection and an HTTP/2 greeting, 5 s), so a dead or wrong address fails in
+seconds with one line instead of Ray's minutes of retries. Ray 2.60 (the pinned version) turns token authentication on by default
 for an embedded Ray; a cluster needs RAY_AUTH_MODE=token on every node (README: the cluster recipe).
 
 How the passes run: pass 1 reads the source's inputs with a streaming Ray Data datasource (one read task per
@@ -106,28 +106,58 @@ def _package_root() -> str:
 
 
 def resolve_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> str:
-    """The cluster address to give ray.init, checked to accept a TCP connection within `timeout` seconds;
-    ConfigError (one line) otherwise. "auto": Ray's lookup ($RAY_ADDRESS, then the local cluster)."""
-    given = address
-    if address == "auto":
-        from ray._private.services import canonicalize_bootstrap_address_or_die
+    """The cluster address to give ray.init, checked within `timeout` seconds to accept a TCP connection and
+    to answer in HTTP/2 as the GCS's gRPC server does; ConfigError (one line) otherwise. Without that check
+    ray.init retries a dead or wrong address for minutes. "auto": Ray's lookup ($RAY_ADDRESS, then the
+    local cluster); a loopback host becomes this node's address, as ray.init would make it."""
+    from ray._private.services import canonicalize_bootstrap_address, canonicalize_bootstrap_address_or_die
 
-        try:
-            address = canonicalize_bootstrap_address_or_die("auto")
-        except (ConnectionError, ValueError) as e:
-            raise ConfigError(f"--ray-address auto: {' '.join(str(e).split())}") from None
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, sep, port = hostport.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"--ray-address {_named(given, address)!r} is not HOST:PORT (e.g. 10.0.0.1:6379) or 'auto'")
+    given = address
+    if address != "auto":
+        _host_port(address, given)
     try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
+        if address == "auto":
+            address = canonicalize_bootstrap_address_or_die("auto")
+        elif "://" not in address:  # (ray:// is Ray Client: ray.init takes it as it is)
+            address = canonicalize_bootstrap_address(address) or address
+    except (ConnectionError, ValueError) as e:
+        raise ConfigError(f"--ray-address {given}: {' '.join(str(e).split())}") from None
+    host, port = _host_port(address, given)
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            grpc = _answers_http2(conn)
     except OSError as e:
         why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise ConfigError(f"--ray-address {_named(given, address)}: nothing accepts connections there ({why} within "
                           f"{timeout:g} s); start the cluster (`ray start --head`) or fix the address") from None
+    if not grpc:
+        raise ConfigError(f"--ray-address {_named(given, address)}: something answers there, but not a Ray head (no "
+                          f"gRPC within {timeout:g} s); give the head's --port (6379 by default)")
     return address
+
+
+def _host_port(address: str, given: str) -> tuple[str, int]:
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"--ray-address {_named(given, address)!r} is not HOST:PORT (e.g. 10.0.0.1:6379) or 'auto'")
+    return host, int(port)
+
+
+def _answers_http2(conn: socket.socket) -> bool:
+    """Whether the peer speaks HTTP/2 (gRPC): after the client preface, a server's first frame must be
+    SETTINGS (RFC 9113, 3.4). An HTTP/1 server answers text instead, and a silent one times out."""
+    conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    head = b""
+    try:
+        while len(head) < 9:
+            chunk = conn.recv(9 - len(head))
+            if not chunk:
+                return False
+            head += chunk
+    except TimeoutError:
+        return False
+    return head[3] == 0x04  # the frame type of SETTINGS
 
 
 def _named(given: str, resolved: str) -> str:
