@@ -5,7 +5,8 @@ Build: N JSONL records (1-3 hashtags of the demo concepts each) over a pool of -
 pool only), label noise 0.1 and sqrt resampling, shards of 1,000. Each build runs in its own subprocess;
 memory is the peak, sampled every 0.25 s, of the PSS summed over that process and all its descendants
 (Ray's GCS, raylet, workers and object store included). Impls: `wslfast-local` (--workers 1, in-process),
-`wslfast-ray` (--workers W, embedded Ray Data), and `before` (the pipeline of commit f274729, run from a
+`wslfast-pool` (--workers W, a process pool), `wslfast-ray` (--workers W --engine ray, embedded Ray Data),
+and `before` (the pipeline of commit f274729, run from a
 `git archive` of it, --workers W: today's baseline in the same run).
 
 Images: check + pHash + write of real-size photos (scikit-image's bundled photos, resized to 640x480 and
@@ -141,7 +142,7 @@ def bench_build(args, tmp: Path) -> list[dict]:
             env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1"}
             env.pop("RAY_ADDRESS", None)
             workers = 1 if impl == "wslfast-local" else args.workers
-            cmd += ["--workers", str(workers)]
+            cmd += ["--workers", str(workers)] + (["--engine", "ray"] if impl == "wslfast-ray" else [])
             if impl == "before":
                 tree = _baseline_tree(tmp)
                 if tree is None:
@@ -375,7 +376,8 @@ def bench_dedup(args) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=lambda s: [int(float(x)) for x in s.split(",")], default=[10**4, 10**5, 10**6])
-    ap.add_argument("--impls", type=lambda s: s.split(","), default=["wslfast-local", "wslfast-ray", "before"])
+    ap.add_argument("--impls", type=lambda s: s.split(","),
+                    default=["wslfast-local", "wslfast-pool", "wslfast-ray", "before"])
     ap.add_argument("--before-max", type=int, default=10**5, help="largest N for the old pipeline")
     ap.add_argument("--ray-max", type=lambda s: int(float(s)), default=10**6, help="largest N for Ray")
     ap.add_argument("--workers", type=int, default=2)

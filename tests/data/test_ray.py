@@ -1,4 +1,5 @@
-"""The Ray Data engine writes the very bytes of the in-process one (one embedded Ray for the module)."""
+"""The Ray Data engine writes the very bytes of the in-process engine and of the process pool (one embedded
+Ray for the module)."""
 import os
 from pathlib import Path
 
@@ -35,14 +36,15 @@ def test_workers_do_not_change_a_byte(ray_session, corpus, vocab, tmp_path):
         Image.open(p).resize((40, 40)).save(ref / p.name, quality=75)
     kw = dict(shard_size=50, label_noise=0.2, sampling="sqrt", dedup_against=ref, seed=1)
     local = write_shards(images, corpus["tags"], vocab, tmp_path / "local", **kw)
-    dist = write_shards(images, corpus["tags"], vocab, tmp_path / "ray", workers=2, **kw)
+    dist = write_shards(images, corpus["tags"], vocab, tmp_path / "ray", workers=2, engine="ray", **kw)
+    pool = write_shards(images, corpus["tags"], vocab, tmp_path / "pool", workers=2, engine="pool", **kw)
     assert local["skipped"]["duplicate"] >= 1 and len(local["shards"]) >= 3
-    assert dist == local == read_manifest(tmp_path / "ray")
-    assert _bytes(tmp_path / "ray") == _bytes(tmp_path / "local")
+    assert dist == local == pool == read_manifest(tmp_path / "ray")
+    assert _bytes(tmp_path / "ray") == _bytes(tmp_path / "local") == _bytes(tmp_path / "pool")
     # resume on Ray: a lost shard is written again, the others are kept
     files = list_shards(tmp_path / "ray")
     kept = Path(files[0]).stat().st_mtime_ns
     Path(files[1]).unlink()
-    write_shards(images, corpus["tags"], vocab, tmp_path / "ray", workers=2, **kw)
+    write_shards(images, corpus["tags"], vocab, tmp_path / "ray", workers=2, engine="ray", **kw)
     assert _bytes(tmp_path / "ray") == _bytes(tmp_path / "local")
     assert Path(files[0]).stat().st_mtime_ns == kept

@@ -1,5 +1,8 @@
-"""`shards --ray-address` against a local Ray cluster started with `ray start --head` (loopback only)."""
+"""`shards --ray-address` against a local Ray cluster started with `ray start --head` (loopback only), with
+token authentication on as in the README's cluster recipe (RAY_AUTH_MODE=token; the token in the environment,
+so the test neither reads nor writes ~/.ray/auth_token)."""
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -52,8 +55,9 @@ def test_cli_against_a_local_cluster(corpus, vocab, tmp_path):
         pytest.skip("the ray command is not installed")
     port = _free_port()
     temp_dir = tempfile.mkdtemp(prefix="wsray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=str(ROOT), RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=secrets.token_hex(32))
     log = open(tmp_path / "head.log", "w")
     head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
                              "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats",

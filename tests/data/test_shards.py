@@ -140,12 +140,14 @@ def test_a_crash_leaves_only_whole_shards(corpus, vocab, tmp_path, monkeypatch):
     monkeypatch.setattr(shard_format, "jpeg_bytes", failing)
     with pytest.raises(OSError, match="disk full"):
         write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "o", shard_size=64)
-    assert [Path(p).name for p in list_shards(tmp_path / "o")] == ["shard-000000.tar"]
-    assert not (tmp_path / "o" / "manifest.json").exists()
+    # nothing published; the unfinished version folder holds the one whole shard
+    assert not list_shards(tmp_path / "o") and not (tmp_path / "o" / "manifest.json").exists()
+    (stage,) = (tmp_path / "o").glob("shards-*")
+    assert [Path(p).name for p in list_shards(stage)] == ["shard-000000.tar"]
     monkeypatch.setattr(shard_format, "jpeg_bytes", real)
     m = write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "o", shard_size=64)
-    assert len(list_shards(tmp_path / "o")) == len(m["shards"])
-    assert not list((tmp_path / "o").glob(".*.tmp"))
+    assert m["shards_dir"] == stage.name and len(list_shards(tmp_path / "o")) == len(m["shards"])
+    assert not list(stage.glob(".*.tmp"))
 
 
 def test_noise_sampling_and_dedup(corpus, vocab, tmp_path):

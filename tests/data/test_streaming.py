@@ -148,13 +148,14 @@ def test_resume_after_a_kill_mid_build(corpus, vocab, tmp_path):
     r = subprocess.run([sys.executable, "-c", _KILLER, str(corpus["images"]), str(corpus["tags"]), str(out)],
                        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert r.returncode == -9, r.stderr
-    assert len(list_shards(out)) == 2 and not (out / "manifest.json").exists()
-    kept = {f: Path(f).stat().st_mtime_ns for f in list_shards(out)}
+    (stage,) = out.glob("shards-*")  # nothing published; two whole shards in the unfinished version
+    assert not list_shards(out) and len(list_shards(stage)) == 2 and not (out / "manifest.json").exists()
+    kept = {f: Path(f).stat().st_mtime_ns for f in list_shards(stage)}
     m = write_shards(corpus["images"], corpus["tags"], vocab, out, shard_size=40, seed=4, sampling="sqrt",
                      label_noise=0.1)
-    assert len(list_shards(out)) == len(m["shards"]) > 2
+    assert m["shards_dir"] == stage.name and len(list_shards(out)) == len(m["shards"]) > 2
     assert all(Path(f).stat().st_mtime_ns == t for f, t in kept.items())  # finished shards kept
-    assert not list(out.glob(".*.tmp")) and not list((out / ".work").glob("part-*"))
+    assert not list(stage.glob(".*.tmp")) and not list((out / ".work").glob("part-*"))
     write_shards(corpus["images"], corpus["tags"], vocab, tmp_path / "clean", shard_size=40, seed=4,
                  sampling="sqrt", label_noise=0.1)
     assert _bytes(out) == _bytes(tmp_path / "clean")

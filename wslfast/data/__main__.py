@@ -39,11 +39,15 @@ def main(argv=None) -> int:
     s.add_argument("--dedup-against", default=None)
     s.add_argument("--dedup-radius", type=int, default=None)
     s.add_argument("--workers", type=int, default=1,
-                   help="CPUs; 1 (the default) runs in this process and opens no port; > 1 starts an embedded Ray "
-                        "(ray.init with that many CPUs), whose services listen on ports of their own")
+                   help="CPUs; 1 (the default) runs in this process; > 1 runs a process pool on this machine "
+                        "(neither opens a port)")
+    s.add_argument("--engine", choices=("local", "pool", "ray"), default=None,
+                   help="who runs the passes (default: local for --workers 1, pool above, ray with --ray-address); "
+                        "'ray' without --ray-address starts an embedded Ray of --workers CPUs")
     s.add_argument("--ray-address", default=None,
-                   help="run on a running Ray cluster (e.g. 127.0.0.1:6379 or 'auto'; default $RAY_ADDRESS); "
-                        "--out must be a folder every node sees")
+                   help="run on a running Ray cluster: HOST:PORT of its head, or 'auto' ($RAY_ADDRESS, else the "
+                        "cluster last started here; $RAY_ADDRESS is read only then); --out must be a folder every "
+                        "node sees")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--name", default=None, help="dataset name (default role-source-I-L, e.g. train-local-2k-25)")
     _yfcc_arguments(s)
@@ -102,7 +106,8 @@ def main(argv=None) -> int:
                              shard_size=args.shard_size, label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
                              name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address,
-                             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, follow_symlinks=args.follow_symlinks)
+                             max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, follow_symlinks=args.follow_symlinks,
+                             engine=args.engine)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
                                                 "reencoded")}, indent=1))
         elif args.cmd == "synthetic":

@@ -2,9 +2,15 @@
 
 A shard folder holds `shard-NNNNNN.tar` files, each with DALI's index `shard-NNNNNN.idx`, and
 `manifest.json` (written last by the builder: vocabulary, counts, settings; `read_manifest` /
-`write_manifest`). A .tar is USTAR with fixed member metadata (mtime 0, mode 644, no owner), so equal
-inputs give equal bytes; per sample it holds `<key>.jpg` (the image bytes), `<key>.labels` (int32
-little-endian label ids) and `<key>.json` ({"tags", "image", "labels", ...}). The .idx (v1.2) has a first
+`write_manifest`). The builder publishes a dataset as a versioned folder of that kind inside its --out:
+`out/shards-<fingerprint>/` (shards + its own manifest.json) and `out/manifest.json`, the same manifest plus
+`"shards_dir": "shards-<fingerprint>"`, swapped in last with one os.replace: that file names the current
+version, so readers see the old set or the new one, never a mix. `published_dir` / `list_shards` follow it;
+a folder without it (written before versions, or a version folder itself) holds its shards directly.
+
+A .tar is USTAR with fixed member metadata (mtime 0, mode 644, no owner), so equal inputs give equal bytes;
+per sample it holds `<key>.jpg` (the image bytes), `<key>.labels` (int32 little-endian label ids) and
+`<key>.json` ({"tags", "image", "labels", ...}). The .idx (v1.2) has a first
 line `v1.2 N` and a line per sample, `ext offset size name` per member (offset of the member's data).
 
 `write_shard` renames the .idx into place first and the .tar last, so a .tar in place is a whole shard
@@ -14,16 +20,18 @@ at open: the last member only, a few KB a shard, any webdataset tar with an inde
 builder's resume: every member header and the exact end of archive that write_shard leaves).
 
 Also here, because the builder and the tools on both sides share them: `list_shards` (the whole shards of a
-folder), `index_num_samples`, COUNTS.tsv (`hashtag<TAB>count` a line: `read_counts` / `write_counts`) and
-`IMAGE_EXTENSIONS` (the file suffixes read as images), and what a shard's JPEG of a non-JPEG image is
-(`to_rgb`: every Pillow mode to 8-bit RGB; `encode_jpeg`). Memory: one sample's bytes while writing, one
-index line while verifying; time: verify reads a tar header per member (full) or one per shard (quick).
+folder: of its published version), `published_dir`, `index_num_samples`, COUNTS.tsv (`hashtag<TAB>count` a
+line: `read_counts` / `write_counts`) and `IMAGE_EXTENSIONS` (the file suffixes read as images), and what a
+shard's JPEG of a non-JPEG image is (`to_rgb`: every Pillow mode to 8-bit RGB; `encode_jpeg`). Memory: one
+sample's bytes while writing, one index line while verifying; time: verify reads a tar header per member
+(full) or one per shard (quick).
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -33,12 +41,15 @@ from PIL import Image
 
 from ..errors import DataError
 
-__all__ = ["write_shard", "verify_shard", "jpeg_bytes", "shard_stem", "list_shards", "index_num_samples",
-           "read_manifest", "write_manifest", "read_counts", "write_counts", "MANIFEST", "MANIFEST_FORMAT",
-           "INDEX_VERSION", "IMAGE_EXTENSIONS", "encode_jpeg", "to_rgb"]
+__all__ = ["write_shard", "verify_shard", "jpeg_bytes", "shard_stem", "list_shards", "published_dir",
+           "index_num_samples", "read_manifest", "write_manifest", "read_counts", "write_counts", "MANIFEST",
+           "MANIFEST_FORMAT", "SHARDS_DIR", "INDEX_VERSION", "IMAGE_EXTENSIONS",
+           "encode_jpeg", "to_rgb"]
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "wslfast-shards"
+SHARDS_DIR = "shards_dir"  # the manifest key of a versioned --out that names its current version's folder
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a plain child folder: never '..', never a path
 INDEX_VERSION = "v1.2"
 # Files read as images: the build's reference folders (dedup) and the loaders' ImageFolder trees.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -271,23 +282,59 @@ def verify_shard(tar, num_samples: int | None = None, *, full: bool = True, idx=
         raise DataError(f"{e}; {_FIX.format(name=tar.name)}") from None
 
 
+def published_dir(dir) -> Path:
+    """The folder that holds a shard folder's published shards: dir/<shards_dir> when dir/manifest.json is a
+    wslfast manifest naming its current version (a plain child folder name), else dir itself."""
+    d = Path(dir)
+    try:
+        with open(d / MANIFEST, encoding="utf-8") as f:
+            m = json.load(f)
+    except (OSError, ValueError, RecursionError):  # no manifest, or someone else's file: the folder itself
+        return d
+    name = m.get(SHARDS_DIR) if isinstance(m, dict) and m.get("format") == MANIFEST_FORMAT else None
+    if name is None:
+        return d
+    if not isinstance(name, str) or not _VERSION_NAME.fullmatch(name):
+        raise DataError(f"{d / MANIFEST}: {SHARDS_DIR} must name a folder inside {d}, got {name!r}")
+    return d / name
+
+
 def list_shards(dir) -> list[str]:
-    """Whole shards of a folder, sorted: .tar files with their .idx (temporary files never count)."""
+    """Whole shards of a folder, sorted: .tar files with their .idx (temporary files never count). In a
+    versioned --out, those of the published version (`published_dir`)."""
     d = Path(dir)
     if not d.is_dir():
         raise FileNotFoundError(f"list_shards: {d} is not a folder")
+    d = published_dir(d)
+    if not d.is_dir():
+        raise DataError(f"{Path(dir) / MANIFEST} names shard folder {d.name}, which is missing; write the shards "
+                        f"again (`python -m wslfast.data shards ...`)")
     return [str(p) for p in sorted(d.glob("*.tar")) if not p.name.startswith(".") and p.with_suffix(".idx").is_file()]
 
 
 # ---- manifest -----------------------------------------------------------------------------------------------
 def write_manifest(out_dir, manifest: dict) -> Path:
-    """out_dir/manifest.json, atomically (the builder writes it last, when every shard is in place)."""
+    """out_dir/manifest.json, atomically (the builder writes it last, when every shard is in place): a
+    temporary file, flushed to disk, renamed over the old one, and the folder's entry flushed too."""
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"write_manifest: a manifest starts with format={MANIFEST_FORMAT!r}")
     path = Path(out_dir) / MANIFEST
     tmp = path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(manifest, indent=1))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a folder that cannot be opened for reading (some platforms): the rename stands
+        return path
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     return path
 
 

@@ -18,16 +18,21 @@ shard_size) buckets, so each shard is a uniform random sample of the corpus, of 
 (Poisson-spread; empty buckets get no shard), sorted by shuffle key. The output bytes are a pure function
 of the inputs and settings: 1 worker, N workers or a Ray cluster write the same shards.
 
-Resume: a shard's .idx is written first and its .tar renamed into place last. A re-run with the same inputs
-and settings (a fingerprint hash-streamed over the checked records) keeps each finished shard that
-`verify_shard` accepts and writes only the others; anything changed rebuilds from scratch. Decode-check
-results are cached per block in out/.work (by path, size and mtime), so a re-run decodes only new or
-changed images.
+Publishing (publish.py): the shards go into a version folder named by the build's fingerprint (a hash of
+the settings and of the checked records, hash-streamed), out/shards-<fp>/, and out/manifest.json, which names
+the current version, is swapped in with one os.replace when every shard is whole; then the other versions
+are removed. So the last good dataset stays whole and readable through any failure or kill, and a lock
+(out/.build.lock) keeps a second build out of the same folder. Resume: a shard's .idx is written first
+and its .tar renamed into place last; a re-run with the same inputs and settings finds its version folder
+(the published one, or one a killed build left), keeps each shard `verify_shard` accepts and writes only
+the others; anything changed writes a new version. Decode-check results are cached per block in
+out/.work (by path, size and mtime), so a re-run decodes only new or changed images.
 
-write_shards reads top to bottom as its steps: `_inputs` (check the arguments), `_reference_index`
-(dedup), `_check_pass`, `_resume_or_clear`, `_counting_passes`, `_layout` (which shards to write), the
-write pass, `_manifest`. Time: one decode per image (cached across runs) plus a few cheap passes over the
-checked records; driver memory: the label marginal, the per-bucket counts and one block's results.
+write_shards reads top to bottom as its steps: `_inputs` (check the arguments), the lock,
+`_reference_index` (dedup), `_check_pass`, `stage_version` (this build's folder), `_counting_passes`,
+`_layout` (which shards to write), the write pass, `_manifest`, `publish`. Time: one decode per image (cached
+across runs) plus a few cheap passes over the checked records; driver memory: the label marginal, the
+per-bucket counts and one block's results (times the engine's tasks in flight).
 """
 from __future__ import annotations
 
@@ -41,18 +46,18 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConfigError, DataError
-from ..format import MANIFEST, MANIFEST_FORMAT, shard_stem, verify_shard, write_manifest
+from ..format import MANIFEST_FORMAT, shard_stem, verify_shard
 from ..labels.vocab import HashtagVocabulary
 from ..sources import Source, TagFiles, expand_inputs
 from . import dedup as _dedup
 from . import images as _images
 from .engines import make_engine
 from .passes import SKIP_KINDS, Job, noise_block, plan_block, weight_block
+from .publish import BuildLock, publish, stage_version
 from .targets import SAMPLING_MODES
 
 __all__ = ["write_shards", "dataset_name"]
 
-_STATE = ".build-state.json"
 _WORK = ".work"
 _VERSION = 2
 
@@ -81,57 +86,62 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                  name: str | None = None, dedup_radius: int = _dedup.DEFAULT_RADIUS, role: str = "train",
                  source: str | None = None, progress: bool = False, ray_address: str | None = None,
                  engine=None, max_pixels: int = _images.DEFAULT_MAX_PIXELS, follow_symlinks: bool = False) -> dict:
-    """Build the shards (see module docstring); returns the manifest (also out_dir/manifest.json).
+    """Build the shards (see module docstring); returns the published manifest (out_dir/manifest.json).
     tags_path: a TAGS file, a glob, or a list of them (compressed ones too), or any sources.Source.
-    workers > 1 or ray_address (or RAY_ADDRESS) run on Ray; out_dir must then be a folder every Ray node
-    sees. source: the dataset's source in its name (default YFCC or local). max_pixels: images above it are
-    skipped (from their header); follow_symlinks: let symlinks in the images folder lead outside it."""
+    engine: "local", "pool", "ray" or an engine object; by default workers > 1 runs a process pool of this
+    machine and ray_address (a cluster's HOST:PORT, or "auto" for $RAY_ADDRESS) runs on Ray, with out_dir a
+    folder every Ray node sees. source: the dataset's source in its name (default YFCC or local).
+    max_pixels: images above it are skipped (from their header); follow_symlinks: let symlinks in the images
+    folder lead outside it. RunFolderError when another build is writing into out_dir."""
     vocab, images_dir, out, records = _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise,
                                               sampling, workers)
-    paths = records.paths
-    work = out / _WORK
-    work.mkdir(exist_ok=True)
-    vocab_dict = vocab.to_dict()
-    vocab_digest = hashlib.sha256(json.dumps(vocab_dict, sort_keys=True).encode()).hexdigest()
-    index, ref_unreadable, ref_digest = _reference_index(dedup_against, dedup_radius, workers)
-    job = Job(source=records, images_dir=str(images_dir), work_dir=str(work),
-              out_dir=str(out), vocab=vocab, vocab_digest=vocab_digest, num_classes=len(vocab), seed=seed,
-              label_noise=label_noise, sampling=sampling, index=index,
-              image_policy=_image_policy(max_pixels, follow_symlinks))
+    eng = engine if engine is not None and not isinstance(engine, str) else make_engine(workers, ray_address,
+                                                                                         progress, engine)
+    with BuildLock(out):  # one build at a time in out (the kernel releases it if this process is killed)
+        paths = records.paths
+        work = out / _WORK
+        work.mkdir(exist_ok=True)
+        vocab_dict = vocab.to_dict()
+        vocab_digest = hashlib.sha256(json.dumps(vocab_dict, sort_keys=True).encode()).hexdigest()
+        index, ref_unreadable, ref_digest = _reference_index(dedup_against, dedup_radius, workers)
+        job = Job(source=records, images_dir=str(images_dir), work_dir=str(work),
+                  out_dir=str(out), vocab=vocab, vocab_digest=vocab_digest, num_classes=len(vocab), seed=seed,
+                  label_noise=label_noise, sampling=sampling, index=index,
+                  image_policy=_image_policy(max_pixels, follow_symlinks))
 
-    with (engine or make_engine(workers, ray_address, progress)) as eng:
-        checked = _check_pass(eng, job, progress)
-        num_buckets = max(1, math.ceil(checked.num_images / shard_size))
-        if num_buckets >= 1 << 31:
-            raise ConfigError("write_shards: shard_size too small for this many images")
-        settings = {"version": _VERSION, "images": str(images_dir.resolve()), "vocab": vocab_digest,
-                    "shard_size": shard_size, "noise": label_noise, "sampling": sampling, "seed": seed,
-                    "dedup": ref_digest, "radius": dedup_radius if index is not None else None,
-                    "num_buckets": num_buckets}
-        fp = hashlib.sha256((json.dumps(settings, sort_keys=True) + f":{checked.digest:064x}").encode()
-                            ).hexdigest()[:16]
-        resume = _resume_or_clear(out, fp)
-        job.clean_marginal, job.num_images, job.num_buckets = checked.marginal, checked.num_images, num_buckets
-        bucket_counts, label_counts = _counting_passes(eng, job, checked.blocks, progress)
-        shards, job.stems = _layout(out, bucket_counts, resume)
-        if (job.stems >= 0).any():  # the write pass: only the missing shards
-            eng.put(job)
-            for stem, n in _progress(eng.write(checked.blocks), progress, "write", int((job.stems >= 0).sum())):
-                if progress:
-                    print(f"wrote {stem}.tar ({n} samples)", flush=True)
+        with eng:
+            checked = _check_pass(eng, job, progress)
+            num_buckets = max(1, math.ceil(checked.num_images / shard_size))
+            if num_buckets >= 1 << 31:
+                raise ConfigError("write_shards: shard_size too small for this many images")
+            settings = {"version": _VERSION, "images": str(images_dir.resolve()), "vocab": vocab_digest,
+                        "shard_size": shard_size, "noise": label_noise, "sampling": sampling, "seed": seed,
+                        "dedup": ref_digest, "radius": dedup_radius if index is not None else None,
+                        "num_buckets": num_buckets}
+            fp = hashlib.sha256((json.dumps(settings, sort_keys=True) + f":{checked.digest:064x}").encode()
+                                ).hexdigest()[:16]
+            stage, resume = stage_version(out, fp)
+            job.out_dir = str(stage)
+            job.clean_marginal, job.num_images, job.num_buckets = checked.marginal, checked.num_images, num_buckets
+            bucket_counts, label_counts = _counting_passes(eng, job, checked.blocks, progress)
+            shards, job.stems = _layout(stage, bucket_counts, resume)
+            if (job.stems >= 0).any():  # the write pass: only the missing shards
+                eng.put(job)
+                for stem, n in _progress(eng.write(checked.blocks), progress, "write", int((job.stems >= 0).sum())):
+                    if progress:
+                        print(f"wrote {stem}.tar ({n} samples)", flush=True)
 
-    for p in work.glob("part-*.jsonl"):
-        p.unlink()
-    source = source or ("YFCC" if checked.formats == {"yfcc"} else "local")
-    num_samples = int(bucket_counts.sum())
-    manifest = _manifest(name or dataset_name(role, source, num_samples, len(vocab)), job, checked, paths,
-                         shards, bucket_counts, label_counts, fp, vocab_dict,
-                         dict(dedup_against=str(dedup_against) if dedup_against else None, dedup_radius=dedup_radius,
-                              dedup_reference_unreadable=ref_unreadable, label_noise=label_noise,
-                              sampling=sampling, seed=seed, shard_size=shard_size, max_pixels=max_pixels,
-                              follow_symlinks=follow_symlinks))
-    write_manifest(out, manifest)
-    return manifest
+        for p in work.glob("part-*.jsonl"):
+            p.unlink()
+        source = source or ("YFCC" if checked.formats == {"yfcc"} else "local")
+        num_samples = int(bucket_counts.sum())
+        manifest = _manifest(name or dataset_name(role, source, num_samples, len(vocab)), job, checked, paths,
+                             shards, bucket_counts, label_counts, fp, vocab_dict,
+                             dict(dedup_against=str(dedup_against) if dedup_against else None,
+                                  dedup_radius=dedup_radius, dedup_reference_unreadable=ref_unreadable,
+                                  label_noise=label_noise, sampling=sampling, seed=seed, shard_size=shard_size,
+                                  max_pixels=max_pixels, follow_symlinks=follow_symlinks))
+        return publish(out, stage, manifest)
 
 
 def _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise, sampling, workers):
@@ -216,26 +226,6 @@ def _check_pass(eng, job: Job, progress: bool) -> _Checked:
     return c
 
 
-def _resume_or_clear(out: Path, fingerprint: str) -> bool:
-    """True when out holds an earlier build of the same inputs and settings (its whole shards are kept);
-    otherwise clears what an earlier build left and records this build's fingerprint."""
-    state_path = out / _STATE
-    try:
-        if json.loads(state_path.read_text()).get("fingerprint") == fingerprint:
-            return True
-    except (OSError, ValueError, AttributeError):
-        pass
-    (out / MANIFEST).unlink(missing_ok=True)
-    for p in out.glob("shard-*"):
-        p.unlink()
-    for p in out.glob(".shard-*.tmp"):
-        p.unlink()
-    tmp = state_path.with_name(state_path.name + ".tmp")
-    tmp.write_text(json.dumps({"fingerprint": fingerprint}))
-    os.replace(tmp, state_path)
-    return False
-
-
 def _counting_passes(eng, job: Job, blocks, progress: bool):
     """The noisy-label marginal (label noise > 0), the resampling weight total (sqrt / uniform), then the
     plan: (samples per bucket, samples per label). Each pass sees the previous one's totals in the job."""
@@ -257,8 +247,8 @@ def _counting_passes(eng, job: Job, blocks, progress: bool):
 
 def _layout(out: Path, bucket_counts: np.ndarray, resume: bool):
     """The shards (one per non-empty bucket, numbered in bucket order) for the manifest, and bucket ->
-    shard number to write (-1: empty, or kept because verify_shard accepts it). Removes the shards a larger
-    earlier plan left over."""
+    shard number to write (-1: empty, or kept because verify_shard accepts it). out: this build's version
+    folder. Removes the shards beyond the plan (none unless someone put them there)."""
     nonempty = np.flatnonzero(bucket_counts)
     if nonempty.size == 0:
         raise DataError("write_shards: resampling left no sample")

@@ -1,38 +1,144 @@
-"""Who runs the block steps of passes.py: in this process, or Ray Data (embedded or a cluster).
+"""Who runs the block steps of passes.py: this process, a process pool on this machine, or Ray when asked.
 
-Both engines produce the same bytes: blocks are fixed by the inputs, every step is a pure function of
-its block, and each shard is sorted by shuffle key before it is written. Every engine streams: the
-driver sees one block's counts at a time, never the records.
+Every engine writes the same bytes: blocks are fixed by the inputs, every step is a pure function of its
+block, and each shard is sorted by shuffle key before it is written. Every engine streams: the driver sees
+one block's counts at a time, never the records.
 
-- LocalEngine (--workers 1): the steps in a loop; the write pass scatters the samples' metadata into
-  partition files of a few shards each (`.work/part-*.jsonl`), then writes the shards partition by
-  partition, so memory is one partition.
-- RayEngine (--workers N > 1, --ray-address or RAY_ADDRESS): pass 1 reads the source's inputs with a
-  streaming Ray Data datasource (one read task per input, one row per block) and runs `check_block` in
-  `map_batches`; the counting passes map over the block list; the write pass expands the samples' metadata
-  and groups it by shard (`groupby(...).map_groups`), and each group's task reads its image bytes and
-  writes its shard. The Job (vocabulary, dedup index) is put into the object store once.
+- LocalEngine (--workers 1, the default): the steps in a loop, in this process.
+- PoolEngine (--workers N > 1): N worker processes of this machine (concurrent.futures over `spawn`: no
+  port, no service, no object store; a worker is one Python with numpy and Pillow, ~40 MB). The driver
+  reads the inputs' blocks and hands each to a worker, at most 4 x N tasks in flight, so memory is bounded
+  by those blocks (a block of lines in, its counts out). The Job (vocabulary, dedup index, the totals of
+  earlier passes) reaches each worker once per pass through the pool's initializer, never with each task.
+  Workers ignore Ctrl-C (the driver stops them) and exit when the driver dies (they watch their parent).
+- RayEngine (ray_engine.py): Ray Data, only for --ray-address or an explicit --engine ray.
+
+The write pass of the local and pool engines: `scatter_block` expands a block's samples and appends their
+metadata to partition files of a few shards each (`.work/part-*.jsonl`; each append under flock, so
+several processes can add to one file), then `write_part` writes the shards of one partition, each sorted
+by shuffle key: memory is one block, then one partition.
+
+Errors: a pool worker's exception reaches the driver as itself (pickled back; the worker's traceback is
+its __cause__); `user_error` finds the project's own error inside Ray's wrappers, so the CLI prints one line.
 """
 from __future__ import annotations
 
+import fcntl
 import json
-import math
+import multiprocessing
 import os
-import pickle
-import sys
-from collections import defaultdict
+import signal
+import threading
+import time
+from collections import defaultdict, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
+from ...errors import ConfigError, UserError
 from . import passes as P
 
-__all__ = ["LocalEngine", "RayEngine", "make_engine"]
+__all__ = ["LocalEngine", "PoolEngine", "make_engine", "user_error", "scatter_block", "write_part", "ENGINES"]
 
-_BUCKETS_PER_PART = 8  # shards per partition file in the local write pass
+ENGINES = ("local", "pool", "ray")
+RAY_REQUIREMENT = "ray[data]==2.60.0"  # token authentication on by default for a local Ray (requirements.txt)
+_BUCKETS_PER_PART = 8  # shards per partition file in the write pass
+# What the CLI prints as one line (wslfast.data.__main__), found inside an engine's wrappers by user_error.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def make_engine(workers: int = 1, ray_address: str | None = None, progress: bool = False, kind: str | None = None):
+    """The engine for these options: `ray_address` or kind="ray" -> RayEngine (a running cluster at that
+    address, or an embedded Ray of `workers` CPUs); workers > 1 -> PoolEngine; else LocalEngine. RAY_ADDRESS
+    in the environment counts only when ray_address is "auto" (then Ray reads it)."""
+    if kind is not None and kind not in ENGINES:
+        raise ConfigError(f"engine must be one of {ENGINES}, got {kind!r}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if ray_address and kind not in (None, "ray"):
+        raise ConfigError(f"--ray-address runs on Ray: it does not go with --engine {kind}")
+    kind = kind or ("ray" if ray_address else "pool" if workers > 1 else "local")
+    if kind == "local" and workers > 1:
+        raise ConfigError(f"--engine local runs in this process: --workers must be 1, got {workers} (or use "
+                          f"--engine pool)")
+    if kind == "ray":
+        from .ray_engine import RayEngine
+
+        return RayEngine(workers, ray_address, progress)
+    return PoolEngine(workers) if kind == "pool" else LocalEngine()
+
+
+def user_error(e: BaseException) -> BaseException:
+    """The first exception of the project's own kinds (USER_ERRORS) in e's chain of wrappers (Ray's
+    RayTaskError `.cause`, Ray Data's UserCodeException `__cause__`, ...), or e itself when there is none."""
+    seen, cur = set(), e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, USER_ERRORS) and not type(cur).__module__.startswith("ray."):
+            return cur
+        cur = getattr(cur, "cause", None) or cur.__cause__ or cur.__context__
+    return e
+
+
+# ---- the write pass's two steps, shared by the local and pool engines ----------------------------------------
+def partitions(job) -> list[list[int]]:
+    """The buckets to write (job.stems >= 0), in bucket order, cut into partitions of _BUCKETS_PER_PART."""
+    order = np.flatnonzero(job.stems >= 0).tolist()
+    return [order[i:i + _BUCKETS_PER_PART] for i in range(0, len(order), _BUCKETS_PER_PART)]
+
+
+def partition_of(job) -> np.ndarray:
+    """bucket -> its partition number (-1 for the buckets not written)."""
+    order = np.flatnonzero(job.stems >= 0)
+    part = np.full(job.stems.size, -1, dtype=np.int64)
+    part[order] = np.arange(order.size, dtype=np.int64) // _BUCKETS_PER_PART
+    return part
+
+
+def clear_partitions(job) -> None:
+    for p in Path(job.work_dir).glob("part-*.jsonl"):
+        p.unlink()
+
+
+def scatter_block(job, block, part_of: np.ndarray) -> int:
+    """Append the metadata of a block's samples (those in buckets to write) to their partition files;
+    returns how many samples. Any number of processes may scatter at once (one locked append a file)."""
+    cols = P.expand_block(job, block)
+    lines = defaultdict(list)
+    for i in range(len(cols["image"])):
+        b = int(cols["bucket"][i])
+        lines[int(part_of[b])].append(json.dumps([b, int(cols["skey"][i]), cols["image"][i], cols["reenc"][i],
+                                                  cols["labels"][i], cols["info"][i]]))
+    work = Path(job.work_dir)
+    for part, ls in lines.items():
+        with open(work / f"part-{part:06d}.jsonl", "a", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write("\n".join(ls) + "\n")
+            f.flush()  # before close releases the lock
+    return len(cols["image"])
+
+
+def write_part(job, part: int, buckets: list[int]) -> list[tuple[str, int]]:
+    """Write the shards of one partition's buckets from its file (then removed): [(stem, samples)]."""
+    path = Path(job.work_dir) / f"part-{part:06d}.jsonl"
+    groups = defaultdict(list)
+    if path.is_file():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                groups[row[0]].append(row[1:])
+    done = []
+    for b in buckets:
+        rows = groups.pop(b, [])
+        done.append(P.write_bucket(job, b, *(list(c) for c in zip(*rows)) if rows else ([], [], [], [], [])))
+    path.unlink(missing_ok=True)
+    return done
 
 
 class LocalEngine:
+    """The steps in a loop, in this process (--workers 1)."""
     name = "local"
 
     def __enter__(self):
@@ -55,202 +161,125 @@ class LocalEngine:
 
     def write(self, blocks):
         job = self.job
-        work = Path(job.work_dir)
-        for p in work.glob("part-*.jsonl"):
-            p.unlink()
-        order = np.flatnonzero(job.stems >= 0).tolist()
-        part_of = {b: i // _BUCKETS_PER_PART for i, b in enumerate(order)}
+        clear_partitions(job)
+        part_of = partition_of(job)
         for block in blocks:
-            cols = P.expand_block(job, block)
-            lines = defaultdict(list)
-            for i in range(len(cols["image"])):
-                b = int(cols["bucket"][i])
-                lines[part_of[b]].append(json.dumps([b, int(cols["skey"][i]), cols["image"][i], cols["reenc"][i],
-                                                     cols["labels"][i], cols["info"][i]]))
-            for part, ls in lines.items():
-                with open(work / f"part-{part:06d}.jsonl", "a", encoding="utf-8") as f:
-                    f.write("\n".join(ls) + "\n")
-        for part in range(math.ceil(len(order) / _BUCKETS_PER_PART)):
-            path = work / f"part-{part:06d}.jsonl"
-            groups = defaultdict(list)
-            if path.is_file():
-                with open(path, encoding="utf-8") as f:
-                    for line in f:
-                        row = json.loads(line)
-                        groups[row[0]].append(row[1:])
-            for b in order[part * _BUCKETS_PER_PART:(part + 1) * _BUCKETS_PER_PART]:
-                rows = groups.pop(b, [])
-                yield P.write_bucket(job, b, *(list(c) for c in zip(*rows)) if rows else ([], [], [], [], []))
-            path.unlink(missing_ok=True)
+            scatter_block(job, block, part_of)
+        for part, buckets in enumerate(partitions(job)):
+            yield from write_part(job, part, buckets)
 
 
-# ---- Ray ---------------------------------------------------------------------------------------------------
-_JOBS: dict = {}  # per worker process: job object ref -> Job (deserialized once)
+# ---- the process pool --------------------------------------------------------------------------------------------
+_WORKER: dict = {}  # in a pool worker: this pass's job and its bucket -> partition table
 
 
-def _job(ref_box):
-    import ray
-
-    key = ref_box[0].hex()
-    if key not in _JOBS:
-        _JOBS.clear()
-        _JOBS[key] = ray.get(ref_box[0])
-    return _JOBS[key]
+def _init_worker(job, driver_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver stops us
+    _WORKER.clear()
+    _WORKER["job"] = job
+    threading.Thread(target=_watch_driver, args=(driver_pid,), daemon=True).start()
 
 
-def _check_batch(batch, ref_box):
-    job = _job(ref_box)
-    out = [P.check_block(job, pickle.loads(b)) for b in batch["block"]]
-    return {"result": [json.dumps(s) for s in out]}
+def _watch_driver(driver_pid: int) -> None:
+    """Exit when the driver is gone (SIGKILL leaves the pool no chance to stop its workers): a spawned
+    worker's parent is the driver until the driver dies (even before this worker got here)."""
+    while True:
+        if os.getppid() != driver_pid:
+            os._exit(1)
+        time.sleep(0.5)
 
 
-def _map_batch(batch, ref_box, fn_name):
-    job = _job(ref_box)
-    fn = getattr(P, fn_name)
-    return {"result": [pickle.dumps(fn(job, (int(fi), int(bi)))) for fi, bi in zip(batch["fi"], batch["bi"])]}
+def _check_task(block):
+    return P.check_block(_WORKER["job"], block)
 
 
-def _expand_batch(batch, ref_box):
-    job = _job(ref_box)
-    cols = {k: [] for k in ("bucket", "skey", "image", "reenc", "labels", "info")}
-    for fi, bi in zip(batch["fi"], batch["bi"]):
-        c = P.expand_block(job, (int(fi), int(bi)))
-        for k in cols:
-            cols[k].extend(c[k].tolist() if isinstance(c[k], np.ndarray) else c[k])
-    return {"bucket": np.asarray(cols["bucket"], dtype=np.int64), "skey": np.asarray(cols["skey"], dtype=np.uint64),
-            "image": np.asarray(cols["image"], dtype=object), "reenc": np.asarray(cols["reenc"], dtype=bool),
-            "labels": np.asarray(cols["labels"], dtype=object), "info": np.asarray(cols["info"], dtype=object)}
+def _map_task(fn, block):
+    return fn(_WORKER["job"], block)
 
 
-def _write_group(group, ref_box):
-    job = _job(ref_box)
-    stem, n = P.write_bucket(job, int(group["bucket"][0]), group["skey"], list(group["image"]), group["reenc"],
-                             list(group["labels"]), list(group["info"]))
-    return {"stem": [stem], "n": [n]}
+def _scatter_task(block):
+    job = _WORKER["job"]
+    if "part_of" not in _WORKER:
+        _WORKER["part_of"] = partition_of(job)
+    return scatter_block(job, block, _WORKER["part_of"])
 
 
-def _source_datasource(source):
-    import pyarrow as pa
-    from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockMetadata
-
-    class SourceDatasource(Datasource):
-        """One read task per input of a sources.Source, streaming one row per block (the Block pickled)."""
-
-        def estimate_inmemory_data_size(self):
-            return None
-
-        def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-            def reader(fi):
-                def read():
-                    for block in source.blocks(fi):
-                        yield pa.table({"block": [pickle.dumps(block)]})
-                return read
-
-            return [ReadTask(reader(fi), BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None,
-                                                       input_files=(p,)))
-                    for fi, p in enumerate(source.paths)]
-
-    return SourceDatasource()
+def _write_part_task(part, buckets):
+    return write_part(_WORKER["job"], part, buckets)
 
 
-def _package_root() -> str:
-    return str(Path(__file__).resolve().parents[3])
+class PoolEngine:
+    """`workers` processes of this machine (see the module docstring); a fresh pool for each pass, whose
+    workers get that pass's job once."""
+    name = "pool"
 
-
-class RayEngine:
-    """Ray Data runner; starts an embedded Ray with `workers` CPUs unless one is running or an address is
-    given (then it connects: `ray start --head` on one machine, `ray start --address=HEAD:PORT` on others)."""
-    name = "ray"
-
-    def __init__(self, workers: int = 2, address: str | None = None, progress: bool = False,
-                 object_store_mb: int = 512):
-        self.workers, self.address, self.progress = max(1, workers), address, progress
-        self.object_store_mb = object_store_mb
-        self._started = False
+    def __init__(self, workers: int = 2, window: int | None = None):
+        self.workers = max(1, int(workers))
+        self.window = window or 4 * self.workers  # tasks in flight: bounds the driver's memory
+        self.job = None
+        self._pool = None
 
     def __enter__(self):
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        import ray
-        import ray.data
-
-        if not ray.is_initialized():
-            runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-                [_package_root()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}}
-            if self.address:
-                ray.init(address=self.address, runtime_env=runtime_env, log_to_driver=self.progress,
-                         configure_logging=False)
-            else:
-                ray.init(num_cpus=self.workers, include_dashboard=False, _node_ip_address="127.0.0.1",
-                         object_store_memory=self.object_store_mb << 20, runtime_env=runtime_env,
-                         log_to_driver=self.progress, configure_logging=False)
-            self._started = True
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = self.progress
-        ctx.print_on_execution_start = self.progress
-        if not self.progress:
-            import logging
-
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-        self.parallel = max(1, int(ray.cluster_resources().get("CPU", self.workers)))
         return self
 
-    def __exit__(self, *exc):
-        if self._started:
-            import ray
-
-            ray.shutdown()
+    def __exit__(self, exc_type, *exc):
+        self._close(abort=exc_type is not None)
         return False
 
     def put(self, job):
-        import ray
-
+        self._close()
         self.job = job
-        self._ref = [ray.put(job)]
 
-    def _blocks_ds(self, blocks):
-        import ray.data
+    def _close(self, abort: bool = False):
+        """Stop the pool: after its tasks (a pass done), or at once (an error or Ctrl-C: what the running
+        tasks would still write is thrown away anyway, and the next build clears their temporary files)."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if not abort:
+            pool.shutdown(wait=True, cancel_futures=True)
+            return
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # (3.11 has no terminate_workers())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.join(10)
 
-        items = [{"fi": int(fi), "bi": int(bi)} for fi, bi in blocks]
-        return ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * self.parallel)))
+    def _run(self, fn, tasks):
+        """fn(*args) for each args of tasks on the pool, results in task order, at most `window` in flight."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_init_worker, initargs=(self.job, os.getpid()))
+        pending = deque()
+        try:
+            for args in tasks:
+                pending.append(self._pool.submit(fn, *args))
+                if len(pending) >= self.window:
+                    yield _result(pending.popleft())
+            while pending:
+                yield _result(pending.popleft())
+        finally:
+            for f in pending:
+                f.cancel()
 
     def check(self, source):
-        import ray.data
-
-        # The read (decompress + split lines) is light: a fraction of a CPU, and not fused with the checks,
-        # so the blocks of one big file spread over every worker.
-        ds = ray.data.read_datasource(_source_datasource(source), num_cpus=0.25).map_batches(
-            _check_batch, fn_args=(self._ref,), batch_size=1, batch_format="numpy")
-        for row in ds.iter_rows():
-            yield json.loads(row["result"])
+        return self._run(_check_task, ((block,) for fi in range(len(source.paths)) for block in source.blocks(fi)))
 
     def map(self, fn, blocks):
-        if not blocks:
-            return
-        ds = self._blocks_ds(blocks).map_batches(_map_batch, fn_args=(self._ref, fn.__name__), batch_size=1,
-                                                 batch_format="numpy")
-        for row in ds.iter_rows():
-            yield pickle.loads(row["result"])
+        return self._run(_map_task, ((fn, b) for b in blocks))
 
     def write(self, blocks):
-        if not blocks or not (self.job.stems >= 0).any():
-            return
-        ds = self._blocks_ds(blocks).map_batches(_expand_batch, fn_args=(self._ref,), batch_size=1,
-                                                 batch_format="numpy")
-        ds = ds.groupby("bucket").map_groups(_write_group, fn_args=(self._ref,), batch_format="numpy")
-        for row in ds.iter_rows():
-            yield str(row["stem"]), int(row["n"])
+        clear_partitions(self.job)
+        for _ in self._run(_scatter_task, ((b,) for b in blocks)):
+            pass  # every block scattered before any shard is written
+        for done in self._run(_write_part_task, enumerate(partitions(self.job))):
+            yield from done
 
 
-def make_engine(workers: int = 1, ray_address: str | None = None, progress: bool = False):
-    """RayEngine for workers > 1 or a cluster address (argument or RAY_ADDRESS), else LocalEngine."""
-    address = ray_address or os.environ.get("RAY_ADDRESS") or None
-    if address or workers > 1:
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            print("note: ray is not installed; building in this process (pip install 'ray[data]')",
-                  file=sys.stderr)
-            return LocalEngine()
-        return RayEngine(workers, address, progress)
-    return LocalEngine()
+def _result(future):
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise RuntimeError("a worker process of the build died (killed by the system, e.g. out of memory, or "
+                           "crashed); the published dataset is untouched and a re-run resumes") from None

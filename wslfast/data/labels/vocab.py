@@ -27,7 +27,7 @@ from typing import Iterable, Mapping
 
 from ...errors import DataError
 
-__all__ = ["HashtagVocabulary", "normalize_hashtag", "NounIndex", "noun_index"]
+__all__ = ["HashtagVocabulary", "normalize_hashtag", "NounIndex", "noun_index", "check_schema"]
 
 _FORMAT = "wslfast-hashtag-vocabulary"
 # WordNet's noun detachment rules (morph(7WN)), in its order.
@@ -103,6 +103,65 @@ class NounIndex:
         return _reader(self._wn_corpus).synset_from_pos_and_offset("n", offset)
 
 
+def check_schema(d) -> None:
+    """ValueError naming the first field of a saved vocabulary (`HashtagVocabulary.to_dict()`) that is
+    wrong: the format tag and version; `synsets` and `wnids` non-empty lists of distinct non-empty strings,
+    one wnid per synset; `hashtags` a non-empty object {hashtag: label} with integer labels (not booleans,
+    floats or strings) in [0, len(synsets)); `counts` null or one non-negative integer per label; `source`
+    a string. Time and memory: one pass over the table."""
+    if not isinstance(d, dict) or d.get("format") != _FORMAT:
+        raise ValueError(f"not a wslfast hashtag vocabulary (missing format tag {_FORMAT!r})")
+    if d.get("version", 1) != 1:
+        raise ValueError(f"vocabulary version {d.get('version')!r} is not 1, the version this wslfast reads")
+    for key in ("synsets", "wnids", "hashtags"):
+        if key not in d:
+            raise ValueError(f"field {key!r} is missing")
+    labels = _distinct_names(d["synsets"], "synsets")
+    if len(_distinct_names(d["wnids"], "wnids")) != len(labels):
+        raise ValueError(f"'wnids' has {len(d['wnids'])} entries, 'synsets' {len(labels)}: one wnid per synset")
+    table = d["hashtags"]
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"'hashtags' must be a non-empty object {{hashtag: label}}, got {_kind(table)}")
+    for tag, label in table.items():
+        if not tag:
+            raise ValueError("'hashtags' has an empty hashtag")
+        if not _is_int(label) or not 0 <= label < len(labels):
+            raise ValueError(f"hashtag {tag!r} has label {label!r}: labels are integers in [0, {len(labels)})")
+    counts = d.get("counts")
+    if counts is not None and (not isinstance(counts, list) or len(counts) != len(labels)
+                               or not all(_is_int(n) and n >= 0 for n in counts)):
+        raise ValueError(f"'counts' must be null or {len(labels)} non-negative integers (one per label), got "
+                         f"{_kind(counts)}")
+    if not isinstance(d.get("source", ""), str):
+        raise ValueError(f"'source' must be a string, got {_kind(d['source'])}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is no label
+
+
+def _kind(v) -> str:
+    """How a wrong JSON value is named in a message: short, whatever its size."""
+    if isinstance(v, list):
+        return f"a list of {len(v)}"
+    if isinstance(v, dict):
+        return f"an object of {len(v)} keys"
+    return f"{type(v).__name__} {v!r}"[:80]
+
+
+def _distinct_names(v, key: str) -> list:
+    if not isinstance(v, list) or not v:
+        raise ValueError(f"{key!r} must be a non-empty list of strings, got {_kind(v)}")
+    first: dict = {}
+    for i, name in enumerate(v):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{key!r}[{i}] must be a non-empty string, got {_kind(name)}")
+        if name in first:
+            raise ValueError(f"{key!r} lists {name!r} twice (labels {first[name]} and {i})")
+        first[name] = i
+    return v
+
+
 @functools.lru_cache(maxsize=None)
 def _noun_index(corpus: str) -> NounIndex:
     return NounIndex(corpus)
@@ -124,7 +183,7 @@ class HashtagVocabulary:
         if counts is not None and len(counts) != len(synsets):
             raise ValueError("HashtagVocabulary: counts must have one entry per label")
         for tag, label in hashtags.items():
-            if not isinstance(label, int) or not 0 <= label < len(synsets):
+            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(synsets):
                 raise ValueError(f"HashtagVocabulary: hashtag {tag!r} has label {label!r} outside [0, {len(synsets)})")
         self.synsets, self.wnids, self.source = list(synsets), list(wnids), source
         self.counts = list(counts) if counts is not None else None
@@ -239,10 +298,10 @@ class HashtagVocabulary:
 
     @classmethod
     def from_dict(cls, d: dict) -> "HashtagVocabulary":
-        if not isinstance(d, dict) or d.get("format") != _FORMAT:
-            raise ValueError("not a wslfast hashtag vocabulary (missing format tag)")
-        return cls(d["synsets"], d["wnids"], {k: int(v) for k, v in d["hashtags"].items()}, d.get("counts"),
-                   d.get("source", "wordnet-nouns"))
+        """The vocabulary of a `to_dict()` (a saved vocab.json, a manifest's "vocab"); ValueError naming the
+        first field that breaks the schema (`check_schema`)."""
+        check_schema(d)
+        return cls(d["synsets"], d["wnids"], d["hashtags"], d.get("counts"), d.get("source", "wordnet-nouns"))
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -252,16 +311,21 @@ class HashtagVocabulary:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "HashtagVocabulary":
+        """A saved vocabulary; DataError (one line naming the file and the field) for anything else: a
+        folder, a file that is not JSON, or JSON that breaks the schema (`check_schema`)."""
+        if os.path.isdir(path):
+            raise DataError(f"vocabulary {str(path)!r} is a folder, not a vocabulary file (from `python -m "
+                            f"wslfast.data vocab --out FILE`)")
         with open(path, encoding="utf-8") as f:
             try:
                 data = json.load(f)
-            except (ValueError, UnicodeDecodeError) as e:  # not JSON: name the file, not just the parser's line
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:  # name the file, not just the parser's line
                 raise DataError(f"vocabulary {str(path)!r} is not a JSON vocabulary file ({e})") from None
         try:
             return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as e:
+        except ValueError as e:
             raise DataError(f"vocabulary {str(path)!r} is not a wslfast vocabulary (from `python -m "
-                             f"wslfast.data vocab`): {e!r}") from None
+                            f"wslfast.data vocab`): {e}") from None
 
     def __eq__(self, other) -> bool:
         return isinstance(other, HashtagVocabulary) and self.to_dict() == other.to_dict()
