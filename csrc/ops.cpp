@@ -23,8 +23,14 @@ TORCH_LIBRARY(wslfast, m) {
   // Differentiable ops (autograd registered in C++, csrc/soft_ce/soft_ce_autograd.cpp); both return the per-row loss
   // l_i = sum_j w_ij (lse_i - z_i[t_ij]) and lse_i, which the backward reuses.
   m.def("soft_ce(Tensor logits, Tensor indices, Tensor offsets, Tensor weights) -> (Tensor loss, Tensor lse)");
+  // The same reduced in the op ("sum", or "mean" over the rows with targets): a 0-dim loss, lse, and norm (0-dim
+  // float32: the mean's divisor, 1 for the sum), which the backward divides the upstream gradient by; on CUDA
+  // the whole forward is two kernel launches and the backward one.
+  m.def("soft_ce_reduced(Tensor logits, Tensor indices, Tensor offsets, Tensor weights, str reduction)"
+        " -> (Tensor loss, Tensor lse, Tensor norm)");
+  // grad_rows: [B], any stride (0 broadcasts one value); divided by norm when given.
   m.def("soft_ce_backward(Tensor grad_rows, Tensor logits, Tensor lse, Tensor indices, Tensor offsets,"
-        " Tensor weights, int col_begin) -> Tensor");
+        " Tensor weights, int col_begin, Tensor? norm=None) -> Tensor");
   // z = features @ weight.T + bias, worked through `chunk_size` classes at a time, never [B, V] at once.
   m.def("linear_soft_ce(Tensor features, Tensor weight, Tensor? bias, Tensor indices, Tensor offsets,"
         " Tensor weights, int chunk_size) -> (Tensor loss, Tensor lse)");

@@ -11,6 +11,7 @@
 #endif
 
 #include <cstdlib>
+#include <optional>
 
 #include "soft_ce.h"
 #include "soft_ce_cpu.h"
@@ -62,14 +63,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cpu(
   return forward_cpu_impl(z, indices.contiguous(), offsets.contiguous(), weights.contiguous(), col_begin);
 }
 
+void check_norm(const char* op, const std::optional<at::Tensor>& norm, const at::Tensor& logits) {
+  if (!norm.has_value()) return;
+  TORCH_CHECK(norm->numel() == 1 && norm->is_floating_point(), op, ": norm must be one floating value, got ",
+              norm->scalar_type(), " of shape ", norm->sizes());
+  TORCH_CHECK(norm->device() == logits.device(), op, ": norm must be on ", logits.device());
+}
+
 at::Tensor backward_cpu(const at::Tensor& grad_rows, const at::Tensor& logits, const at::Tensor& lse,
                         const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
-                        int64_t col_begin) {
+                        int64_t col_begin, const std::optional<at::Tensor>& norm) {
   const at::Tensor z = check_inputs("soft_ce_backward", logits, indices, offsets, weights, col_begin);
   check_row_tensor("soft_ce_backward", "grad_rows", grad_rows, z);
   check_row_tensor("soft_ce_backward", "lse", lse, z);
+  check_norm("soft_ce_backward", norm, z);
   const auto acc = acc_type(z);
-  return backward_cpu_impl(grad_rows.to(acc).contiguous(), z, lse.to(at::kDouble).contiguous(), indices.contiguous(),
+  at::Tensor g = grad_rows.to(acc);
+  if (norm.has_value()) g = g / norm->reshape({}).to(acc);
+  return backward_cpu_impl(g.contiguous(), z, lse.to(at::kDouble).contiguous(), indices.contiguous(),
                            offsets.contiguous(), weights.contiguous(), col_begin);
 }
 
@@ -97,7 +108,9 @@ int64_t splits_for(int64_t rows, int64_t cols) {
 // The CUDA kernels need no host-side check of the targets' CSR structure (that would cost a sync per call):
 // they clamp every read into the targets and give rows whose targets are not canonical NaN results, which
 // the training loop's finite-loss check (the one sync per step it has anyway) turns into a skipped step.
-// SparseTargets validates on construction, so the public API never gets there.
+// SparseTargets validates on construction, so the public API never gets there. Nothing here launches a
+// kernel but the launchers (allocations are the caching allocator's; the inputs are contiguous already in
+// every call the public API makes), so a forward is 2 launches and a backward 1.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda_op(
     const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
     int64_t col_begin) {
@@ -117,20 +130,70 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_cuda_op(
   return {mx, se, td, ws};
 }
 
+// loss [B] (kNone) or 0-dim, lse [B] float64, norm 0-dim float32 (reductions only).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_cuda_op(const char* op, const at::Tensor& logits,
+                                                            const at::Tensor& indices, const at::Tensor& offsets,
+                                                            const at::Tensor& weights, Reduction reduction) {
+  const at::Tensor z = check_inputs(op, logits, indices, offsets, weights, 0);
+  const auto dt = dtype_of(z);
+  const c10::cuda::CUDAGuard guard(z.device());
+  const int64_t rows = z.size(0), splits = splits_for(rows, z.size(1));
+  const bool none = reduction == Reduction::kNone;
+  const auto f32 = z.options().dtype(at::kFloat);
+  at::Tensor loss = none ? at::empty({rows}, f32) : at::empty({}, f32);
+  at::Tensor lse = at::empty({rows}, z.options().dtype(at::kDouble));
+  at::Tensor norm = none ? at::Tensor() : at::empty({}, f32);
+  at::Tensor work = at::empty({4 * rows * splits}, z.options().dtype(at::kDouble));
+  const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
+  loss_cuda(dt, z.const_data_ptr(), rows, z.size(1), z.stride(0), targets_of(ids, offs, w), splits, reduction,
+            rows > 0 ? work.data_ptr<double>() : nullptr, lse.data_ptr<double>(), loss.data_ptr<float>(),
+            none ? nullptr : norm.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
+  return {loss, lse, norm};
+}
+
+std::tuple<at::Tensor, at::Tensor> soft_ce_cuda_op(const at::Tensor& logits, const at::Tensor& indices,
+                                                   const at::Tensor& offsets, const at::Tensor& weights) {
+  auto [loss, lse, norm] = loss_cuda_op("soft_ce", logits, indices, offsets, weights, Reduction::kNone);
+  return {loss, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_ce_reduced_cuda_op(const at::Tensor& logits,
+                                                                       const at::Tensor& indices,
+                                                                       const at::Tensor& offsets,
+                                                                       const at::Tensor& weights,
+                                                                       c10::string_view reduction) {
+  TORCH_CHECK(reduction == "sum" || reduction == "mean", "soft_ce_reduced: reduction must be 'sum' or 'mean', got '",
+              reduction, "'");
+  return loss_cuda_op("soft_ce_reduced", logits, indices, offsets, weights,
+                      reduction == "mean" ? Reduction::kMean : Reduction::kSum);
+}
+
+// The gradient in the logits' 16-byte phase (a few elements of slack in front when the logits do not start on
+// a 16-byte boundary), so that every row of contiguous logits runs vector loads and stores alike.
+at::Tensor grad_in_phase_of(const at::Tensor& z) {
+  const int64_t rows = z.size(0), cols = z.size(1), es = z.element_size();
+  const int64_t phase = static_cast<int64_t>(reinterpret_cast<uintptr_t>(z.const_data_ptr()) & 15) / es;
+  if (phase == 0 || rows * cols == 0) return at::empty({rows, cols}, z.options());
+  return at::empty({rows * cols + 16 / es}, z.options()).narrow(0, phase, rows * cols).view({rows, cols});
+}
+
 at::Tensor backward_cuda_op(const at::Tensor& grad_rows, const at::Tensor& logits, const at::Tensor& lse,
                             const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
-                            int64_t col_begin) {
+                            int64_t col_begin, const std::optional<at::Tensor>& norm) {
   const at::Tensor z = check_inputs("soft_ce_backward", logits, indices, offsets, weights, col_begin);
   check_row_tensor("soft_ce_backward", "grad_rows", grad_rows, z);
   check_row_tensor("soft_ce_backward", "lse", lse, z);
+  check_norm("soft_ce_backward", norm, z);
   const auto dt = dtype_of(z);
   const c10::cuda::CUDAGuard guard(z.device());
-  at::Tensor grad = at::empty({z.size(0), z.size(1)}, z.options());
-  const at::Tensor g = grad_rows.to(at::kFloat).contiguous(), L = lse.to(at::kDouble).contiguous();
+  at::Tensor grad = grad_in_phase_of(z);
+  // Any stride, 0 included (the gradient of a sum arrives expanded): read in place, no copy.
+  const at::Tensor g = grad_rows.to(at::kFloat), L = lse.to(at::kDouble).contiguous();
+  const at::Tensor nf = norm.has_value() ? norm->to(at::kFloat) : at::Tensor();
   const at::Tensor ids = indices.contiguous(), offs = offsets.contiguous(), w = weights.contiguous();
-  backward_cuda(dt, g.const_data_ptr<float>(), z.const_data_ptr(), z.size(0), z.size(1), z.stride(0),
-                L.const_data_ptr<double>(), col_begin, targets_of(ids, offs, w), splits_for(z.size(0), z.size(1)),
-                grad.data_ptr(), grad.stride(0),
+  const GradRows gr{g.const_data_ptr<float>(), g.stride(0), norm.has_value() ? nf.const_data_ptr<float>() : nullptr};
+  backward_cuda(dt, gr, z.const_data_ptr(), z.size(0), z.size(1), z.stride(0), L.const_data_ptr<double>(), col_begin,
+                targets_of(ids, offs, w), splits_for(z.size(0), z.size(1)), grad.data_ptr(), grad.stride(0),
                 c10::cuda::getCurrentCUDAStream().stream());
   return grad;
 }
@@ -144,8 +207,12 @@ TORCH_LIBRARY_IMPL(wslfast, CPU, m) {
 }
 
 #ifdef WSLFAST_WITH_CUDA
+// soft_ce and soft_ce_reduced are CompositeExplicitAutograd (soft_ce_composite.cpp) for the CPU; these CUDA
+// kernels take precedence on CUDA tensors.
 TORCH_LIBRARY_IMPL(wslfast, CUDA, m) {
   m.impl("soft_ce_partials", &forward_cuda_op);
+  m.impl("soft_ce", &soft_ce_cuda_op);
+  m.impl("soft_ce_reduced", &soft_ce_reduced_cuda_op);
   m.impl("soft_ce_backward", &backward_cuda_op);
 }
 #endif

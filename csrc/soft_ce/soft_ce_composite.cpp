@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <limits>
+#include <optional>
 
 namespace wslfast::soft_ce {
 namespace {
@@ -28,8 +29,9 @@ at::Tensor backward_kernel(const at::Tensor& grad_rows, const at::Tensor& logits
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("wslfast::soft_ce_backward", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
-  return op.call(grad_rows, logits, lse, indices, offsets, weights, col_begin);
+                                         const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                         const std::optional<at::Tensor>&)>();
+  return op.call(grad_rows, logits, lse, indices, offsets, weights, col_begin, std::nullopt);
 }
 
 // loss_i = W_i * lse_i - dot_i, and exactly 0 for rows without targets (W_i = 0), whatever lse is.
@@ -40,6 +42,24 @@ std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_max, const at::T
   at::Tensor lse = row_max + at::log(row_sumexp);
   at::Tensor loss = at::where(weight_sum == 0, at::zeros_like(lse), weight_sum * lse - target_dot);
   return {loss.to(loss_dtype), lse};
+}
+
+bool is_mean(c10::string_view reduction, const char* op) {
+  TORCH_CHECK(reduction == "sum" || reduction == "mean", op, ": reduction must be 'sum' or 'mean', got '", reduction,
+              "'");
+  return reduction == "mean";
+}
+
+// The sum of the float64 row losses (then the loss dtype), or that sum over max(1, rows with targets), and the
+// divisor as norm (float32; 1 for the sum): what the CUDA kernel computes, in ATen ops (the CPU's path).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> reduce_rows(const at::Tensor& loss_rows64, const at::Tensor& lse,
+                                                           const at::Tensor& offsets, bool mean,
+                                                           at::ScalarType loss_dtype) {
+  at::Tensor norm = mean ? at::count_nonzero(offsets.diff()).clamp_min(1).to(at::kFloat)
+                         : at::ones({}, loss_rows64.options().dtype(at::kFloat));
+  at::Tensor total = loss_rows64.sum();
+  if (mean) total = total / norm;
+  return {total.to(loss_dtype), lse, norm};
 }
 
 at::ScalarType loss_dtype_of(const at::Tensor& t) {
@@ -59,6 +79,15 @@ std::tuple<at::Tensor, at::Tensor> soft_ce(const at::Tensor& logits, const at::T
                                            const at::Tensor& offsets, const at::Tensor& weights) {
   auto [mx, se, td, ws] = partials(logits, indices, offsets, weights, 0);
   return finish(mx, se, td, ws, loss_dtype_of(logits));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_ce_reduced(const at::Tensor& logits, const at::Tensor& indices,
+                                                               const at::Tensor& offsets, const at::Tensor& weights,
+                                                               c10::string_view reduction) {
+  const bool mean = is_mean(reduction, "soft_ce_reduced");
+  auto [mx, se, td, ws] = partials(logits, indices, offsets, weights, 0);
+  auto [loss_rows, lse] = finish(mx, se, td, ws, at::kDouble);
+  return reduce_rows(loss_rows, lse, offsets, mean, loss_dtype_of(logits));
 }
 
 void check_linear(const at::Tensor& features, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -137,6 +166,7 @@ std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>> linear_soft_ce_bac
 
 TORCH_LIBRARY_IMPL(wslfast, CompositeExplicitAutograd, m) {
   m.impl("soft_ce", &soft_ce);
+  m.impl("soft_ce_reduced", &soft_ce_reduced);
   m.impl("linear_soft_ce", &linear_soft_ce);
   m.impl("linear_soft_ce_backward", &linear_soft_ce_backward);
 }
