@@ -164,15 +164,21 @@ def model_case(lib, B, V, k, dtype, reduction, sms, after):
 
 def linear_launches(chunks, splits, dtype, bias, after):
     """Launches of one linear_soft_target_cross_entropy(mean) forward+backward, read off the composite
-    (soft_ce_composite.cpp): per chunk a GEMM, the partials kernel(s) and the online merge's ATen ops."""
+    (soft_ce_composite.cpp) and ATen's CUDA dispatch (a stack of n tensors is one cat launch per 128)."""
     low = dtype != "float32"
-    fwd = 1 + 3  # full(-inf) + three zeros
-    fwd += chunks * (1 + 1 + (splits > 1) + 12 + 1)  # (add)mm, partials (+merge), merge_chunk's 12 ops, dot.add_
-    fwd += 8 + 6  # finish's ATen ops, Python's mean (sum, diff, ne + sum, clamp_, div)
-    per_chunk_bwd = 1 + (0 if after else 1) + 1 + (2 if low else 1) + 1 + (2 if bias else 0)
-    # (add)mm recompute, [grad_rows copy: before], backward kernel, grad_features (mm + add_ | addmm_),
-    # grad_weight mm_out, grad_bias sum + copy
-    bwd = 2 + 1 + chunks * per_chunk_bwd + (1 if low else 0)  # seed, DivBackward, zeros(grad_features), .to()
+    fp32_sum = low and chunks > 1  # the feature gradient accumulates in fp32 over several chunks
+    if not after:  # main: an online merge of ATen ops per chunk, then finish and Python's mean
+        fwd = 1 + 3 + chunks * (1 + 1 + (splits > 1) + 12 + 1) + 8 + 6
+        # per chunk: (add)mm recompute, grad_rows copy, backward kernel, grad_features (mm + add_ | addmm_),
+        # grad_weight mm_out, grad_bias sum + copy; seed, DivBackward, zeros(grad_features), .to() for bf16
+        per_chunk = 1 + 1 + 1 + (2 if low else 1) + 1 + (2 if bias else 0)
+        return fwd, 2 + 1 + chunks * per_chunk + (1 if low else 0)
+    # per chunk a GEMM and the row kernel (+ its split merge); then one stack and one finish (the mean inside)
+    fwd = chunks * (2 + (splits > 1)) + -(-4 * chunks // 128) + 1
+    # seed; per chunk GEMM recompute, backward kernel (upstream read in place), grad_weight, grad_bias (sum_out),
+    # grad_features: mm (+ to(fp32) first | add_ later) or addmm_; the final .to() when accumulated in fp32
+    bwd = 1 + chunks * (1 + 1 + 1 + (1 if bias else 0))
+    bwd += (1 + fp32_sum) + (chunks - 1) * (2 if fp32_sum else 1) + fp32_sum
     return fwd, bwd
 
 

@@ -10,6 +10,7 @@
 #include "../common/torch_dtype.h"
 #endif
 
+#include <cmath>
 #include <cstdlib>
 #include <optional>
 
@@ -82,6 +83,65 @@ at::Tensor backward_cpu(const at::Tensor& grad_rows, const at::Tensor& logits, c
   if (norm.has_value()) g = g / norm->reshape({}).to(acc);
   return backward_cpu_impl(g.contiguous(), z, lse.to(at::kDouble).contiguous(), indices.contiguous(),
                            offsets.contiguous(), weights.contiguous(), col_begin);
+}
+
+// "none" | "sum" | "mean" (the ops' str argument) as the kernels' Reduction.
+Reduction reduction_of(c10::string_view reduction, const char* op) {
+  TORCH_CHECK(reduction == "none" || reduction == "sum" || reduction == "mean", op,
+              ": reduction must be 'none', 'sum' or 'mean', got '", reduction, "'");
+  return reduction == "none" ? Reduction::kNone : (reduction == "sum" ? Reduction::kSum : Reduction::kMean);
+}
+
+void check_finish_inputs(const at::Tensor& parts, const at::Tensor& offsets, at::ScalarType loss_dtype) {
+  TORCH_CHECK(parts.dim() == 3 && parts.size(0) == 4 && parts.size(1) >= 1 && parts.scalar_type() == at::kDouble,
+              "soft_ce_finish: parts must be float64 [4, P >= 1, B], got ", parts.scalar_type(), " of shape ",
+              parts.sizes());
+  TORCH_CHECK(offsets.dim() == 1 && offsets.scalar_type() == at::kLong && offsets.numel() == parts.size(2) + 1,
+              "soft_ce_finish: offsets must be int64 [B+1] = [", parts.size(2) + 1, "], got ", offsets.scalar_type(),
+              " of shape ", offsets.sizes());
+  TORCH_CHECK(offsets.device() == parts.device(), "soft_ce_finish: parts and offsets must be on one device");
+  TORCH_CHECK(loss_dtype == at::kFloat || loss_dtype == at::kDouble,
+              "soft_ce_finish: loss_dtype must be float32 or float64, got ", loss_dtype);
+}
+
+// The CPU finish, in float64 throughout (the kernels merge (max, sum of exp) in fp32): per row the parts'
+// online merge in part order (NaN stays NaN), lse = max + log(sum), loss = W * lse - dot (0 where W = 0); the
+// reduction in row order.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_cpu(const at::Tensor& parts_in, const at::Tensor& offsets_in,
+                                                          c10::string_view reduction, at::ScalarType loss_dtype) {
+  check_finish_inputs(parts_in, offsets_in, loss_dtype);
+  const Reduction red = reduction_of(reduction, "soft_ce_finish");
+  const at::Tensor parts = parts_in.contiguous(), offsets = offsets_in.contiguous();
+  const int64_t P = parts.size(1), B = parts.size(2);
+  const double* pm = parts.const_data_ptr<double>();
+  const double *ps = pm + P * B, *pd = ps + P * B, *pw = pd + P * B;
+  const int64_t* off = offsets.const_data_ptr<int64_t>();
+  const auto f64 = parts.options();
+  at::Tensor lse = at::empty({B}, f64), rows = at::empty({B}, f64);
+  double* L = lse.data_ptr<double>();
+  double* l = rows.data_ptr<double>();
+  double total = 0.0;
+  int64_t with_targets = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    double m = -INFINITY, s = 0.0, dot = 0.0;
+    for (int64_t p = 0; p < P; ++p) {
+      const double mp = pm[p * B + r], sp = ps[p * B + r];
+      const double mn = std::isnan(m) ? m : ((std::isnan(mp) || mp > m) ? mp : m);
+      if (mn != -INFINITY) {  // both empty (or all -inf): nothing to add
+        s = (m == -INFINITY ? 0.0 : s * std::exp(m - mn)) + (mp == -INFINITY ? 0.0 : sp * std::exp(mp - mn));
+        m = mn;
+      }
+      dot += pd[p * B + r];
+    }
+    const double W = pw[r];
+    L[r] = m + std::log(s);
+    l[r] = W == 0.0 ? 0.0 : W * L[r] - dot;
+    total += l[r];
+    with_targets += off[r + 1] != off[r];
+  }
+  if (red == Reduction::kNone) return {rows.to(loss_dtype), lse, at::ones({}, f64.dtype(at::kFloat))};
+  const double d = red == Reduction::kMean && with_targets > 1 ? static_cast<double>(with_targets) : 1.0;
+  return {at::scalar_tensor(total / d, f64.dtype(loss_dtype)), lse, at::scalar_tensor(d, f64.dtype(at::kFloat))};
 }
 
 #ifdef WSLFAST_WITH_CUDA
@@ -162,10 +222,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> soft_ce_reduced_cuda_op(const at:
                                                                        const at::Tensor& offsets,
                                                                        const at::Tensor& weights,
                                                                        c10::string_view reduction) {
-  TORCH_CHECK(reduction == "sum" || reduction == "mean", "soft_ce_reduced: reduction must be 'sum' or 'mean', got '",
-              reduction, "'");
-  return loss_cuda_op("soft_ce_reduced", logits, indices, offsets, weights,
-                      reduction == "mean" ? Reduction::kMean : Reduction::kSum);
+  const Reduction red = reduction_of(reduction, "soft_ce_reduced");
+  TORCH_CHECK(red != Reduction::kNone, "soft_ce_reduced: reduction must be 'sum' or 'mean', got 'none'");
+  return loss_cuda_op("soft_ce_reduced", logits, indices, offsets, weights, red);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> finish_cuda_op(const at::Tensor& parts_in, const at::Tensor& offsets_in,
+                                                              c10::string_view reduction, at::ScalarType loss_dtype) {
+  check_finish_inputs(parts_in, offsets_in, loss_dtype);
+  TORCH_CHECK(loss_dtype == at::kFloat, "soft_ce_finish (CUDA): loss_dtype must be float32");
+  const Reduction red = reduction_of(reduction, "soft_ce_finish");
+  const c10::cuda::CUDAGuard guard(parts_in.device());
+  const at::Tensor parts = parts_in.contiguous(), offsets = offsets_in.contiguous();
+  const int64_t P = parts.size(1), B = parts.size(2);
+  const auto f32 = parts.options().dtype(at::kFloat);
+  at::Tensor loss = red == Reduction::kNone ? at::empty({B}, f32) : at::empty({}, f32);
+  at::Tensor lse = at::empty({B}, parts.options()), norm = at::empty({}, f32);
+  finish_cuda(parts.const_data_ptr<double>(), B, P, offsets.const_data_ptr<int64_t>(), red, lse.data_ptr<double>(),
+              loss.data_ptr<float>(), norm.data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
+  return {loss, lse, norm};
 }
 
 // The gradient in the logits' 16-byte phase (a few elements of slack in front when the logits do not start on
@@ -203,6 +278,7 @@ at::Tensor backward_cuda_op(const at::Tensor& grad_rows, const at::Tensor& logit
 
 TORCH_LIBRARY_IMPL(wslfast, CPU, m) {
   m.impl("soft_ce_partials", &forward_cpu);
+  m.impl("soft_ce_finish", &finish_cpu);
   m.impl("soft_ce_backward", &backward_cpu);
 }
 
@@ -213,6 +289,7 @@ TORCH_LIBRARY_IMPL(wslfast, CUDA, m) {
   m.impl("soft_ce_partials", &forward_cuda_op);
   m.impl("soft_ce", &soft_ce_cuda_op);
   m.impl("soft_ce_reduced", &soft_ce_reduced_cuda_op);
+  m.impl("soft_ce_finish", &finish_cuda_op);
   m.impl("soft_ce_backward", &backward_cuda_op);
 }
 #endif

@@ -41,6 +41,13 @@ void loss_cuda(DType dtype, const void* logits, int64_t rows, int64_t cols, int6
                int64_t splits, Reduction reduction, double* workspace, double* lse, float* loss, float* norm,
                CUstream_st* stream);
 
+// The loss from partials already computed: parts [4][num_parts][rows] float64 (max, sum of exp, target dot,
+// weight; merged in part order, the weight taken from part 0), as the row kernel writes them, one part per
+// split or per vocabulary chunk. Writes lse and loss as loss_cuda does (one launch); norm may be null for kNone
+// (else it gets 1).
+void finish_cuda(const double* parts, int64_t rows, int64_t num_parts, const int64_t* offsets, Reduction reduction,
+                 double* lse, float* loss, float* norm, CUstream_st* stream);
+
 // The upstream gradient of row i: values[i * stride] / (norm ? norm[0] : 1). stride 0 broadcasts one value
 // (the gradient of a sum or mean, without materialising it per row).
 struct GradRows {

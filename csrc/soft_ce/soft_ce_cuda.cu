@@ -80,7 +80,7 @@ __device__ __forceinline__ int64_t row_head(const T* p) {
 
 // Block (row, split) reduces columns [c0, c1) of the row (split_range_peeled): a scalar head up to the row's
 // first 16-byte boundary, 16-byte vectors, a scalar tail, so every row of any stride reads its aligned middle
-// in vectors. Partials go to [row * splits + split] of the four outputs. Rows whose targets are not canonical
+// in vectors. Partials go to [split * rows + row] of the four outputs. Rows whose targets are not canonical
 // get NaN partials (so a NaN loss: the flag the caller's finite-loss check reads), and nothing outside the
 // targets or the row is ever read.
 template <typename T>
@@ -123,7 +123,7 @@ forward_kernel(const T* __restrict__ logits, int64_t cols, int64_t row_stride, i
   dot = block_sum(dot, scratch_d);
   wsum = block_sum(wsum, scratch_d);
   if (threadIdx.x == 0) {
-    const int64_t o = row * splits + sp;
+    const int64_t o = sp * rows + row;
     row_max[o] = ok ? st.m : NAN;  // exact: an element of the row
     row_sumexp[o] = ok ? st.s : NAN;
     target_dot[o] = ok ? dot : NAN;
@@ -131,19 +131,20 @@ forward_kernel(const T* __restrict__ logits, int64_t cols, int64_t row_stride, i
   }
 }
 
-// A row's partials (part: 4 arrays of rows * splits, as forward_kernel writes them) merged in split order.
+// A row's partials merged in part order. part: [4][parts][rows] (max, sum of exp, target dot, weight), as
+// forward_kernel writes them (a part is a split, or a chunk of the vocabulary of the fused linear loss).
 struct RowTotals {
   MaxSum st;
   double dot, wsum;
 };
 
-__device__ RowTotals merge_parts(const double* __restrict__ part, int64_t rows, int64_t splits, int64_t row) {
-  const int64_t n = rows * splits;
-  const double* p = part + row * splits;
-  RowTotals t{max_sum_empty(), 0.0, p[3 * n]};  // every split sums all of the row's weights; split 0's
-  for (int64_t sp = 0; sp < splits; ++sp) {
-    merge(t.st, MaxSum{static_cast<float>(p[sp]), static_cast<float>(p[n + sp])});
-    t.dot += p[2 * n + sp];
+__device__ RowTotals merge_parts(const double* __restrict__ part, int64_t rows, int64_t parts, int64_t row) {
+  const int64_t n = rows * parts;
+  const double* p = part + row;
+  RowTotals t{max_sum_empty(), 0.0, p[3 * n]};  // every part sums all of the row's weights; part 0's
+  for (int64_t sp = 0; sp < parts; ++sp) {
+    merge(t.st, MaxSum{static_cast<float>(p[sp * rows]), static_cast<float>(p[n + sp * rows])});
+    t.dot += p[2 * n + sp * rows];
   }
   return t;
 }
@@ -164,7 +165,8 @@ __global__ void merge_kernel(const double* __restrict__ part, int64_t rows, int6
 // without target weight, whatever lse is). kReduce: ONE block sums the rows' losses (float64, each thread its
 // rows in order, then the block's fixed-order tree: bit for bit repeatable) and counts the rows with targets;
 // loss[0] = sum, or sum / max(count, 1) for the mean, norm[0] = that divisor (1 for the sum), which the
-// backward divides the upstream gradient by. Otherwise loss[row] per row, on as many blocks as it takes.
+// backward divides the upstream gradient by. Otherwise loss[row] per row, on as many blocks as it takes (and
+// norm[0] = 1 when asked for).
 template <bool kReduce>
 __global__ void __launch_bounds__(kMaxThreads)
 finish_kernel(const double* __restrict__ part, int64_t rows, int64_t splits, const int64_t* __restrict__ offsets,
@@ -180,6 +182,7 @@ finish_kernel(const double* __restrict__ part, int64_t rows, int64_t splits, con
     if constexpr (kReduce) total += l;
     else loss[r] = static_cast<float>(l);
   }
+  if (!kReduce && norm != nullptr && blockIdx.x == 0 && threadIdx.x == 0) norm[0] = 1.f;
   if constexpr (kReduce) {
     // counted in a loop of its own: fewer values live across the float64 log's call (no spill)
     for (int64_t r = threadIdx.x; mean && r < rows; r += blockDim.x) with_targets += offsets[r + 1] != offsets[r];
@@ -299,7 +302,7 @@ void check_element_aligned(const void* p, const char* name) {
     throw std::invalid_argument(std::string("wslfast soft_ce (CUDA): ") + name + " is not aligned to its element size");
 }
 
-// The row kernel: partials of block (row, split) at [row * splits + split] of out[0..3].
+// The row kernel: partials of block (row, split) at [split * rows + row] of out[0..3].
 template <typename T>
 void launch_forward(const void* logits, int64_t rows, int64_t cols, int64_t row_stride, int64_t col_begin,
                     Targets tg, int64_t splits, double* const (&out)[4], cudaStream_t stream) {
@@ -330,6 +333,26 @@ void forward_typed(const void* logits, int64_t rows, int64_t cols, int64_t row_s
   }
 }
 
+void finish_launch(const double* parts, int64_t rows, int64_t num_parts, const int64_t* offsets, Reduction reduction,
+                   double* lse, float* loss, float* norm, cudaStream_t stream) {
+  if (num_parts < 1 || (rows > 0 && parts == nullptr))
+    throw std::invalid_argument("wslfast soft_ce (CUDA): the finish needs 4 * rows * num_parts partials, num_parts >= 1");
+  if (reduction == Reduction::kNone) {
+    if (rows == 0 && norm == nullptr) return;  // nothing to write
+    constexpr int kThreads = 256;
+    const int64_t blocks = rows == 0 ? 1 : (rows + kThreads - 1) / kThreads;
+    finish_kernel<false><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(parts, rows, num_parts, offsets, false,
+                                                                              lse, loss, norm);
+  } else {
+    // One block, sized by the rows alone (so the order of the sum is too).
+    const int64_t want = (rows + 31) / 32 * 32;
+    const int threads = static_cast<int>(want < 32 ? 32 : (want > kMaxThreads ? kMaxThreads : want));
+    finish_kernel<true><<<1, threads, 0, stream>>>(parts, rows, num_parts, offsets, reduction == Reduction::kMean,
+                                                   lse, loss, norm);
+  }
+  check_launch("loss finish");
+}
+
 template <typename T>
 void loss_typed(const void* logits, int64_t rows, int64_t cols, int64_t row_stride, Targets tg, int64_t splits,
                 Reduction reduction, double* workspace, double* lse, float* loss, float* norm, cudaStream_t stream) {
@@ -341,19 +364,7 @@ void loss_typed(const void* logits, int64_t rows, int64_t cols, int64_t row_stri
     double* const parts[4] = {workspace, workspace + n, workspace + 2 * n, workspace + 3 * n};
     launch_forward<T>(logits, rows, cols, row_stride, 0, tg, splits, parts, stream);
   }
-  if (reduction == Reduction::kNone) {
-    if (rows == 0) return;
-    constexpr int kThreads = 256;
-    finish_kernel<false><<<static_cast<unsigned>((rows + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-        workspace, rows, splits, tg.offsets, false, lse, loss, norm);
-  } else {
-    // One block, sized by the rows alone (so the order of the sum is too).
-    const int64_t want = (rows + 31) / 32 * 32;
-    const int threads = static_cast<int>(want < 32 ? 32 : (want > kMaxThreads ? kMaxThreads : want));
-    finish_kernel<true><<<1, threads, 0, stream>>>(workspace, rows, splits, tg.offsets,
-                                                   reduction == Reduction::kMean, lse, loss, norm);
-  }
-  check_launch("loss finish");
+  finish_launch(workspace, rows, splits, tg.offsets, reduction, lse, loss, norm, stream);
 }
 
 template <typename T>
@@ -395,6 +406,11 @@ void loss_cuda(DType dtype, const void* logits, int64_t rows, int64_t cols, int6
                CUstream_st* stream) {
   WSLFAST_SOFT_CE_DTYPE_SWITCH(dtype, T, loss_typed<T>(logits, rows, cols, row_stride, targets, splits, reduction,
                                                        workspace, lse, loss, norm, stream));
+}
+
+void finish_cuda(const double* parts, int64_t rows, int64_t num_parts, const int64_t* offsets, Reduction reduction,
+                 double* lse, float* loss, float* norm, CUstream_st* stream) {
+  finish_launch(parts, rows, num_parts, offsets, reduction, lse, loss, norm, stream);
 }
 
 void backward_cuda(DType dtype, GradRows grad_rows, const void* logits, int64_t rows, int64_t cols,

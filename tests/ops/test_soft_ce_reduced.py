@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from wslfast.ops import SparseTargets, soft_target_cross_entropy
+from wslfast.ops import SparseTargets, linear_soft_target_cross_entropy, soft_target_cross_entropy
 
 from soft_ce_reference import dense_target, reference_loss
 
@@ -112,3 +112,62 @@ def test_a_fused_forward_backward_dispatches_nothing_else_that_launches(reductio
     ours = [o for o in seen.ops if o.startswith("wslfast.")]
     assert ours == ["wslfast.soft_ce" if reduction == "none" else "wslfast.soft_ce_reduced", "wslfast.soft_ce_backward"]
     assert [o for o in seen.ops if not o.startswith("wslfast.") and o not in _NO_LAUNCH] == around
+
+
+def test_finish_merges_parts_in_order_like_one_logsumexp():
+    """soft_ce_finish over the partials of three column chunks equals the loss over the whole row, with NaN,
+    all -inf chunks and rows without targets."""
+    rows = [[1, 9], [], [4], [0, 11], [2]]
+    logits, t, dense = case(5, 12, rows, seed=5)
+    logits[1, 10] = float("nan")       # row without targets: loss 0, lse NaN
+    logits[3, :4] = float("-inf")      # an all -inf chunk, and a target on -inf: loss inf
+    logits[4, 8:] = float("-inf")
+    parts = [ops().soft_ce_partials(logits[:, c:c + 4], t.indices, t.offsets, t.weights, c) for c in (0, 4, 8)]
+    stacked = torch.stack([p[i] for i in range(4) for p in parts]).view(4, 3, 5)
+    loss, lse, norm = ops().soft_ce_finish(stacked, t.offsets, "none", torch.float64)
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1), equal_nan=True)
+    whole, _ = ops().soft_ce(logits, t.indices, t.offsets, t.weights)  # one part: the whole row
+    torch.testing.assert_close(loss, whole)
+    finite = [0, 2]  # the dense reference's 0 * -inf is NaN in rows 3 and 4
+    torch.testing.assert_close(loss[finite], reference_loss(logits, dense, "none")[finite])
+    assert loss[1] == 0 and loss[3] == float("inf") and torch.isfinite(loss[4]) and norm.item() == 1.0
+    mean, _, norm = ops().soft_ce_finish(stacked, t.offsets, "mean", torch.float32)
+    assert mean.dtype == torch.float32 and norm.item() == 4.0 and mean.item() == float("inf")
+
+
+def test_finish_refuses_bad_parts():
+    offsets = torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match=r"float64 \[4, P >= 1, B\]"):
+        ops().soft_ce_finish(torch.zeros(3, 1, 1, dtype=torch.float64), offsets, "sum", torch.float32)
+    with pytest.raises(RuntimeError, match="offsets must be int64"):
+        ops().soft_ce_finish(torch.zeros(4, 1, 2, dtype=torch.float64), offsets, "sum", torch.float32)
+    with pytest.raises(RuntimeError, match="reduction must be"):
+        ops().soft_ce_finish(torch.zeros(4, 1, 1, dtype=torch.float64), offsets, "avg", torch.float32)
+
+
+def test_opcheck_linear_reduced_and_finish():
+    g = torch.Generator().manual_seed(7)
+    t = SparseTargets.from_lists([[1, 2], [], [0], [29]], 30)
+    f, w, b = torch.randn(4, 6, generator=g), torch.randn(30, 6, generator=g), torch.randn(30, generator=g)
+    args = (f.requires_grad_(), w.requires_grad_(), b.requires_grad_(), t.indices, t.offsets, t.weights, 8, "mean")
+    torch.library.opcheck(ops().linear_soft_ce_reduced.default, args)
+    z = torch.randn(4, 30, generator=g)
+    chunks = [ops().soft_ce_partials(z[:, c:c + 10], t.indices, t.offsets, t.weights, c) for c in (0, 10, 20)]
+    parts = torch.stack([p[i] for i in range(4) for p in chunks]).view(4, 3, 4)
+    for red in ("none", "sum", "mean"):
+        torch.library.opcheck(ops().soft_ce_finish.default, (parts, t.offsets, red, torch.float32))
+
+
+@pytest.mark.parametrize("chunk", [30, 8])
+def test_linear_fused_forward_backward_dispatches_nothing_else_that_launches(chunk):
+    """On CUDA the linear op is per chunk one GEMM and one row kernel, then one stack and one finish launch;
+    its backward per chunk a GEMM, the row kernel and three GEMM/sum launches. Around them only the seed."""
+    g = torch.Generator().manual_seed(8)
+    t = SparseTargets.from_lists([[1, 2], [], [0], [29]], 30)
+    leaves = [torch.randn(4, 6, generator=g).requires_grad_(), torch.randn(30, 6, generator=g).requires_grad_(),
+              torch.randn(30, generator=g).requires_grad_()]
+    with _Dispatched() as seen:
+        linear_soft_target_cross_entropy(*leaves, t, "mean", chunk_size=chunk).backward()
+    assert [o for o in seen.ops if o.startswith("wslfast.")] == ["wslfast.linear_soft_ce_reduced",
+                                                                 "wslfast.linear_soft_ce_backward"]
+    assert [o for o in seen.ops if not o.startswith("wslfast.") and o not in _NO_LAUNCH] == ["aten.ones_like"]

@@ -58,8 +58,22 @@ def _linear_fake(features, weight, bias, indices, offsets, weights, chunk_size):
             features.new_empty((rows,), dtype=torch.float64))
 
 
+@torch.library.register_fake("wslfast::linear_soft_ce_reduced")
+def _linear_reduced_fake(features, weight, bias, indices, offsets, weights, chunk_size, reduction):
+    rows = features.shape[0]
+    return (features.new_empty((), dtype=_acc_dtype(features)), features.new_empty((rows,), dtype=torch.float64),
+            features.new_empty((), dtype=torch.float32))
+
+
+@torch.library.register_fake("wslfast::soft_ce_finish")
+def _finish_fake(parts, offsets, reduction, loss_dtype):
+    rows = parts.shape[2]
+    return (parts.new_empty((rows,) if reduction == "none" else (), dtype=loss_dtype),
+            parts.new_empty((rows,), dtype=torch.float64), parts.new_empty((), dtype=torch.float32))
+
+
 @torch.library.register_fake("wslfast::linear_soft_ce_backward")
-def _linear_backward_fake(grad_rows, features, weight, bias, lse, indices, offsets, weights, chunk_size):
+def _linear_backward_fake(grad_rows, features, weight, bias, lse, indices, offsets, weights, chunk_size, norm=None):
     grad_bias = None if bias is None else bias.new_empty(bias.shape)
     return features.new_empty(features.shape), weight.new_empty(weight.shape), grad_bias
 
@@ -89,16 +103,6 @@ def _check_float(name: str, t, fn: str, dims: int) -> None:
         raise TypeError(f"{fn}: {name} must be float32, bfloat16 or float16, got {t.dtype}")
     if t.dim() != dims:
         raise ValueError(f"{fn}: {name} must be {dims}-D, got shape {tuple(t.shape)}")
-
-
-def _reduce(loss_rows: torch.Tensor, targets: SparseTargets, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return loss_rows
-    total = loss_rows.sum()
-    if reduction == "sum":
-        return total
-    # rows with at least one target
-    return total / torch.count_nonzero(targets.offsets.diff()).clamp_(min=1)
 
 
 def _check_reduction(reduction: str, fn: str) -> None:
@@ -148,6 +152,8 @@ def linear_soft_target_cross_entropy(features: torch.Tensor, weight: torch.Tenso
         chunk_size = default_chunk_size(features.shape[0], weight.shape[0], features.dtype)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}")
-    loss_rows, _ = torch.ops.wslfast.linear_soft_ce(features, weight, bias, targets.indices, targets.offsets,
-                                                    targets.weights, chunk_size)
-    return _reduce(loss_rows, targets, reduction)
+    if reduction == "none":
+        return torch.ops.wslfast.linear_soft_ce(features, weight, bias, targets.indices, targets.offsets,
+                                                targets.weights, chunk_size)[0]
+    return torch.ops.wslfast.linear_soft_ce_reduced(features, weight, bias, targets.indices, targets.offsets,
+                                                    targets.weights, chunk_size, reduction)[0]
