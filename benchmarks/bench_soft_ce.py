@@ -148,11 +148,19 @@ def mem_probe(spec):
     print(cpu_peak_extra_bytes(lambda: impls[impl](*leaves).backward(), reset))
 
 
+# Odd vocabularies (rows not a multiple of 16 bytes: the kernels peel a scalar head and tail per row); in the
+# GPU goal run they come last and time wslfast alone, against the even neighbours above them.
+ODD_GOAL_VOCABS = (1531, 17011, 131073)
+
+
 def cases_for(device, full, goal=False):
     if goal:  # the shapes the goals are stated at, k = 3: quick enough for the one-call GPU session
         Bs, Vs = ((32, 256), (1500, 17000, 131072, 1_000_000)) if device.type == "cuda" else ((256,), (1500, 17000))
         dtype = "bfloat16" if device.type == "cuda" else "float32"
-        return [dict(B=B, V=V, k=3, dtype=dtype) for B in Bs for V in Vs], []
+        plain = [dict(B=B, V=V, k=3, dtype=dtype) for B in Bs for V in Vs]
+        if device.type == "cuda":
+            plain += [dict(B=B, V=V, k=3, dtype=dtype) for B in Bs for V in ODD_GOAL_VOCABS]
+        return plain, []
     if device.type == "cuda" or full:
         plain = [dict(B=B, V=V, k=k) for B in (256, 1024, 4096) for V in (1500, 17000, 131072, 1_000_000)
                  for k in (1, 3, 10)]
@@ -180,6 +188,8 @@ def run_kind(kind, cases, device, args, records):
             continue
         impls = (plain_impls(targets, dense, case["k"], device, not args.no_compile) if kind == "plain"
                  else linear_impls(targets, dense, case["k"], device))
+        if args.goal and kind == "plain" and case["V"] in ODD_GOAL_VOCABS:
+            impls = {"wslfast": impls["wslfast"]}  # the time box: the baselines ran at the even V
         for name, fn in impls.items():
             # CPU: many repeats of the millisecond plain cases, few of the seconds-long linear ones
             repeats = args.repeats or (20 if device.type == "cuda" else (15 if kind == "plain" else 3))

@@ -23,18 +23,31 @@ TORCH_LIBRARY(wslfast, m) {
   // Differentiable ops (autograd registered in C++, csrc/soft_ce/soft_ce_autograd.cpp); both return the per-row loss
   // l_i = sum_j w_ij (lse_i - z_i[t_ij]) and lse_i, which the backward reuses.
   m.def("soft_ce(Tensor logits, Tensor indices, Tensor offsets, Tensor weights) -> (Tensor loss, Tensor lse)");
+  // The same reduced in the op ("sum", or "mean" over the rows with targets): a 0-dim loss, lse, and norm (0-dim
+  // float32: the mean's divisor, 1 for the sum), which the backward divides the upstream gradient by; on CUDA
+  // the whole forward is two kernel launches and the backward one.
+  m.def("soft_ce_reduced(Tensor logits, Tensor indices, Tensor offsets, Tensor weights, str reduction)"
+        " -> (Tensor loss, Tensor lse, Tensor norm)");
+  // grad_rows: [B], any stride (0 broadcasts one value); divided by norm when given.
   m.def("soft_ce_backward(Tensor grad_rows, Tensor logits, Tensor lse, Tensor indices, Tensor offsets,"
-        " Tensor weights, int col_begin) -> Tensor");
+        " Tensor weights, int col_begin, Tensor? norm=None) -> Tensor");
   // z = features @ weight.T + bias, worked through `chunk_size` classes at a time, never [B, V] at once.
   m.def("linear_soft_ce(Tensor features, Tensor weight, Tensor? bias, Tensor indices, Tensor offsets,"
         " Tensor weights, int chunk_size) -> (Tensor loss, Tensor lse)");
+  m.def("linear_soft_ce_reduced(Tensor features, Tensor weight, Tensor? bias, Tensor indices, Tensor offsets,"
+        " Tensor weights, int chunk_size, str reduction) -> (Tensor loss, Tensor lse, Tensor norm)");
   m.def("linear_soft_ce_backward(Tensor grad_rows, Tensor features, Tensor weight, Tensor? bias, Tensor lse,"
-        " Tensor indices, Tensor offsets, Tensor weights, int chunk_size) -> (Tensor, Tensor, Tensor?)");
+        " Tensor indices, Tensor offsets, Tensor weights, int chunk_size, Tensor? norm=None)"
+        " -> (Tensor, Tensor, Tensor?)");
   // The kernel both build on. `logits` holds classes [col_begin, col_begin + C) of the vocabulary; per
   // row it returns max_c z_c, sum_c exp(z_c - max), sum_j w_j z[t_j] over targets inside the block, and
   // the row's total target weight. soft_ce_backward writes g_i * (W_i * exp(z - lse_i) - target_ic).
   m.def("soft_ce_partials(Tensor logits, Tensor indices, Tensor offsets, Tensor weights, int col_begin)"
         " -> (Tensor row_max, Tensor row_sumexp, Tensor target_dot, Tensor weight_sum)");
+  // The loss from P parts' partials stacked as float64 [4, P, B] (merged in part order; the weight from part
+  // 0): loss ([B] for "none", else 0-dim) in loss_dtype, lse, norm (the mean's divisor; 1 otherwise).
+  m.def("soft_ce_finish(Tensor parts, Tensor offsets, str reduction, ScalarType loss_dtype)"
+        " -> (Tensor loss, Tensor lse, Tensor norm)");
   // Fused conv2d (no bias, dilation 1) + BatchNorm + optional ReLU (csrc/conv_bn); autograd registered in
   // wslfast/ops/conv_bn.py. Training returns the conv output z and the batch mean and biased variance
   // (float32, float64 for float64 x) for the backward; the caller updates the running statistics.

@@ -43,18 +43,21 @@ def fresh(t, device, dtype, memory_format=torch.contiguous_format):
 def soft_ce_cases(device):
     gen = torch.Generator().manual_seed(0)
     # splits: blocks per row of the CUDA kernels (the split-vocabulary path at 3; CPU ignores it)
-    for V, splits in ((257, "1"), (17011, "1"), (17011, "3")):
+    # V = 1531 "view": logits one column into a wider tensor (rows start off the 16-byte grid, row stride V + 1),
+    # the peeled vector path; "mean" and "none" as well as "sum" (the finish kernel's three ways)
+    for V, splits, view, red in ((1531, "1", True, "mean"), (17011, "1", False, "none"), (17011, "3", True, "sum")):
         os.environ["WSLFAST_SOFT_CE_SPLITS"] = splits
         rows = [[], [3], [1, 1, 5], list(range(0, V, max(1, V // 40)))]
         targets = SparseTargets.from_lists(rows, num_classes=V)
-        logits = torch.randn(len(rows), V, generator=gen) * 3
+        logits = torch.randn(len(rows), V + view, generator=gen) * 3
         for dtype, rel in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
             outs = {}
             for dev in ("cpu", device):
-                z = fresh(logits, dev, dtype)
-                loss = soft_target_cross_entropy(z, targets.to(dev), "sum")
-                loss.backward()
-                outs[dev] = (loss, z.grad)
+                leaf = fresh(logits, dev, dtype)
+                z = leaf[:, 1:] if view else leaf
+                loss = soft_target_cross_entropy(z, targets.to(dev), red)
+                (loss.sum() if red == "none" else loss).backward()
+                outs[dev] = (loss, leaf.grad)
             close(f"soft_ce V={V} splits={splits} {dtype} loss", outs[device][0], outs["cpu"][0], rel)
             close(f"soft_ce V={V} splits={splits} {dtype} grad", outs[device][1], outs["cpu"][1], rel)
     os.environ.pop("WSLFAST_SOFT_CE_SPLITS")

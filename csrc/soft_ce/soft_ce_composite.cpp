@@ -1,17 +1,21 @@
 // The differentiable soft-target cross-entropy ops, built device-agnostically from the kernels:
-// soft_ce (whole logits) and linear_soft_ce (the classifier fused in, chunked over the vocabulary so the
-// [B, V] logits never exist; extra memory O(B x chunk)). Registered as CompositeExplicitAutograd; their
-// autograd lives in soft_ce_autograd.cpp (C++, the Autograd key).
+// soft_ce / soft_ce_reduced (whole logits; on CUDA their own two-launch kernels in soft_ce.cpp take
+// precedence) and linear_soft_ce(_reduced) (the classifier fused in, chunked over the vocabulary so the [B, V]
+// logits never exist; extra memory O(B x chunk)). Each is partials per part (one part per chunk), stacked,
+// then one soft_ce_finish: on CUDA a forward is a GEMM and a row kernel a chunk, plus two launches.
+// Registered as CompositeExplicitAutograd; their autograd lives in soft_ce_autograd.cpp (C++, the Autograd key).
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
-#include <limits>
+#include <optional>
+#include <vector>
 
 namespace wslfast::soft_ce {
 namespace {
 
 using Partials = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Tensor3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
 Partials partials(const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets,
                   const at::Tensor& weights, int64_t col_begin) {
@@ -22,43 +26,57 @@ Partials partials(const at::Tensor& logits, const at::Tensor& indices, const at:
   return op.call(logits, indices, offsets, weights, col_begin);
 }
 
+Tensor3 finish(const at::Tensor& parts, const at::Tensor& offsets, c10::string_view reduction,
+               at::ScalarType loss_dtype) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("wslfast::soft_ce_finish", "")
+                       .typed<Tensor3(const at::Tensor&, const at::Tensor&, c10::string_view, at::ScalarType)>();
+  return op.call(parts, offsets, reduction, loss_dtype);
+}
+
 at::Tensor backward_kernel(const at::Tensor& grad_rows, const at::Tensor& logits, const at::Tensor& lse,
                            const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
-                           int64_t col_begin) {
+                           int64_t col_begin, const std::optional<at::Tensor>& norm) {
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("wslfast::soft_ce_backward", "")
                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t)>();
-  return op.call(grad_rows, logits, lse, indices, offsets, weights, col_begin);
-}
-
-// loss_i = W_i * lse_i - dot_i, and exactly 0 for rows without targets (W_i = 0), whatever lse is.
-// Partials and lse are float64 (the subtraction cancels); the loss comes back in fp32 (fp64 for fp64).
-std::tuple<at::Tensor, at::Tensor> finish(const at::Tensor& row_max, const at::Tensor& row_sumexp,
-                                          const at::Tensor& target_dot, const at::Tensor& weight_sum,
-                                          at::ScalarType loss_dtype) {
-  at::Tensor lse = row_max + at::log(row_sumexp);
-  at::Tensor loss = at::where(weight_sum == 0, at::zeros_like(lse), weight_sum * lse - target_dot);
-  return {loss.to(loss_dtype), lse};
+                                         const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                         const std::optional<at::Tensor>&)>();
+  return op.call(grad_rows, logits, lse, indices, offsets, weights, col_begin, norm);
 }
 
 at::ScalarType loss_dtype_of(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Online-softmax merge of a chunk's (max, sumexp) into the running pair, in place.
-void merge_chunk(at::Tensor& run_max, at::Tensor& run_sum, const at::Tensor& mx, const at::Tensor& se) {
-  const at::Tensor new_max = at::maximum(run_max, mx);
-  const at::Tensor empty = new_max == -std::numeric_limits<double>::infinity();
-  const at::Tensor safe = at::where(empty, at::zeros_like(new_max), new_max);
-  run_sum = at::where(empty, run_sum, run_sum * at::exp(run_max - safe) + se * at::exp(mx - safe));
-  run_max = new_max;
+// The parts' four per-row partials stacked as [4, P, B] (max, sum of exp, dot, weight; part-major), what
+// soft_ce_finish takes: one copy launch for all of them.
+at::Tensor stack_parts(const std::vector<Partials>& parts) {
+  std::vector<at::Tensor> all;
+  all.reserve(4 * parts.size());
+  for (int i = 0; i < 4; ++i)
+    for (const auto& p : parts) all.push_back(i == 0 ? std::get<0>(p) : i == 1 ? std::get<1>(p) : i == 2 ? std::get<2>(p) : std::get<3>(p));
+  const int64_t rows = std::get<0>(parts.front()).size(0);
+  return at::stack(all).view({4, static_cast<int64_t>(parts.size()), rows});
+}
+
+Tensor3 soft_ce_any(const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets,
+                    const at::Tensor& weights, c10::string_view reduction) {
+  return finish(stack_parts({partials(logits, indices, offsets, weights, 0)}), offsets, reduction,
+                loss_dtype_of(logits));
 }
 
 std::tuple<at::Tensor, at::Tensor> soft_ce(const at::Tensor& logits, const at::Tensor& indices,
                                            const at::Tensor& offsets, const at::Tensor& weights) {
-  auto [mx, se, td, ws] = partials(logits, indices, offsets, weights, 0);
-  return finish(mx, se, td, ws, loss_dtype_of(logits));
+  auto [loss, lse, norm] = soft_ce_any(logits, indices, offsets, weights, "none");
+  return {loss, lse};
+}
+
+Tensor3 soft_ce_reduced(const at::Tensor& logits, const at::Tensor& indices, const at::Tensor& offsets,
+                        const at::Tensor& weights, c10::string_view reduction) {
+  TORCH_CHECK(reduction == "sum" || reduction == "mean", "soft_ce_reduced: reduction must be 'sum' or 'mean', got '",
+              reduction, "'");
+  return soft_ce_any(logits, indices, offsets, weights, reduction);
 }
 
 void check_linear(const at::Tensor& features, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
@@ -85,65 +103,89 @@ at::Tensor chunk_logits(const at::Tensor& features, const at::Tensor& weight, co
   return at::mm(features, w.t());
 }
 
+// Each chunk's partials are kept ([B] x 4 a chunk: O(B x V / chunk) in all, not O(B x V)) and merged once, in
+// chunk order, by soft_ce_finish.
+Tensor3 linear_any(const at::Tensor& features, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                   const at::Tensor& indices, const at::Tensor& offsets, const at::Tensor& weights,
+                   int64_t chunk_size, c10::string_view reduction) {
+  check_linear(features, weight, bias, chunk_size);
+  const int64_t V = weight.size(0);
+  std::vector<Partials> parts;
+  for (int64_t c0 = 0; c0 < V; c0 += chunk_size) {
+    const int64_t n = std::min(chunk_size, V - c0);
+    parts.push_back(partials(chunk_logits(features, weight, bias, c0, n), indices, offsets, weights, c0));
+  }
+  if (parts.empty())  // V = 0: one empty part (no classes: max -inf, no target term)
+    parts.push_back(partials(features.new_empty({features.size(0), 0}), indices, offsets, weights, 0));
+  return finish(stack_parts(parts), offsets, reduction, loss_dtype_of(features));
+}
+
 std::tuple<at::Tensor, at::Tensor> linear_soft_ce(const at::Tensor& features, const at::Tensor& weight,
                                                   const c10::optional<at::Tensor>& bias, const at::Tensor& indices,
                                                   const at::Tensor& offsets, const at::Tensor& weights,
                                                   int64_t chunk_size) {
-  check_linear(features, weight, bias, chunk_size);
-  const int64_t V = weight.size(0);
-  const auto opts = features.options().dtype(at::kDouble);
-  at::Tensor run_max = at::full({features.size(0)}, -std::numeric_limits<double>::infinity(), opts);
-  at::Tensor run_sum = at::zeros({features.size(0)}, opts);
-  at::Tensor dot = at::zeros({features.size(0)}, opts), wsum = at::zeros({features.size(0)}, opts);
-  for (int64_t c0 = 0; c0 < V; c0 += chunk_size) {
-    const int64_t n = std::min(chunk_size, V - c0);
-    auto [mx, se, td, ws] = partials(chunk_logits(features, weight, bias, c0, n), indices, offsets, weights, c0);
-    merge_chunk(run_max, run_sum, mx, se);
-    dot.add_(td);
-    wsum = ws;
-  }
-  return finish(run_max, run_sum, dot, wsum, loss_dtype_of(features));
+  auto [loss, lse, norm] = linear_any(features, weight, bias, indices, offsets, weights, chunk_size, "none");
+  return {loss, lse};
 }
 
-// Recomputes each chunk's logits (as cut-cross-entropy does) so the backward holds O(B x chunk) too.
+Tensor3 linear_soft_ce_reduced(const at::Tensor& features, const at::Tensor& weight,
+                               const c10::optional<at::Tensor>& bias, const at::Tensor& indices,
+                               const at::Tensor& offsets, const at::Tensor& weights, int64_t chunk_size,
+                               c10::string_view reduction) {
+  TORCH_CHECK(reduction == "sum" || reduction == "mean",
+              "linear_soft_ce_reduced: reduction must be 'sum' or 'mean', got '", reduction, "'");
+  return linear_any(features, weight, bias, indices, offsets, weights, chunk_size, reduction);
+}
+
+// Recomputes each chunk's logits (as cut-cross-entropy does) so the backward holds O(B x chunk) too. grad_rows
+// may be a stride-0 view of one value, divided by `norm` in the kernel (the reduced op's gradient).
 std::tuple<at::Tensor, at::Tensor, c10::optional<at::Tensor>> linear_soft_ce_backward(
     const at::Tensor& grad_rows, const at::Tensor& features, const at::Tensor& weight,
     const c10::optional<at::Tensor>& bias, const at::Tensor& lse, const at::Tensor& indices,
-    const at::Tensor& offsets, const at::Tensor& weights, int64_t chunk_size) {
+    const at::Tensor& offsets, const at::Tensor& weights, int64_t chunk_size, const std::optional<at::Tensor>& norm) {
   check_linear(features, weight, bias, chunk_size);
-  const int64_t V = weight.size(0);
+  const int64_t V = weight.size(0), chunks = (V + chunk_size - 1) / chunk_size;
+  // Over several chunks, the feature gradient of bf16/fp16 inputs accumulates in fp32.
   const bool low_precision = features.scalar_type() != at::kFloat && features.scalar_type() != at::kDouble;
-  // The feature gradient sums over every chunk: accumulate it in fp32 for bf16/fp16 inputs.
-  at::Tensor grad_features = at::zeros(features.sizes(), features.options().dtype(
-      low_precision ? at::kFloat : features.scalar_type()));
+  const bool fp32_sum = low_precision && chunks > 1;
+  at::Tensor grad_features;
   at::Tensor grad_weight = at::empty_like(weight, at::MemoryFormat::Contiguous);
   c10::optional<at::Tensor> grad_bias;
   if (bias.has_value()) grad_bias = at::empty_like(*bias, at::MemoryFormat::Contiguous);
   for (int64_t c0 = 0; c0 < V; c0 += chunk_size) {
     const int64_t n = std::min(chunk_size, V - c0);
     const at::Tensor gz = backward_kernel(grad_rows, chunk_logits(features, weight, bias, c0, n), lse, indices,
-                                          offsets, weights, c0);
+                                          offsets, weights, c0, norm);
     const at::Tensor w = weight.narrow(0, c0, n);
-    if (low_precision) grad_features.add_(at::mm(gz, w));
+    if (c0 == 0) grad_features = fp32_sum ? at::mm(gz, w).to(at::kFloat) : at::mm(gz, w);
+    else if (fp32_sum) grad_features.add_(at::mm(gz, w));
     else grad_features.addmm_(gz, w);
     at::Tensor gw = grad_weight.narrow(0, c0, n);
     at::mm_out(gw, gz.t(), features);
-    if (grad_bias.has_value()) grad_bias->narrow(0, c0, n).copy_(gz.sum(0, false, at::kFloat));
+    if (grad_bias.has_value()) {  // accumulated in fp32 and rounded once, into the bias's dtype
+      at::Tensor gb = grad_bias->narrow(0, c0, n);
+      at::sum_out(gb, gz, {0});
+    }
   }
-  return {grad_features.to(features.scalar_type()), grad_weight, grad_bias};
+  if (!grad_features.defined()) grad_features = at::zeros_like(features, at::MemoryFormat::Contiguous);  // V = 0
+  return {fp32_sum ? grad_features.to(features.scalar_type()) : grad_features, grad_weight, grad_bias};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(wslfast, CompositeExplicitAutograd, m) {
   m.impl("soft_ce", &soft_ce);
+  m.impl("soft_ce_reduced", &soft_ce_reduced);
   m.impl("linear_soft_ce", &linear_soft_ce);
+  m.impl("linear_soft_ce_reduced", &linear_soft_ce_reduced);
   m.impl("linear_soft_ce_backward", &linear_soft_ce_backward);
 }
 
-// The partials are an internal, non-differentiable building block: autograd passes straight through.
+// The partials and the finish are internal, non-differentiable building blocks: autograd passes straight
+// through.
 TORCH_LIBRARY_IMPL(wslfast, Autograd, m) {
   m.impl("soft_ce_partials", torch::CppFunction::makeFallthrough());
+  m.impl("soft_ce_finish", torch::CppFunction::makeFallthrough());
 }
 
 }  // namespace wslfast::soft_ce

@@ -91,13 +91,40 @@ WSLFAST_HD int64_t choose_splits(int64_t rows, int64_t cols, int64_t sms) {
   return s < 1 ? 1 : s;
 }
 
-// Columns [c0, c1) of split sp out of `splits`: whole units of `unit` columns (a 16-byte vector, or 1),
-// the last split also taking the cols % unit tail. Together the splits cover [0, cols) once.
-WSLFAST_HD void split_range(int64_t cols, int64_t unit, int64_t splits, int64_t sp, int64_t& c0, int64_t& c1) {
-  const int64_t units = cols / unit, per = (units + splits - 1) / splits;
+// ---- 16-byte vectors for any row stride: a scalar head up to the row's first 16-byte boundary, whole vectors,
+// a scalar tail ----
+
+// Elements of `elem_bytes` each from address `addr` up to the next 16-byte boundary (0 when aligned). `addr`
+// must be a multiple of elem_bytes (any tensor element is).
+WSLFAST_HD int64_t head_elems(uint64_t addr, int64_t elem_bytes) {
+  return static_cast<int64_t>((16 - (addr & 15)) & 15) / elem_bytes;
+}
+
+// Columns [c0, c1) of split sp out of `splits` for a row whose first 16-byte boundary is `head` columns in:
+// the columns past the head are shared out in whole units of `unit` (a 16-byte vector, or 1), split 0 also
+// takes the head and the last split the tail. Together the splits cover [0, cols) once, and every split but
+// the first starts on a vector boundary.
+WSLFAST_HD void split_range_peeled(int64_t cols, int64_t head, int64_t unit, int64_t splits, int64_t sp, int64_t& c0,
+                                   int64_t& c1) {
+  const int64_t h = head < cols ? head : cols;
+  const int64_t units = (cols - h) / unit, per = (units + splits - 1) / splits;
   const int64_t u0 = sp * per < units ? sp * per : units, u1 = (sp + 1) * per < units ? (sp + 1) * per : units;
-  c0 = u0 * unit;
-  c1 = sp == splits - 1 ? cols : u1 * unit;
+  c0 = sp == 0 ? 0 : h + u0 * unit;
+  c1 = sp == splits - 1 ? cols : h + u1 * unit;
+}
+
+// The same with the vectors starting at column 0 (rows whose first element is 16-byte aligned).
+WSLFAST_HD void split_range(int64_t cols, int64_t unit, int64_t splits, int64_t sp, int64_t& c0, int64_t& c1) {
+  split_range_peeled(cols, 0, unit, splits, sp, c0, c1);
+}
+
+// How split sp of a row walks its columns [c0, c1): scalars [c0, v0), vectors of `unit` columns [v0, v1)
+// (v0 on the row's 16-byte grid, which starts `head` columns in), scalars [v1, c1). Head and tail pieces are
+// each shorter than one vector.
+WSLFAST_HD void vector_span(int64_t c0, int64_t c1, int64_t head, int64_t unit, int64_t& v0, int64_t& v1) {
+  v0 = c0 > head ? c0 : head;
+  v0 = v0 < c1 ? v0 : c1;
+  v1 = v0 + (c1 - v0) / unit * unit;
 }
 
 }  // namespace wslfast::soft_ce

@@ -39,8 +39,15 @@ def _soft_ce_fake(logits, indices, offsets, weights):
             logits.new_empty((rows,), dtype=torch.float64))
 
 
+@torch.library.register_fake("wslfast::soft_ce_reduced")
+def _soft_ce_reduced_fake(logits, indices, offsets, weights, reduction):
+    rows = logits.shape[0]
+    return (logits.new_empty((), dtype=_acc_dtype(logits)), logits.new_empty((rows,), dtype=torch.float64),
+            logits.new_empty((), dtype=torch.float32))
+
+
 @torch.library.register_fake("wslfast::soft_ce_backward")
-def _soft_ce_backward_fake(grad_rows, logits, lse, indices, offsets, weights, col_begin):
+def _soft_ce_backward_fake(grad_rows, logits, lse, indices, offsets, weights, col_begin, norm=None):
     return logits.new_empty(logits.shape)
 
 
@@ -51,8 +58,22 @@ def _linear_fake(features, weight, bias, indices, offsets, weights, chunk_size):
             features.new_empty((rows,), dtype=torch.float64))
 
 
+@torch.library.register_fake("wslfast::linear_soft_ce_reduced")
+def _linear_reduced_fake(features, weight, bias, indices, offsets, weights, chunk_size, reduction):
+    rows = features.shape[0]
+    return (features.new_empty((), dtype=_acc_dtype(features)), features.new_empty((rows,), dtype=torch.float64),
+            features.new_empty((), dtype=torch.float32))
+
+
+@torch.library.register_fake("wslfast::soft_ce_finish")
+def _finish_fake(parts, offsets, reduction, loss_dtype):
+    rows = parts.shape[2]
+    return (parts.new_empty((rows,) if reduction == "none" else (), dtype=loss_dtype),
+            parts.new_empty((rows,), dtype=torch.float64), parts.new_empty((), dtype=torch.float32))
+
+
 @torch.library.register_fake("wslfast::linear_soft_ce_backward")
-def _linear_backward_fake(grad_rows, features, weight, bias, lse, indices, offsets, weights, chunk_size):
+def _linear_backward_fake(grad_rows, features, weight, bias, lse, indices, offsets, weights, chunk_size, norm=None):
     grad_bias = None if bias is None else bias.new_empty(bias.shape)
     return features.new_empty(features.shape), weight.new_empty(weight.shape), grad_bias
 
@@ -84,16 +105,6 @@ def _check_float(name: str, t, fn: str, dims: int) -> None:
         raise ValueError(f"{fn}: {name} must be {dims}-D, got shape {tuple(t.shape)}")
 
 
-def _reduce(loss_rows: torch.Tensor, targets: SparseTargets, reduction: str) -> torch.Tensor:
-    if reduction == "none":
-        return loss_rows
-    total = loss_rows.sum()
-    if reduction == "sum":
-        return total
-    # rows with at least one target (few small ops: at the paper's 1.5k vocabulary each costs a few % of a call)
-    return total / torch.count_nonzero(targets.offsets.diff()).clamp_(min=1)
-
-
 def _check_reduction(reduction: str, fn: str) -> None:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{fn}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
@@ -106,8 +117,11 @@ def soft_target_cross_entropy(logits: torch.Tensor, targets: SparseTargets,
     _check_reduction(reduction, fn)
     _check_float("logits", logits, fn, 2)
     _check_targets(targets, logits.shape[0], logits.shape[1], logits.device, fn)
-    loss_rows, _ = torch.ops.wslfast.soft_ce(logits, targets.indices, targets.offsets, targets.weights)
-    return _reduce(loss_rows, targets, reduction)
+    if reduction == "none":
+        return torch.ops.wslfast.soft_ce(logits, targets.indices, targets.offsets, targets.weights)[0]
+    # Reduced inside the op (the mean over rows with targets): on CUDA the forward is two kernel launches and
+    # the backward one, where a sum and a mean's few small ops here would cost more launches than the loss.
+    return torch.ops.wslfast.soft_ce_reduced(logits, targets.indices, targets.offsets, targets.weights, reduction)[0]
 
 
 def default_chunk_size(batch: int, num_classes: int, dtype: torch.dtype, budget_bytes: int = 64 << 20) -> int:
@@ -138,6 +152,8 @@ def linear_soft_target_cross_entropy(features: torch.Tensor, weight: torch.Tenso
         chunk_size = default_chunk_size(features.shape[0], weight.shape[0], features.dtype)
     elif isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}")
-    loss_rows, _ = torch.ops.wslfast.linear_soft_ce(features, weight, bias, targets.indices, targets.offsets,
-                                                    targets.weights, chunk_size)
-    return _reduce(loss_rows, targets, reduction)
+    if reduction == "none":
+        return torch.ops.wslfast.linear_soft_ce(features, weight, bias, targets.indices, targets.offsets,
+                                                targets.weights, chunk_size)[0]
+    return torch.ops.wslfast.linear_soft_ce_reduced(features, weight, bias, targets.indices, targets.offsets,
+                                                    targets.weights, chunk_size, reduction)[0]
