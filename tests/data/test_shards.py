@@ -52,8 +52,8 @@ def _members(tar_path):
 def test_skips_are_counted_and_samples_are_right(messy, vocab, tmp_path):
     img, tags = messy
     m = write_shards(img, tags, vocab, tmp_path / "out", shard_size=4, seed=3)
-    assert m["skipped"] == {"bad_record": 0, "video": 0, "missing": 1, "out_of_vocabulary": 1, "not_image": 1,
-                            "corrupt": 1, "duplicate": 0}
+    assert m["skipped"] == {**dict.fromkeys(PL.SKIP_KINDS, 0), "missing": 1, "out_of_vocabulary": 1, "not_image": 1,
+                            "corrupt": 1}
     assert m["num_samples"] == m["num_images"] == 9 and m["reencoded"] == 1
     assert m["num_classes"] == len(vocab) and m["name"] == "train-local-9-" + str(len(vocab))
     files = list_shards(tmp_path / "out")

@@ -89,7 +89,9 @@ def _header(name: str, size: int) -> bytes:
 
 def write_shard(out, stem: str, samples, images_dir, read=None) -> int:
     """Write out/stem.{tar,idx} from samples (key, image, reencode, labels, info), in that order; the
-    image bytes are read here, by the writer (`read(path, reencode)`, default jpeg_bytes). info: a dict, or
+    image bytes are read here, by the writer: `read(images_dir / image, reencode)` (default jpeg_bytes) for
+    a str image, `read(image, reencode)` for anything else a custom `read` takes (the build passes byte
+    ranges of its inputs and of its own re-encoded JPEGs: build/images.py). info: a dict, or
     its JSON (sort_keys) as a str. Returns the number of samples. The bytes are what
     tarfile.open(mode="w", format=USTAR) writes for these members (headers made once, written directly)."""
     out, images_dir = Path(out), Path(images_dir)
@@ -100,7 +102,8 @@ def write_shard(out, stem: str, samples, images_dir, read=None) -> int:
         pos = 0
         for key, image, reencode, labels, info in samples:
             parts = []
-            for ext, data in (("jpg", read(str(images_dir / image), reencode)),
+            src = str(images_dir / image) if isinstance(image, str) else image
+            for ext, data in (("jpg", read(src, reencode)),
                               ("labels", np.asarray(labels, dtype="<i4").tobytes()),
                               ("json", info.encode() if isinstance(info, str)
                                else json.dumps(info, sort_keys=True).encode())):

@@ -1,7 +1,7 @@
 """The per-block steps of the shard build, shared by every engine (see driver.py for the order of passes).
 
 Work is cut into the source's blocks (BLOCK_LINES items of one input), so every step holds one block at a time:
-- `check_block`: items -> records -> labels -> decode-check + pHash (cached by path, size, mtime in
+- `check_block`: items -> records -> labels (tags or caption: labelling.py) -> decode-check + pHash (cached by path, size, mtime in
   `.work/check-F-B.json`) -> dedup lookup; writes the block's usable records to `.work/good-F-B.json` and
   returns counts (skips, label marginal) for the driver to add up;
 - `noise_block`, `weight_block`, `plan_block`: counting passes over the good records (noisy-label marginal,
@@ -18,23 +18,34 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import io
+
 import numpy as np
 from PIL import Image
 
+from .. import format as _format
 from ..format import shard_stem, write_shard
-from ..sources import Block, record_key
+from ..sources import Block, MemberRef, read_member, record_key
 from . import dedup as _dedup
-from .targets import STREAM_SHUFFLE, copies_hashed, hash64, noisy_labels_hashed, weights_fixed
+from .targets import STREAM_SHUFFLE, cap_keep_hashed, copies_hashed, hash64, noisy_labels_hashed, weights_fixed
 
 __all__ = ["Job", "check_image", "check_block", "noise_block", "weight_block", "plan_block", "expand_block",
            "write_bucket", "SKIP_KINDS"]
 
 SKIP_KINDS = ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt", "duplicate")
+SKIP_KINDS += ("not_downloaded", "bad_tar")  # webdataset / img2dataset inputs (sources/webdataset.py)
+MAX_MEMBER_BYTES = 64 << 20  # an image inside a tar larger than this is not read (a damaged size field)
 
 
-def check_image(path: str, want_hash: bool) -> tuple[str | None, bool, int]:
-    """(skip reason or None, needs re-encoding to JPEG, pHash or 0). Decodes the whole image."""
+def check_image(path, want_hash: bool) -> tuple[str | None, bool, int]:
+    """(skip reason or None, needs re-encoding to JPEG, pHash or 0). Decodes the whole image. path: a file,
+    or a MemberRef (bytes inside a tar, one ranged read)."""
     try:
+        if isinstance(path, MemberRef):
+            try:
+                path = io.BytesIO(read_member(path, MAX_MEMBER_BYTES))
+            except ValueError:
+                return "corrupt", False, 0
         with Image.open(path) as im:
             fmt = im.format
             im.load()  # raises on truncated or corrupt data (LOAD_TRUNCATED_IMAGES stays False)
@@ -63,6 +74,8 @@ class Job:
     label_noise: float = 0.0
     sampling: str = "natural"
     index: object = None  # dedup.HashIndex of the reference hashes, or None
+    labeller: object = None  # labelling.RecordLabeller, or None: the hashtags' plain lookup (vocab.label_of)
+    cap: int = 0  # sampling "cap": MetaCLIP's per-label threshold t
     # filled in by the driver between passes
     clean_marginal: np.ndarray | None = None
     noisy_marginal: np.ndarray | None = None
@@ -102,11 +115,11 @@ def _load_json(path: Path):
 def check_block(job: Job, block: Block) -> dict:
     """Pass 1 over one block (see module docstring); returns its counts."""
     fi, bi, fmt = block.file_no, block.block_no, block.kind
-    images = Path(job.images_dir)
+    images = Path(job.images_dir) if job.images_dir else None  # None: the source's images are tar members
     work = Path(job.work_dir)
     want_hash = job.index is not None
     skipped = dict.fromkeys(SKIP_KINDS, 0)
-    h = hashlib.sha256(f"{job.vocab_digest}\0{fmt}\0{images.resolve()}\0".encode())
+    h = hashlib.sha256(f"{job.vocab_digest}\0{fmt}\0{images.resolve() if images else ''}\0".encode())
     for item in block.items:
         h.update(item.encode("utf-8", "surrogateescape") if isinstance(item, str) else bytes(item))
     in_digest = h.hexdigest()
@@ -132,23 +145,25 @@ def check_block(job: Job, block: Block) -> dict:
         if r.skip:
             skipped[r.skip] += 1
             continue
-        labels = labels_of(r.tags)
+        labels = labels_of(r.tags) if job.labeller is None or job.labeller.mode == "lookup" else job.labeller(r)
         if not labels:
             skipped["out_of_vocabulary"] += 1
             continue
-        st = _stat(images / r.image)
+        ref = isinstance(r.image, MemberRef)  # a tar member: its block's digest covers the tar's identity
+        image = r.image.to_list() if ref else r.image
+        st = [r.image.offset, r.image.size] if ref else _stat(images / r.image)
         hit = old.get(str(n))
-        if hit and hit[0] == r.image and st is not None and hit[1] == st and (hit[4] is not None or not want_hash):
+        if hit and hit[0] == image and st is not None and hit[1] == st and (hit[4] is not None or not want_hash):
             reason, reenc, ph = hit[2], hit[3], hit[4]
         else:
-            reason, reenc, ph = check_image(str(images / r.image), want_hash)
+            reason, reenc, ph = check_image(r.image if ref else str(images / r.image), want_hash)
             ph = ph if want_hash else None
             changed = True
-        fresh[str(n)] = [r.image, st, reason, reenc, ph]
+        fresh[str(n)] = [image, st, reason, reenc, ph]
         if reason:
             skipped[reason] += 1
         else:
-            cand.append((record_key(fi, n), r.image, labels, reenc, r.tags, r.meta, st, ph))
+            cand.append((record_key(fi, n), image, labels, reenc, r.tags, r.meta, st, ph))
     if changed or len(fresh) != len(old):
         _atomic_json(cache_path, {"digest": in_digest, "rows": fresh})
     if want_hash and cand:
@@ -201,6 +216,8 @@ def _samples(job: Job, rows):
     keys, flat, lengths = _labels(job, rows)
     if job.sampling == "natural":
         copies = np.ones(keys.size, dtype=np.int64)
+    elif job.sampling == "cap":
+        copies = cap_keep_hashed(keys, flat, lengths, job.noisy_marginal, job.cap, job.seed)
     else:
         w = weights_fixed(flat, lengths, job.noisy_marginal, job.sampling)
         copies = copies_hashed(keys, w, job.num_images, job.weight_total, job.seed)
@@ -233,10 +250,11 @@ def expand_block(job: Job, block) -> dict:
     for i in rec[keep]:
         _, image, _, reenc, tags, meta, _ = rows[i]
         labels = flat[starts[i]:starts[i] + lengths[i]].tolist()
-        out["image"].append(image)
+        out["image"].append(image if isinstance(image, str) else "\0" + json.dumps(image))  # a tar member
         out["reenc"].append(bool(reenc))
         out["labels"].append(json.dumps(labels))
-        out["info"].append(json.dumps({"tags": tags, "image": image, "labels": labels, **meta}, sort_keys=True))
+        shown = image if isinstance(image, str) else f"{image[0]}:{image[3]}"  # tar member: 'url:name'
+        out["info"].append(json.dumps({"tags": tags, "image": shown, "labels": labels, **meta}, sort_keys=True))
     return out
 
 
@@ -244,7 +262,25 @@ def write_bucket(job: Job, bucket: int, skey, image, reenc, labels, info) -> tup
     """Write the shard of one bucket from its samples (any order: sorted here by shuffle key)."""
     k = int(job.stems[int(bucket)])
     order = sorted(range(len(image)), key=lambda i: (int(skey[i]), info[i], labels[i]))
-    samples = [(f"{k:06d}_{j:06d}", image[i], bool(reenc[i]), json.loads(labels[i]), info[i])  # info: JSON already
+    samples = [(f"{k:06d}_{j:06d}", _image_of(image[i]), bool(reenc[i]), json.loads(labels[i]), info[i])  # info: JSON
                for j, i in enumerate(order)]
-    write_shard(job.out_dir, shard_stem(k), samples, job.images_dir)
+    write_shard(job.out_dir, shard_stem(k), samples, job.images_dir or ".", read=_image_bytes)
     return shard_stem(k), len(samples)
+
+
+def _image_of(column: str):
+    """expand_block's image column back: a path under the images folder, or a MemberRef (its JSON list)."""
+    return MemberRef.from_list(json.loads(column[1:])) if column.startswith("\0") else column
+
+
+def _image_bytes(src, reencode: bool) -> bytes:
+    """write_shard's read: a file's bytes (format.jpeg_bytes), or a tar member's, re-encoded if it must be."""
+    if not isinstance(src, MemberRef):
+        return _format.jpeg_bytes(src, reencode)
+    data = read_member(src, MAX_MEMBER_BYTES)
+    if not reencode:
+        return data
+    with Image.open(io.BytesIO(data)) as im:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=95)
+        return buf.getvalue()
