@@ -244,6 +244,18 @@ def _dir_info(name):
     return info
 
 
+def test_old_tars_with_a_signed_checksum_are_read():
+    info = tarfile.TarInfo("caf\xe9.jpg")
+    info.size = 3
+    header = bytearray(info.tobuf(tarfile.USTAR_FORMAT, "latin-1"))
+    header[148:156] = b" " * 8
+    signed = sum(b - 256 if b > 127 else b for b in header)  # what some old tar programs stored
+    header[148:155] = b"%06o\0" % signed
+    data = bytes(header) + b"abc" + bytes(509) + bytes(1024)
+    (m,) = list(iter_members(io.BytesIO(data), len(data)))
+    assert (m.offset, m.size, m.regular) == (512, 3, True)
+
+
 def test_tar_damage_messages():
     with pytest.raises(TarDamage, match="not a tar archive"):
         list(iter_members(io.BytesIO(b"hello" * 200), 1000))

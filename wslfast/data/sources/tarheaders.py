@@ -27,6 +27,7 @@ BLOCK = 512
 MAX_META = 1 << 20  # bytes of a pax header or GNU long name we read; a larger one is damage, not metadata
 _REGULAR = (b"0", b"\0", b"7")  # regular file (old-style NUL), contiguous file
 _SKIP = (b"g", b"K")  # pax global header, GNU long link name: nothing a sample needs
+_HIGH = bytes(range(128, 256))
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,10 @@ def _checksum_ok(header: bytes) -> bool:
         return False
     blanked = header[:148] + b" " * 8 + header[156:]
     unsigned = sum(blanked)
-    signed = sum(b - 256 if b > 127 else b for b in blanked)  # some old tars summed signed chars
-    return want in (unsigned, signed)
+    if want == unsigned:
+        return True
+    high = len(blanked) - len(blanked.translate(None, _HIGH))  # some old tars summed signed chars
+    return want == unsigned - 256 * high
 
 
 def _name(header: bytes) -> str:
