@@ -234,7 +234,8 @@ def test_build_with_cap_matches_brute_force(corpus, vocab, tmp_path):
     kept = np.zeros(len(vocab), dtype=np.int64)
     total = 0
     for key, labels in rows:
-        u = [float(uniform(np.array([key], dtype=np.uint64), seed, STREAM_CAP, np.uint64(s))[0]) for s in range(len(labels))]
+        u = [float(uniform(np.array([key], dtype=np.uint64), seed, STREAM_CAP, np.uint64(s))[0])
+             for s in range(len(labels))]
         if any(ui < min(1.0, t / n[j]) for ui, j in zip(u, labels)):
             kept[labels] += 1
             total += 1

@@ -111,7 +111,8 @@ def test_block_size_does_not_change_records(tmp_path):
     big = _records(WebDataset(expand_urls(str(tmp_path))))
     small_src = WebDataset(expand_urls(str(tmp_path)), block_items=3)
     small = _records(small_src)
-    assert [(fi, n, r.image, r.skip, r.meta) for fi, n, r in big] == [(fi, n, r.image, r.skip, r.meta) for fi, n, r in small]
+    assert [(fi, n, r.image, r.skip, r.meta) for fi, n, r in big] == \
+        [(fi, n, r.image, r.skip, r.meta) for fi, n, r in small]
     assert [len(b.items) for b in small_src.blocks(0)] == [3] * 7 + [2]
     # blocks hold headers and captions, never image bytes
     items = sum(len(i) for b in small_src.blocks(0) for i in b.items)
@@ -144,7 +145,8 @@ def test_memory_filesystem(tmp_path):
         assert [r.skip for _, _, r in got].count("not_downloaded") == 1
         local = _records(WebDataset(expand_urls(W.write_img2dataset(tmp_path, rows, 5, failed=[7]))))
         assert [(n, r.meta, r.skip) for _, n, r in got] == [(n, r.meta, r.skip) for _, n, r in local]
-        assert [read_member(r.image) for _, _, r in got if r.image] == [read_member(r.image) for _, _, r in local if r.image]
+        assert [read_member(r.image) for _, _, r in got if r.image] == \
+            [read_member(r.image) for _, _, r in local if r.image]
     finally:
         fs.rm("/cc12", recursive=True)
 

@@ -53,7 +53,7 @@ from ..sources import Source, TagFiles, WebDataset, expand_inputs
 from ..sources.webdataset import KINDS as WEB_KINDS
 from . import dedup as _dedup
 from .engines import make_engine
-from .labelling import RecordLabeller
+from .labelling import RecordLabeller, release_taggers
 from .passes import SKIP_KINDS, Job, noise_block, plan_block, weight_block
 from .targets import DEFAULT_CAP, SAMPLING_MODES, TARGET_WEIGHTS, idf_class_weights
 
@@ -129,6 +129,7 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                 if progress:
                     print(f"wrote {stem}.tar ({n} samples)", flush=True)
 
+    release_taggers()  # the WordNet tables are not needed past the check pass (a demo trains in this process)
     for p in work.glob("part-*.jsonl"):
         p.unlink()
     source = source or ("YFCC" if checked.formats == {"yfcc"} else
@@ -189,7 +190,8 @@ def _label_options(labeller, sampling, cap, target_weights, job, checked) -> dic
     out = {"labels_from": labeller.describe(), "cap": int(cap) if sampling == "cap" else None,
            "target_weights": target_weights}
     if target_weights == "idf":  # ln(N / df_j) over the images (after noise, before resampling)
-        out["class_weights"] = [round(float(w), 6) for w in idf_class_weights(np.minimum(job.noisy_marginal, checked.num_images), checked.num_images)]
+        df = np.minimum(job.noisy_marginal, checked.num_images)
+        out["class_weights"] = [round(float(w), 6) for w in idf_class_weights(df, checked.num_images)]
     return out
 
 

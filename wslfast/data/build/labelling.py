@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-__all__ = ["RecordLabeller", "KINDS", "SENSES", "count_source"]
+__all__ = ["RecordLabeller", "KINDS", "SENSES", "count_source", "release_taggers", "tagger_reads"]
 
 KINDS = ("tags", "caption")
 SENSES = ("context", "first")
@@ -88,6 +88,16 @@ class RecordLabeller:
                 labels = list(dict.fromkeys(labels + t.tag_labels(record.tags)))
             return labels
         return t.tag_labels(record.tags)
+
+
+def release_taggers() -> None:
+    """Drop this process's taggers and WordNet tables (~270 MB), e.g. when a build ends and training starts in
+    the same process; a later labeller loads them again from the disk cache (~3 s)."""
+    if _TAGGERS:
+        from ..labels import lexicon
+
+        _TAGGERS.clear()
+        lexicon._load.cache_clear()
 
 
 def tagger_reads(vocab) -> bool:

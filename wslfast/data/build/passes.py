@@ -1,9 +1,9 @@
 """The per-block steps of the shard build, shared by every engine (see driver.py for the order of passes).
 
 Work is cut into the source's blocks (BLOCK_LINES items of one input), so every step holds one block at a time:
-- `check_block`: items -> records -> labels (tags or caption: labelling.py) -> decode-check + pHash (cached by path, size, mtime in
-  `.work/check-F-B.json`) -> dedup lookup; writes the block's usable records to `.work/good-F-B.json` and
-  returns counts (skips, label marginal) for the driver to add up;
+- `check_block`: items -> records -> labels (tags or caption: labelling.py) -> decode-check + pHash (cached
+  by path, size, mtime in `.work/check-F-B.json`) -> dedup lookup; writes the block's usable records to
+  `.work/good-F-B.json` and returns counts (skips, label marginal) for the driver to add up;
 - `noise_block`, `weight_block`, `plan_block`: counting passes over the good records (noisy-label marginal,
   resampling weight total, samples per shard bucket);
 - `expand_block`: a block's samples (noisy labels, copies), each with its shuffle key and shard bucket;

@@ -323,7 +323,8 @@ class WebDataset:
             if status == "success":  # listed as downloaded, yet not in the tar
                 return Record(None, [], skip="missing", meta=meta)
             err = row.get("error_message")
-            return Record(None, [], skip="not_downloaded", meta={**meta, "error": f"{status}: {err}" if err else status})
+            error = f"{status}: {err}" if err else status
+            return Record(None, [], skip="not_downloaded", meta={**meta, "error": error})
         if self.text_field:
             text = js.get(self.text_field, row.get(self.text_field))
         else:
