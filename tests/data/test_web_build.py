@@ -184,3 +184,23 @@ def test_ray_engine_writes_the_same_bytes(tagger_vocab, tmp_path):
     assert dist == local
     assert [Path(f).read_bytes() for f in list_shards(tmp_path / "ray")] == \
            [Path(f).read_bytes() for f in list_shards(tmp_path / "local")]
+
+
+def test_hashtag_vocabulary_from_tars_and_cli_errors(wordnet, tmp_path, capsys):
+    W.write_webdataset(tmp_path / "a.tar", [
+        {"__key__": f"{i:03d}", "jpg": W.jpeg(i), "json": json.dumps({"tags": ["#dog", "#beach"] if i % 2 else "cat"})}
+        for i in range(6)])
+    assert main(["vocab", "--webdataset", str(tmp_path / "a.tar"), "--kind", "tags", "--tags-field", "tags",
+                 "--out", str(tmp_path / "v.json")]) == 0
+    v = HashtagVocabulary.load(tmp_path / "v.json")
+    assert v.source == "wordnet-nouns" and v.counts == [3, 3, 3]
+    assert {v.synsets[v.label_of(t)] for t in ("#dog", "beach", "cat")} == {"dog.n.01", "beach.n.01", "cat.n.01"}
+    capsys.readouterr()
+    bad = [(["--webdataset", str(tmp_path / "a.tar"), "--images", str(tmp_path)], "drop --images"),
+           (["--tags", str(tmp_path / "t.jsonl")], "--tags needs --images"),
+           (["--webdataset", str(tmp_path / "a.tar"), "--cap", "5"], "--cap goes with --sampling cap"),
+           (["--webdataset", str(tmp_path / "nope-{0..3}.tar")], "matches no file")]
+    for args, msg in bad:
+        assert main(["shards", *args, "--vocab", str(tmp_path / "v.json"), "--out", str(tmp_path / "o")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err

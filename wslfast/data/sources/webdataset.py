@@ -32,8 +32,9 @@ object), and `bad_tar`: the input is damaged from some point on (garbage, trunca
 end; tarheaders.py says which): the samples before that point are kept, and the rest of the file is one
 `bad_tar` skip. A missing input, or a parquet that cannot be read, is a one-line error.
 
-Time: one header read and seek per member, plus the text members; memory: one block of samples plus one
-shard's parquet index (its keys, statuses and captions: ~10^4 rows for img2dataset's default shard size).
+Time: one header read and seek per member, plus the text members; memory: one block of samples, plus, with a
+parquet, one shard's index (its keys, statuses and captions, and which keys the tar held: ~10^4 rows for
+img2dataset's default shard size), never the whole corpus.
 """
 from __future__ import annotations
 
@@ -247,7 +248,8 @@ class WebDataset:
                 if m is not None and m.directory:
                     continue
                 if current is not None and (m is None or key != current.key):
-                    seen.add(current.key.rsplit("/", 1)[-1])
+                    if index is not None:  # the parquet's keys found in the tar (one shard's, like the index)
+                        seen.add(current.key.rsplit("/", 1)[-1])
                     block = emit(self._item(current, index))
                     if block is not None:
                         yield block
