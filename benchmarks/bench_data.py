@@ -16,6 +16,14 @@ below: full decode, pHash of the full image, bytes copied into a shard) and `wsl
 guard with its DCT-scaled grey decode, pHash of that, write_shard with the pass-1 bytes), in one process on
 the same files; the wslfast record also holds the Hamming distances between the two pHashes of each file.
 
+Web datasets (`--skip web` to leave out): an img2dataset folder of N samples (10,000 a tar, as img2dataset
+writes them: key.jpg + key.txt caption + key.json in the tar, a parquet of every row beside it, 1% failed
+downloads; the JPEGs, 32x32, come from a pool of --pool), first `vocab --webdataset --kind caption` (impl
+`wslfast-vocab`: the streaming caption count, one process), then `shards --webdataset` (caption labels
+through the SenseTagger, images read by range from the tars) with `wslfast-local` (--workers 1) and
+`wslfast-workers` (--workers W: the multi-worker engine). Records/s and peak summed PSS as for the build;
+`bench` is data_web. N from --web-records (default 1e4, 1e5).
+
 Dedup: queries/s of Q random 64-bit hashes (1% of them near copies of reference hashes) against R
 reference hashes at radius 10: `wslfast-hashindex` (dedup.HashIndex), `brute` (the all-pairs search
 before, dedup.near_duplicates_brute), and faiss's `IndexBinaryFlat` and `IndexBinaryMultiHash` (range
@@ -25,6 +33,7 @@ record says `sampled_queries`).
     python benchmarks/bench_data.py                                   # 1e4, 1e5, 1e6 records; dedup 1e6 x {1e5, 1e6}
     python benchmarks/bench_data.py --records 10000 --dedup-queries 100000 --dedup-refs 100000   # quick
     OMP_NUM_THREADS=1 python benchmarks/bench_data.py --skip build,dedup                 # the photo case only
+    OMP_NUM_THREADS=1 python benchmarks/bench_data.py --skip build,dedup,images --web-records 10000,100000  # web
 
 Appends records to benchmarks/results/cpu.json (or --out) after each case.
 """
@@ -309,6 +318,86 @@ def bench_images(args, tmp: Path) -> list[dict]:
             r = record("data_check_write", {"size": f"{size[0]}x{size[1]}", "records": n, "files": len(files),
                                             "jpeg_quality": 90}, impl, mode, times, None, _CPU,
                        records_per_s=round(rate, 1), threads=1, **extra)
+
+
+def make_web_corpus(root: Path, n: int, pool: int, per_tar: int = 10_000, seed: int = 0) -> str:
+    """An img2dataset folder of n rows (see the module docstring); returns the --webdataset pattern."""
+    import io
+    import math
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = root / f"web-{n}"
+    shards = math.ceil(n / per_tar)
+    pattern = f"{folder}/{{{0:05d}..{shards - 1:05d}}}.tar"
+    if (folder / f"{shards - 1:05d}.parquet").is_file():
+        return pattern
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    jpegs = []
+    for _ in range(pool):
+        buf = io.BytesIO()
+        small = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
+        Image.fromarray(np.kron(small, np.ones((8, 8, 1), dtype=np.uint8))).save(buf, format="JPEG", quality=85)
+        jpegs.append(buf.getvalue())
+    subjects = "dog cat horse man woman child car bike boat crane bass bat glass plate bridge tree".split()
+    places = "beach street park river kitchen field lake mountain table garden forest city".split()
+    oom = math.ceil(math.log10(per_tar))
+    for s in range(shards):
+        rows = []
+        with tarfile.open(folder / f"{s:05d}.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+            for k in range(min(per_tar, n - s * per_tar)):
+                i = s * per_tar + k
+                key = f"{10**oom * s + k:0{5 + oom}d}"
+                caption = f"a {subjects[i % 16]} near the {places[(i // 16) % 12]} with a {subjects[(i // 7) % 16]}"
+                meta = {"url": f"https://example.com/{i}.jpg", "caption": caption, "key": key,
+                        "status": "success", "error_message": None}
+                if i % 100 == 99:
+                    meta.update(status="failed_to_download", error_message="timeout")
+                else:
+                    for ext, data in (("jpg", jpegs[i % pool]), ("txt", caption.encode()),
+                                      ("json", json.dumps(meta, indent=4).encode())):
+                        info = tarfile.TarInfo(f"{key}.{ext}")
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+                rows.append(meta)
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{s:05d}.parquet")
+    return pattern
+
+
+def bench_web(args, tmp: Path) -> list[dict]:
+    recs = []
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    for n in args.web_records:
+        pattern = make_web_corpus(tmp, n, args.pool)
+        vocab = tmp / f"web-vocab-{n}.json"
+        runs = [("wslfast-vocab", 1, [sys.executable, "-m", "wslfast.data", "vocab", "--webdataset", pattern,
+                                      "--kind", "caption", "--top", "25000", "--min-count", "5", "--out", str(vocab)])]
+        for impl, workers in (("wslfast-local", 1), ("wslfast-workers", args.workers)):
+            out = tmp / f"web-out-{impl}-{n}"
+            runs.append((impl, workers, [sys.executable, "-m", "wslfast.data", "shards", "--webdataset", pattern,
+                                         "--vocab", str(vocab), "--out", str(out), "--shard-size", "1000",
+                                         "--workers", str(workers), "--seed", "0"]))
+        for impl, workers, cmd in runs:
+            out = Path(cmd[cmd.index("--out") + 1])
+            subprocess.run(["rm", "-rf", str(out)])
+            secs, peak, _ = run_measured(cmd, env, tmp)
+            extra = {}
+            if impl != "wslfast-vocab":
+                manifest = json.loads((out / "manifest.json").read_text())
+                extra = dict(num_samples=manifest["num_samples"], skipped=sum(manifest["skipped"].values()))
+                subprocess.run(["rm", "-rf", str(out)])
+            rate = n / secs
+            print(f"web   {impl:16s} records={n:>8d} workers={workers} {secs:8.1f} s {rate:8.0f} rec/s "
+                  f"peak(sum PSS)={peak / 2**20:7.0f} MiB", flush=True)
+            r = record("data_web", {"records": n, "per_tar": 10_000, "pool": args.pool, "workers": workers,
+                                    "kind": "caption"}, impl, "vocab" if impl == "wslfast-vocab" else "build",
+                       (secs * 1e3,) * 3, peak, _CPU, records_per_s=round(rate, 1),
+                       peak_mem="sum of PSS over the process tree", cpus=os.cpu_count(), **extra)
             recs.append(r)
             append_results([r], args.out, _CPU)
     return recs
@@ -389,7 +478,8 @@ def main():
                     help="records checked per repeat at 640x480 and at 1600x1200")
     ap.add_argument("--image-repeats", type=int, default=5)
     ap.add_argument("--skip", type=lambda s: s.split(","), default=[],
-                    help="comma-separated cases to leave out: build, dedup, images")
+                    help="comma-separated cases to leave out: build, dedup, images, web")
+    ap.add_argument("--web-records", type=lambda s: [int(float(x)) for x in s.split(",")], default=[10**4, 10**5])
     ap.add_argument("--dir", default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -402,6 +492,8 @@ def main():
             bench_dedup(args)
         if "build" not in args.skip:
             bench_build(args, tmp)
+        if "web" not in args.skip:
+            bench_web(args, tmp)
 
 
 if __name__ == "__main__":

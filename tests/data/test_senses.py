@@ -79,6 +79,70 @@ def test_plurals(tagger):
     assert "glass.n.02" in tagger.caption("two glasses of wine on a table")
 
 
+@pytest.mark.parametrize("text, word, material, wrong", [
+    # a material word before a noun names the material, not a thing made of it (the old picks on the right)
+    ("steel bridge over the river", "steel", "steel.n.01", "sword.n.01"),
+    ("a steel bridge", "steel", "steel.n.01", "sword.n.01"),
+    ("iron gate in the garden", "iron", "iron.n.01", "iron.n.02"),
+    ("glass vase on a wooden table", "glass", "glass.n.01", "glass.n.02"),
+    ("glass door", "glass", "glass.n.01", "glass.n.02"),
+    ("wood floor in the living room", "wood", "wood.n.01", "woodwind.n.01"),
+    ("wood cabin by the lake", "wood", "wood.n.01", "forest.n.01"),
+    ("marble statue in the museum", "marble", "marble.n.01", "marble.n.03"),
+    ("marble floor", "marble", "marble.n.01", "marble.n.02"),
+    ("bronze statue of a horse", "bronze", "bronze.n.01", "bronze.n.02"),
+    ("brass lamp", "brass", "brass.n.01", "brass.n.02"),
+    ("tin roof", "tin", "tin.n.01", "tin.n.02"),
+    ("rubber duck in the bath", "rubber", "rubber.n.01", "arctic.n.02"),  # not a rubber overshoe
+    ("gold ring on a table", "gold", "gold.n.03", None),
+    ("copper pot", "copper", "copper.n.01", None),
+    ("stone bridge over a stream", "stone", "stone.n.02", "rock.n.01"),
+    # the complement of a making verb, and words coordinated with a material
+    ("a bridge made of steel", "steel", "steel.n.01", "sword.n.01"),
+    ("a table made of glass", "glass", "glass.n.01", "glass.n.02"),
+    ("a statue carved from marble", "marble", "marble.n.01", "marble.n.03"),
+    ("a bowl carved out of wood", "wood", "wood.n.01", "woodwind.n.01"),
+    ("a ring made of solid gold", "gold", "gold.n.03", None),
+    ("steel and glass skyscraper", "glass", "glass.n.01", "glass.n.02"),
+    ("the sculpture is made of wood and steel", "wood", "wood.n.01", "wood.n.08"),
+])
+def test_material_words_name_the_material(tagger, wordnet, text, word, material, wrong):
+    from wslfast.data.labels.audit import word_senses
+
+    got = tagger.caption(text)
+    assert material in got, got
+    assert not (set(got) & word_senses(word, "caption", wordnet)) - {material}, got  # no other sense of the word
+    if wrong:
+        assert wrong not in got
+
+
+def test_material_cue_only_where_the_word_is_a_material(tagger):
+    assert "glass.n.02" in tagger.caption("a glass of red wine")  # the drinking glass: no cue before "of"
+    assert "glass.n.02" in tagger.caption("two glasses of wine on a table")
+    assert "marbles.n.01" in tagger.caption("kids playing marbles")  # a plural is no material modifier
+    assert "iron.n.04" in tagger.caption("woman ironing clothes with an iron")
+    assert "orange.n.01" in tagger.caption("orange slices on a plate")  # no pigment (orange.n.04)
+    got = tagger.caption("lime slices in a glass")
+    assert "calcium_hydroxide.n.01" not in got, got  # no chemical compound
+    assert "haircloth.n.01" not in tagger.caption("hair salon interior")  # a material far behind: no cue
+    assert tagger.tags(["glass", "wine", "drink", "bar"])[0] == "glass.n.02"  # hashtags: no positions, no cue
+    units = {u.span: u for u in tagger.explain_caption("steel bridge over the river")}
+    assert units["steel"].synset == "steel.n.01"
+    assert "sword.n.01" in [name for name, _ in units["steel"].candidates]  # scored, then passed over
+
+
+def test_split_compounds_join_only_when_related(tagger):
+    # "leather jacket" is no leatherjacket (a fish): the joined word must be about the words it joins
+    assert tagger.caption("leather jacket") == ["leather.n.01", "jacket.n.01"]
+    assert "leather.n.01" in tagger.caption("man in a black leather jacket and jeans")
+    for text, joined in (("cell phone on the desk", "cellular_telephone.n.01"),
+                         ("gold fish in a bowl", "goldfish.n.01"), ("sun glasses on the beach", "sunglasses.n.01"),
+                         ("fire place in the living room", "fireplace.n.01"), ("lap top on a desk", "laptop.n.01"),
+                         ("snow man in the yard", "snowman.n.01"), ("neck lace with pendant", "necklace.n.01"),
+                         ("star fish on the sand", "starfish.n.01")):
+        assert joined in tagger.caption(text), text
+
+
 @pytest.mark.parametrize("word", ["photo", "image", "picture", "view", "background", "stock", "illustration",
                                   "vector", "closeup", "shot", "day", "time", "pic", "wallpaper"])
 def test_meta_words_give_no_label_on_purpose(tagger, word, wordnet):

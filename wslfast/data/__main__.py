@@ -18,6 +18,8 @@ def main(argv=None) -> int:
     src.add_argument("--tags", nargs="+", help="count the hashtags of TAGS files (JSONL or YFCC100M; several "
                      "files or globs; .gz/.bz2/.xz/.zst read as streams) instead")
     src.add_argument("--imagenet1k", action="store_true", help="the 1,000 ImageNet-1k synsets")
+    src.add_argument("--webdataset", nargs="+", help="count over webdataset / img2dataset tars instead: "
+                     "'DIR/{00000..00999}.tar', globs, folders; local or fsspec URLs (s3://, gs://, ...)")
     v.add_argument("--wordnet-nouns", action="store_true", help="canonicalize to WordNet nouns (the default)")
     v.add_argument("--images", default=None, help="images folder: YFCC records whose image is not there are not "
                    "counted (default: no lookup, every photo's tags count)")
@@ -25,17 +27,28 @@ def main(argv=None) -> int:
     v.add_argument("--min-count", type=int, default=1)
     v.add_argument("--out", required=True)
     _yfcc_arguments(v)
+    _label_arguments(v)
 
     s = sub.add_parser("shards", help="write webdataset shards")
-    s.add_argument("--images", required=True)
-    s.add_argument("--tags", required=True, nargs="+",
-                   help="TAGS files or globs: JSONL or YFCC100M metadata (detected per file), plain or "
-                        ".gz/.bz2/.xz/.zst (e.g. the split yfcc100m_dataset-*.bz2 as released)")
+    s.add_argument("--images", default=None, help="images folder (with --tags)")
+    inputs = s.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--tags", nargs="+",
+                        help="TAGS files or globs: JSONL or YFCC100M metadata (detected per file), plain or "
+                             ".gz/.bz2/.xz/.zst (e.g. the split yfcc100m_dataset-*.bz2 as released)")
+    inputs.add_argument("--webdataset", nargs="+",
+                        help="webdataset / img2dataset tars in place of --images/--tags: 'DIR/{00000..00999}.tar', "
+                             "globs, folders; local or fsspec URLs; images read from inside the tars")
     s.add_argument("--vocab", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--shard-size", type=int, default=1000)
     s.add_argument("--label-noise", type=float, default=0.0)
-    s.add_argument("--sampling", choices=("natural", "sqrt", "uniform"), default="natural")
+    s.add_argument("--sampling", choices=("natural", "sqrt", "uniform", "cap"), default="natural",
+                   help="copies per image: natural (once), sqrt / uniform (resampled by label frequency, total "
+                        "kept), cap (MetaCLIP: a label on n > --cap images keeps each with probability cap/n)")
+    s.add_argument("--cap", type=int, default=None, help="--sampling cap: the per-label threshold t (default 20000)")
+    s.add_argument("--target-weights", choices=("uniform", "idf"), default="uniform",
+                   help="what an image's k labels share: 1/k each (uniform) or IDF-weighted (SuperClass: "
+                        "ln(N/df) per label, normalized; stored in the manifest, used by the loaders)")
     s.add_argument("--dedup-against", default=None)
     s.add_argument("--dedup-radius", type=int, default=None)
     s.add_argument("--workers", type=int, default=1,
@@ -56,6 +69,10 @@ def main(argv=None) -> int:
                         "every camera photo, no decompression bomb)")
     s.add_argument("--follow-symlinks", action="store_true",
                    help="let symlinks inside --images lead outside it (refused and counted by default)")
+    _label_arguments(s)
+    s.add_argument("--tag-senses", choices=("context", "first"), default="context",
+                   help="--kind tags with a WordNet vocabulary: each hashtag's sense from the image's other tags "
+                        "(context, the default) or its most frequent sense (first: the plain lookup)")
 
     y = sub.add_parser("synthetic", help="make the small demo corpus")
     y.add_argument("--out", required=True)
@@ -86,6 +103,8 @@ def main(argv=None) -> int:
 
             if args.imagenet1k:
                 vocab = HashtagVocabulary.imagenet1k()
+            elif args.webdataset or args.kind == "caption":
+                vocab = _vocab_from_source(args)
             else:
                 skipped: dict = {}
                 counts = read_counts(args.counts) if args.counts else \
@@ -98,14 +117,23 @@ def main(argv=None) -> int:
         elif args.cmd == "shards":
             from .build import write_shards
             from .build.dedup import DEFAULT_RADIUS
+            from .build.targets import DEFAULT_CAP
 
             radius = DEFAULT_RADIUS if args.dedup_radius is None else args.dedup_radius
             from .build.images import DEFAULT_MAX_PIXELS
 
-            m = write_shards(args.images, _tag_source(args, args.images), args.vocab, args.out,
+            if args.cap is not None and args.sampling != "cap":
+                raise UserError("--cap goes with --sampling cap")
+            if args.tags and args.images is None:
+                raise UserError("--tags needs --images (the folder the TAGS lines' images are in)")
+            if args.webdataset and args.images is not None:
+                raise UserError("--webdataset reads the images from inside the tars: drop --images")
+            m = write_shards(args.images, _web_source(args) if args.webdataset else _tag_source(args, args.images), args.vocab, args.out,
                              shard_size=args.shard_size, label_noise=args.label_noise, sampling=args.sampling,
                              dedup_against=args.dedup_against, workers=args.workers, seed=args.seed,
                              name=args.name, dedup_radius=radius, progress=True, ray_address=args.ray_address,
+                             kind=args.kind, tag_senses=args.tag_senses, target_weights=args.target_weights,
+                             cap=DEFAULT_CAP if args.cap is None else args.cap,
                              max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS, follow_symlinks=args.follow_symlinks,
                              engine=args.engine)
             print(json.dumps({k: m[k] for k in ("name", "num_samples", "num_images", "num_classes", "skipped",
@@ -184,6 +212,46 @@ def _count(text: str) -> int:
     if not v >= 1 or v != int(v):
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(v)
+
+
+def _label_arguments(p):
+    p.add_argument("--kind", choices=("tags", "caption"), default=None,
+                   help="what becomes labels: the hashtags (tags: the default for --tags) or the caption text "
+                        "through the sense tagger (caption: the default for --webdataset; CatLIP-style labels)")
+    p.add_argument("--text-field", default=None,
+                   help="--webdataset: the caption is this field of each sample's .json (or of the img2dataset "
+                        "parquet) instead of its .txt")
+    p.add_argument("--tags-field", default=None,
+                   help="--webdataset: hashtags from this field of each sample's .json (or parquet): a list of "
+                        "strings, or one comma-separated string")
+
+
+def _web_source(args):
+    from .sources import WebDataset, expand_urls
+
+    return WebDataset(expand_urls(args.webdataset), text_field=args.text_field, tags_field=args.tags_field)
+
+
+def _vocab_from_source(args):
+    """`vocab --webdataset ...` or `vocab --tags ... --kind caption`: streaming counts over the records, then
+    CatLIP's caption vocabulary (top-N synsets, a minimum count) or a hashtag vocabulary."""
+    from .build.labelling import count_source
+    from .labels import HashtagVocabulary
+    from .labels.vocabulary import caption_vocabulary
+
+    if args.tags:
+        source = _tag_source(args, args.images)
+    else:
+        source = _web_source(args)
+    kind = args.kind or ("caption" if args.webdataset else "tags")
+    counts, used, skipped = count_source(source, kind, progress=True)
+    if skipped:
+        print(f"records not counted: {json.dumps(skipped, sort_keys=True)}")
+    if not used:
+        raise UserError(f"no usable record to count in {len(source.paths)} input(s) (skipped: {skipped})")
+    if kind == "caption":
+        return caption_vocabulary(counts, top=args.top, min_count=args.min_count)
+    return HashtagVocabulary.from_counts(counts, min_count=args.min_count, top=args.top)
 
 
 def _one_line(e: BaseException) -> str:

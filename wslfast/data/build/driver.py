@@ -33,6 +33,13 @@ write_shards reads top to bottom as its steps: `_inputs` (check the arguments), 
 `_layout` (which shards to write), the write pass, `_manifest`, `publish`. Time: one decode per image (cached
 across runs) plus a few cheap passes over the checked records; driver memory: the label marginal, the
 per-bucket counts and one block's results (times the engine's tasks in flight).
+
+What becomes labels (`kind`, labelling.py): "tags" (the hashtags; senses from the other tags when the
+vocabulary is WordNet's, `tag_senses="first"` for the plain most-frequent-sense lookup) or "caption" (the
+record's text, e.g. a webdataset caption); default: caption for webdataset inputs, tags otherwise. Target
+weights (`target_weights`): "uniform" (1/k) or "idf" (SuperClass: the manifest's `class_weights`, ln(N /
+df_j), which the loaders turn into per-sample weights); they change the manifest, not the shards. Sampling
+"cap" (MetaCLIP: `cap` = t) keeps each image of a label above t images with probability t / n.
 """
 from __future__ import annotations
 
@@ -48,13 +55,15 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..format import MANIFEST_FORMAT, shard_stem, verify_shard
 from ..labels.vocab import HashtagVocabulary
-from ..sources import Source, TagFiles, expand_inputs
+from ..sources import Source, TagFiles, WebDataset, expand_inputs
+from ..sources.webdataset import KINDS as WEB_KINDS
 from . import dedup as _dedup
 from . import images as _images
 from .engines import make_engine
+from .labelling import RecordLabeller, release_taggers
 from .passes import SKIP_KINDS, Job, noise_block, plan_block, weight_block
 from .publish import BuildLock, publish, stage_version
-from .targets import SAMPLING_MODES
+from .targets import DEFAULT_CAP, SAMPLING_MODES, TARGET_WEIGHTS, idf_class_weights
 
 __all__ = ["write_shards", "dataset_name"]
 
@@ -85,16 +94,20 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                  sampling: str = "natural", dedup_against=None, workers: int = 1, seed: int = 0,
                  name: str | None = None, dedup_radius: int = _dedup.DEFAULT_RADIUS, role: str = "train",
                  source: str | None = None, progress: bool = False, ray_address: str | None = None,
-                 engine=None, max_pixels: int = _images.DEFAULT_MAX_PIXELS, follow_symlinks: bool = False) -> dict:
+                 engine=None, max_pixels: int = _images.DEFAULT_MAX_PIXELS, follow_symlinks: bool = False,
+                 kind: str | None = None, tag_senses: str = "context", target_weights: str = "uniform",
+                 cap: int = DEFAULT_CAP) -> dict:
     """Build the shards (see module docstring); returns the published manifest (out_dir/manifest.json).
     tags_path: a TAGS file, a glob, or a list of them (compressed ones too), or any sources.Source.
+    images_dir: None for a source whose images are inside its inputs (sources.WebDataset).
     engine: "local", "pool", "ray" or an engine object; by default workers > 1 runs a process pool of this
     machine and ray_address (a cluster's HOST:PORT, or "auto" for $RAY_ADDRESS) runs on Ray, with out_dir a
-    folder every Ray node sees. source: the dataset's source in its name (default YFCC or local).
+    folder every Ray node sees. source: the dataset's source in its name (default YFCC, web or local).
     max_pixels: images above it are skipped (from their header); follow_symlinks: let symlinks in the images
     folder lead outside it. RunFolderError when another build is writing into out_dir."""
     vocab, images_dir, out, records = _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise,
                                               sampling, workers)
+    labeller = _labeller(vocab, records, kind, tag_senses, target_weights, sampling, cap)
     eng = engine if engine is not None and not isinstance(engine, str) else make_engine(workers, ray_address,
                                                                                          progress, engine)
     with BuildLock(out):  # one build at a time in out (the kernel releases it if this process is killed)
@@ -104,20 +117,21 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
         vocab_dict = vocab.to_dict()
         vocab_digest = hashlib.sha256(json.dumps(vocab_dict, sort_keys=True).encode()).hexdigest()
         index, ref_unreadable, ref_digest = _reference_index(dedup_against, dedup_radius, workers)
-        job = Job(source=records, images_dir=str(images_dir), work_dir=str(work),
+        job = Job(source=records, images_dir=str(images_dir) if images_dir is not None else "", work_dir=str(work),
                   out_dir=str(out), vocab=vocab, vocab_digest=vocab_digest, num_classes=len(vocab), seed=seed,
                   label_noise=label_noise, sampling=sampling, index=index,
-                  image_policy=_image_policy(max_pixels, follow_symlinks))
+                  image_policy=_image_policy(max_pixels, follow_symlinks), labeller=labeller, cap=cap)
 
         with eng:
             checked = _check_pass(eng, job, progress)
             num_buckets = max(1, math.ceil(checked.num_images / shard_size))
             if num_buckets >= 1 << 31:
                 raise ConfigError("write_shards: shard_size too small for this many images")
-            settings = {"version": _VERSION, "images": str(images_dir.resolve()), "vocab": vocab_digest,
-                        "shard_size": shard_size, "noise": label_noise, "sampling": sampling, "seed": seed,
-                        "dedup": ref_digest, "radius": dedup_radius if index is not None else None,
-                        "num_buckets": num_buckets}
+            settings = {"version": _VERSION, "images": str(images_dir.resolve()) if images_dir is not None else None,
+                        "vocab": vocab_digest, "shard_size": shard_size, "noise": label_noise, "sampling": sampling,
+                        "seed": seed, "dedup": ref_digest, "radius": dedup_radius if index is not None else None,
+                        "num_buckets": num_buckets, "labels": labeller.describe(),
+                        "cap": cap if sampling == "cap" else None}
             fp = hashlib.sha256((json.dumps(settings, sort_keys=True) + f":{checked.digest:064x}").encode()
                                 ).hexdigest()[:16]
             stage, resume = stage_version(out, fp)
@@ -131,16 +145,19 @@ def write_shards(images_dir, tags_path, vocab, out_dir, shard_size: int = 1000, 
                     if progress:
                         print(f"wrote {stem}.tar ({n} samples)", flush=True)
 
+        release_taggers()  # the WordNet tables are not needed past the check pass (a demo trains in this process)
         for p in work.glob("part-*.jsonl"):
             p.unlink()
-        source = source or ("YFCC" if checked.formats == {"yfcc"} else "local")
+        source = source or ("YFCC" if checked.formats == {"yfcc"} else
+                            "web" if checked.formats and checked.formats <= set(WEB_KINDS) else "local")
         num_samples = int(bucket_counts.sum())
         manifest = _manifest(name or dataset_name(role, source, num_samples, len(vocab)), job, checked, paths,
                              shards, bucket_counts, label_counts, fp, vocab_dict,
                              dict(dedup_against=str(dedup_against) if dedup_against else None,
                                   dedup_radius=dedup_radius, dedup_reference_unreadable=ref_unreadable,
                                   label_noise=label_noise, sampling=sampling, seed=seed, shard_size=shard_size,
-                                  max_pixels=max_pixels, follow_symlinks=follow_symlinks))
+                                  max_pixels=max_pixels, follow_symlinks=follow_symlinks,
+                                  **_label_options(labeller, sampling, cap, target_weights, job, checked)))
         return publish(out, stage, manifest)
 
 
@@ -158,8 +175,12 @@ def _inputs(images_dir, tags_path, vocab, out_dir, shard_size, label_noise, samp
         raise ConfigError(f"write_shards: label_noise must be in [0, 1], got {label_noise}")
     if workers < 1:
         raise ConfigError(f"write_shards: workers must be >= 1, got {workers}")
-    images_dir, out = Path(images_dir), Path(out_dir)
-    if not images_dir.is_dir():
+    out = Path(out_dir)
+    if images_dir is None and not isinstance(tags_path, Source):
+        raise ConfigError("write_shards: an images folder is needed for TAGS files (only sources whose images "
+                          "are inside their inputs, such as webdataset tars, go without)")
+    images_dir = Path(images_dir) if images_dir is not None else None
+    if images_dir is not None and not images_dir.is_dir():
         raise FileNotFoundError(f"write_shards: images folder {images_dir} does not exist")
     records = tags_path if isinstance(tags_path, Source) else TagFiles(expand_inputs(tags_path), images_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,6 +191,30 @@ def _image_policy(max_pixels, follow_symlinks) -> _images.ImagePolicy:
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
         raise ConfigError(f"write_shards: max_pixels must be a whole number >= 1, got {max_pixels!r}")
     return _images.ImagePolicy(int(max_pixels), bool(follow_symlinks))
+
+
+def _labeller(vocab, source, kind, tag_senses, target_weights, sampling, cap) -> RecordLabeller:
+    """The record labeller of the build (labelling.py), after the label options are checked."""
+    if target_weights not in TARGET_WEIGHTS:
+        raise ConfigError(f"write_shards: target_weights must be one of {TARGET_WEIGHTS}, got {target_weights!r}")
+    if sampling == "cap" and (isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1):
+        raise ConfigError(f"write_shards: cap must be a whole number >= 1, got {cap!r}")
+    if kind is None:
+        kind = "caption" if isinstance(source, WebDataset) else "tags"
+    try:
+        return RecordLabeller(vocab, kind, tag_senses)
+    except ValueError as e:
+        raise ConfigError(f"write_shards: {e}") from None
+
+
+def _label_options(labeller, sampling, cap, target_weights, job, checked) -> dict:
+    """The manifest's fields about labels: what they were read from, the cap, the target weights."""
+    out = {"labels_from": labeller.describe(), "cap": int(cap) if sampling == "cap" else None,
+           "target_weights": target_weights}
+    if target_weights == "idf":  # ln(N / df_j) over the images (after noise, before resampling)
+        df = np.minimum(job.noisy_marginal, checked.num_images)
+        out["class_weights"] = [round(float(w), 6) for w in idf_class_weights(df, checked.num_images)]
+    return out
 
 
 def _reference_index(dedup_against, radius: int, workers: int):
@@ -233,7 +278,7 @@ def _counting_passes(eng, job: Job, blocks, progress: bool):
     if job.label_noise > 0:
         eng.put(job)
         job.noisy_marginal = sum(_progress(eng.map(noise_block, blocks), progress, "noise", len(blocks)))
-    if job.sampling != "natural":
+    if job.sampling in ("sqrt", "uniform"):
         eng.put(job)
         job.weight_total = sum(_progress(eng.map(weight_block, blocks), progress, "weights", len(blocks)))
     eng.put(job)

@@ -303,7 +303,8 @@ class BlockImages:
     same order, or the cache digest would differ); `finish()` returns the rows to cache. Memory: one image."""
 
     def __init__(self, root, work_dir, bid: str, policy: ImagePolicy, want_hash: bool, old_rows: dict):
-        self.root, self.policy, self.want_hash, self.old = str(root), policy, want_hash, old_rows
+        self.root = None if root is None else str(root)  # None: the source's images are all tar members
+        self.policy, self.want_hash, self.old = policy, want_hash, old_rows
         self.pack = Path(work_dir) / f"enc-{bid}.bin"
         self.pack_name = str(self.pack)
         try:

@@ -1,7 +1,7 @@
 """The per-block steps of the shard build, shared by every engine (see driver.py for the order of passes).
 
 Work is cut into the source's blocks (BLOCK_LINES items of one input), so every step holds one block at a time:
-- `check_block`: items -> records -> labels -> each image read, checked, pHashed and (if needed) re-encoded
+- `check_block`: items -> records -> labels (tags or caption: labelling.py) -> each image read, checked, pHashed and (if needed) re-encoded
   under one guard (images.py; results cached by path, size, mtime in `.work/check-F-B.json`, re-encoded
   JPEGs kept in `.work/enc-F-B.bin`) -> dedup lookup; writes the block's usable records to
   `.work/good-F-B.json` and returns counts (skips by reason with examples, label marginal) for the driver;
@@ -24,7 +24,7 @@ import numpy as np
 from ..format import shard_stem, write_shard
 from ..sources import Block, record_key
 from . import images as _images
-from .targets import STREAM_SHUFFLE, copies_hashed, hash64, noisy_labels_hashed, weights_fixed
+from .targets import STREAM_SHUFFLE, cap_keep_hashed, copies_hashed, hash64, noisy_labels_hashed, weights_fixed
 
 __all__ = ["Job", "check_block", "noise_block", "weight_block", "plan_block", "expand_block",
            "write_bucket", "SKIP_KINDS"]
@@ -32,6 +32,7 @@ __all__ = ["Job", "check_block", "noise_block", "weight_block", "plan_block", "e
 SKIP_KINDS = ("bad_record", "video", "missing", "out_of_vocabulary", "not_image", "corrupt", "duplicate",
               "bad_encoding", "empty_file", "not_in_subset")  # the last three: sources' skips (tagfiles, yfcc)
 SKIP_KINDS += _images.SKIPS  # the image guard's other reasons (images.py)
+SKIP_KINDS += ("not_downloaded", "bad_tar")  # webdataset / img2dataset inputs (sources/webdataset.py)
 
 
 @dataclass
@@ -49,6 +50,8 @@ class Job:
     sampling: str = "natural"
     index: object = None  # dedup.HashIndex of the reference hashes, or None
     image_policy: _images.ImagePolicy = _images.ImagePolicy()  # pixel limit, symlinks (images.py)
+    labeller: object = None  # labelling.RecordLabeller, or None: the hashtags' plain lookup (vocab.label_of)
+    cap: int = 0  # sampling "cap": MetaCLIP's per-label threshold t
     # filled in by the driver between passes
     clean_marginal: np.ndarray | None = None
     noisy_marginal: np.ndarray | None = None
@@ -80,11 +83,11 @@ def _load_json(path: Path):
 def check_block(job: Job, block: Block) -> dict:
     """Pass 1 over one block (see module docstring); returns its counts."""
     fi, bi, fmt = block.file_no, block.block_no, block.kind
-    images = Path(job.images_dir)
+    images = Path(job.images_dir) if job.images_dir else None  # None: the source's images are tar members
     work = Path(job.work_dir)
     want_hash = job.index is not None
     skipped = dict.fromkeys(SKIP_KINDS, 0)
-    h = hashlib.sha256(f"{job.vocab_digest}\0{fmt}\0{images.resolve()}\0".encode())
+    h = hashlib.sha256(f"{job.vocab_digest}\0{fmt}\0{images.resolve() if images else ''}\0".encode())
     h.update(job.image_policy.key().encode())
     for item in block.items:
         h.update(item.encode("utf-8", "surrogateescape") if isinstance(item, str) else bytes(item))
@@ -112,7 +115,7 @@ def check_block(job: Job, block: Block) -> dict:
         if r.skip:
             skipped[r.skip] += 1
             continue
-        labels = labels_of(r.tags)
+        labels = labels_of(r.tags) if job.labeller is None or job.labeller.mode == "lookup" else job.labeller(r)
         if not labels:
             skipped["out_of_vocabulary"] += 1
             continue
@@ -174,6 +177,8 @@ def _samples(job: Job, rows):
     keys, flat, lengths = _labels(job, rows)
     if job.sampling == "natural":
         copies = np.ones(keys.size, dtype=np.int64)
+    elif job.sampling == "cap":
+        copies = cap_keep_hashed(keys, flat, lengths, job.noisy_marginal, job.cap, job.seed)
     else:
         w = weights_fixed(flat, lengths, job.noisy_marginal, job.sampling)
         copies = copies_hashed(keys, w, job.num_images, job.weight_total, job.seed)
@@ -222,5 +227,5 @@ def write_bucket(job: Job, bucket: int, skey, image, reenc, labels, info) -> tup
     # the bytes are final (the original file or check_block's JPEG): reencode False, a byte range or a path
     samples = [(f"{k:06d}_{j:06d}", _images.parse_spec(image[i]), False, json.loads(labels[i]), info[i])  # info: JSON
                for j, i in enumerate(order)]
-    write_shard(job.out_dir, shard_stem(k), samples, job.images_dir, read=_images.shard_bytes)
+    write_shard(job.out_dir, shard_stem(k), samples, job.images_dir or ".", read=_images.shard_bytes)
     return shard_stem(k), len(samples)

@@ -11,6 +11,16 @@ Resampling decides how many copies of each image the shards hold, keeping the to
 - uniform: image weight = mean over its labels of 1/n_label, so single-label classes end up equally frequent.
 Expected copies = N * w_i / sum(w); the fraction is rounded up with that probability (seeded), so repeats
 appear for rare tags and frequent-tag images are thinned.
+- cap (MetaCLIP's balancing, Xu et al. 2023, t = 20,000 there): a label seen on n > t images keeps each of
+  them with probability t / n; an image is kept (once) when ANY of its labels keeps it, so P(keep) =
+  1 - prod_j (1 - min(1, t / n_j)): labels at or under t keep every image, the head is flattened to about t,
+  and the total shrinks (no copies are made). `cap_sample` / `cap_keep_hashed`.
+
+Target weights (what a sample's k labels share; the loaders build the targets): 1/k each (the paper's), or
+IDF-weighted (SuperClass, Huang et al. 2024): w_j proportional to ln(N / df_j), df_j = the images with label
+j, normalized per sample to sum to 1; a sample whose labels are all in every image falls back to 1/k.
+`idf_class_weights` gives the per-class ln(N / df_j) the manifest stores (`class_weights`), `idf_row_weights`
+a sample's weights from them.
 
 The shard pipeline draws every random number from a seeded hash of the record's 64-bit key (`uniform`), so
 a record's noise, copies and shuffle keys do not depend on the order or the machine it is processed on:
@@ -22,9 +32,12 @@ import numpy as np
 
 __all__ = ["label_marginal", "add_label_noise", "resample_copies", "SAMPLING_MODES", "uniform", "mix64",
            "noisy_labels_hashed", "weights_fixed", "copies_hashed", "WEIGHT_ONE", "STREAM_FLIP", "STREAM_DRAW",
-           "STREAM_COPIES", "STREAM_SHUFFLE"]
+           "STREAM_COPIES", "STREAM_SHUFFLE", "STREAM_CAP", "cap_sample", "cap_keep_hashed", "cap_probabilities",
+           "TARGET_WEIGHTS", "idf_class_weights", "idf_row_weights", "DEFAULT_CAP"]
 
-SAMPLING_MODES = ("natural", "sqrt", "uniform")
+SAMPLING_MODES = ("natural", "sqrt", "uniform", "cap")
+TARGET_WEIGHTS = ("uniform", "idf")  # a sample's k labels: 1/k each, or IDF-weighted
+DEFAULT_CAP = 20_000  # MetaCLIP's t
 
 
 def label_marginal(labels: list[list[int]], num_classes: int) -> np.ndarray:
@@ -66,8 +79,8 @@ def add_label_noise(labels: list[list[int]], p: float, num_classes: int,
 def resample_copies(labels: list[list[int]], num_classes: int, mode: str,
                     rng: np.random.Generator) -> np.ndarray:
     """Copies of each image (int64 [N]) under natural, sqrt or uniform sampling."""
-    if mode not in SAMPLING_MODES:
-        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {mode!r}")
+    if mode not in SAMPLING_MODES or mode == "cap":
+        raise ValueError(f"resample_copies: sampling must be natural, sqrt or uniform (cap: cap_sample), got {mode!r}")
     n = len(labels)
     if mode == "natural" or n == 0:
         return np.ones(n, dtype=np.int64)
@@ -81,8 +94,47 @@ def resample_copies(labels: list[list[int]], num_classes: int, mode: str,
     return (base + (rng.random(n) < expected - base)).astype(np.int64)
 
 
+def cap_probabilities(marginal, cap: int) -> np.ndarray:
+    """Per label: the probability min(1, cap / n) that it keeps one of its images (MetaCLIP's entry_prob)."""
+    if cap < 1:
+        raise ValueError(f"cap must be >= 1, got {cap}")
+    n = np.asarray(marginal, dtype=np.float64)
+    return np.minimum(1.0, cap / np.maximum(n, 1.0))
+
+
+def cap_sample(labels: list[list[int]], num_classes: int, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """MetaCLIP balancing of in-memory label lists: 1 (kept) or 0 per image (see the module docstring)."""
+    p = cap_probabilities(label_marginal(labels, num_classes), cap)
+    return np.array([int(any(rng.random() < p[j] for j in row)) for row in labels], dtype=np.int64)
+
+
+def idf_class_weights(df, num_docs: int) -> np.ndarray:
+    """ln(N / df_j) per class (float64); 0 for a class in no document (it is in no sample either)."""
+    if num_docs < 1:
+        raise ValueError(f"idf_class_weights: num_docs must be >= 1, got {num_docs}")
+    df = np.asarray(df, dtype=np.float64)
+    if (df < 0).any() or (df > num_docs).any():
+        raise ValueError(f"idf_class_weights: document frequencies must lie in [0, {num_docs}]")
+    with np.errstate(divide="ignore"):
+        return np.where(df > 0, np.log(num_docs / np.maximum(df, 1.0)), 0.0)
+
+
+def idf_row_weights(flat, lengths, class_weights) -> np.ndarray:
+    """Each label's target weight (float64, like flat): class weight / its sample's sum; 1/k where a sample's
+    class weights sum to 0 (all its labels in every image)."""
+    flat, lengths = np.asarray(flat, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    w = np.asarray(class_weights, dtype=np.float64)[flat]
+    starts = np.cumsum(lengths) - lengths
+    sums = np.add.reduceat(w, starts[lengths > 0]) if flat.size else np.zeros(0)
+    row_sum = np.zeros(lengths.size)
+    row_sum[lengths > 0] = sums
+    per = np.repeat(row_sum, lengths)
+    k = np.repeat(lengths, lengths).astype(np.float64)
+    return np.where(per > 0, w / np.where(per > 0, per, 1.0), 1.0 / np.maximum(k, 1.0))
+
+
 # --- per-record randomness from a seeded hash of the record key -------------------------------------------
-STREAM_FLIP, STREAM_DRAW, STREAM_COPIES, STREAM_SHUFFLE = 1, 2, 3, 4
+STREAM_FLIP, STREAM_DRAW, STREAM_COPIES, STREAM_SHUFFLE, STREAM_CAP = 1, 2, 3, 4, 5
 WEIGHT_ONE = 1 << 40  # resampling weights in fixed point: their sum is exact, whatever the summation order
 _M64 = (1 << 64) - 1
 
@@ -158,3 +210,18 @@ def copies_hashed(keys, weights, num_images: int, weight_total: int, seed: int) 
     expected = num_images * (np.asarray(weights, dtype=np.float64) / float(weight_total))
     base = np.floor(expected)
     return (base + (uniform(keys, seed, STREAM_COPIES) < expected - base)).astype(np.int64)
+
+
+def cap_keep_hashed(keys, flat, lengths, marginal, cap: int, seed: int) -> np.ndarray:
+    """cap_sample per record: label slot s of the record with key k keeps it when uniform(k, seed, STREAM_CAP,
+    s) < min(1, cap / n_label); 1 (kept) or 0 per record."""
+    flat, lengths = np.asarray(flat, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    keys = np.asarray(keys, dtype=np.uint64)
+    if flat.size == 0:
+        return np.zeros(lengths.size, dtype=np.int64)
+    owner = np.repeat(np.arange(lengths.size), lengths)
+    slot = np.arange(flat.size, dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    hit = uniform(keys[owner], seed, STREAM_CAP, slot.astype(np.uint64)) < cap_probabilities(marginal, cap)[flat]
+    kept = np.zeros(lengths.size, dtype=np.int64)
+    np.maximum.at(kept, owner, hit.astype(np.int64))
+    return kept

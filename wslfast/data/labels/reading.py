@@ -2,20 +2,43 @@
 
 `CaptionReader` is the part of SenseTagger that reads: the compound segmentation (a dynamic programme over
 WordNet's multi-word lemmas, the later compound winning ties), the per-token facts (noun lemmas by
-morphology, SemCor noun log-odds, context bag, meta word, lexname affinity), and the noun cues from a
-word's neighbours. Each memo is bounded (`remember`).
+morphology, SemCor noun log-odds, context bag, meta word, lexname affinity), the noun cues from a
+word's neighbours, and the material cue. Each memo is bounded (`remember`).
+
+Two words written apart join into a one-word lemma ("cell phone" -> cellphone) only when the joined word is
+about them: one of its senses has either word in its signature (gloss, lemmas, hypernyms: a fireplace is
+"where a fire can be burned"), or shares a lexname or a hypernym (2 levels) with a noun sense of the second
+word (a ladybug is an animal as a bug is, an earring jewelry as a ring is). A leatherjacket, a fish, is
+neither, so "leather jacket" stays leather + jacket.
+
+The material cue (`_material_cues`): English names what a thing is made of with a bare singular noun, and a
+material word's other senses are mostly things made of it (steel: a sword; iron: a golf club; glass: a
+drinking glass; marble: a sculpture or a toy ball; bronze: a sculpture). So a single word that has a material
+sense (`material_lexnames` / `material_hypernyms` of visual_priors.json: noun.substance, fabrics, building
+materials; not pigments or chemical compounds, `material_hypernyms_excluded`: an "orange" or "lime" before a
+noun is no pigment or calcium hydroxide) takes that sense when it is used as a material:
+- as a modifier, in its singular form right before another noun ("steel bridge", "iron gate", "glass vase",
+  "marble statue", "wood floor"; a plural is no modifier: "kids playing marbles");
+- as the complement of a making verb: "made of steel", "carved from solid marble", "covered in gold"
+  (text.MATERIAL_VERBS + of/from/in/with/out of, up to two adjectives between);
+- coordinated with a word that has the cue ("steel and glass tower", "made of wood and glass").
+senses._choose then picks the best-scoring of its material senses among the candidates whose prior is near
+the best (the context still chooses between materials: cotton the fibre or the fabric); with no such sense,
+nothing changes. Elsewhere ("a glass of wine", "the irons", "two glasses", a hashtag) the usual scores decide.
 """
 from __future__ import annotations
 
 import math
 
-from .text import DETERMINERS, MODALS, STOPWORDS, VERB_CUES
+from .text import (COORDINATORS, DETERMINERS, MATERIAL_PREPOSITIONS, MATERIAL_VERBS, MODALS, STOPWORDS,
+                   VERB_CUES)
 
 __all__ = ["CaptionReader", "remember", "NOUN_PRIOR", "NOUN_MIN"]
 
 NOUN_PRIOR, NOUN_MIN = 0.5, -1.0  # noun cue: prior log-odds toward nouns, threshold; see _is_noun
 _EMPTY: frozenset = frozenset()
 _MEMO = 500_000
+_MAX_ADJECTIVES = 2  # "made of <adj> <adj> <material>"
 
 
 def remember(memo: dict, key, value):
@@ -28,8 +51,8 @@ def remember(memo: dict, key, value):
 
 
 class CaptionReader:
-    """Mixin of SenseTagger (which sets lex, stem, _meta, _meta_phrases, _tok, _phrases, _bag, _keep,
-    _affinity)."""
+    """Mixin of SenseTagger (which sets lex, stem, _meta, _meta_phrases, _tok, _phrases, _joins, _material,
+    _material_word, _material_lexnames, _material_roots, _material_not, _bag, _keep, _affinity)."""
 
     def _segment(self, toks: list[str]) -> list[tuple[int, str | None, bool]] | None:
         """Per start position the unit taken there: (length, multi-word lemma, is a meta phrase); None when
@@ -55,7 +78,8 @@ class CaptionReader:
                 if i + 1 < n and 4 + best[i + 2] > b:
                     u = toks[i + 1]
                     joined = t + u
-                    if joined in senses and len(t) > 2 and len(u) > 2 and u not in STOPWORDS:
+                    if joined in senses and len(t) > 2 and len(u) > 2 and u not in STOPWORDS \
+                            and self._join_ok(t, u, joined):
                         b, ch = 4 + best[i + 2], (2, joined, False)
             best[i], choice[i] = b, ch
             found = found or ch is not None
@@ -77,6 +101,76 @@ class CaptionReader:
                         break
             remember(self._phrases, key, found)
         return found
+
+    def _join_ok(self, first: str, head: str, joined: str) -> bool:
+        """May `first head`, written apart, be the one-word lemma `joined`? (module docstring); memoized."""
+        key = f"{first} {head}"
+        ok = self._joins.get(key)
+        if ok is None:
+            lex = self.lex
+            head_sids = [sid for base in lex.noun_bases(head) for sid, _ in lex.senses[base]]
+            kinds = {lex.lexname[sid] for sid in head_sids}
+            above = {h for sid in head_sids for h in (sid, *lex.hypernyms(sid, 2))}
+            stems = {self.stem(first), self.stem(head)}
+            ok = not head_sids or any(  # a second word that is no noun ("sun rise") says nothing against it
+                not stems.isdisjoint(lex.signature(sid)) or lex.lexname[sid] in kinds
+                or not above.isdisjoint((sid, *lex.hypernyms(sid, 2))) for sid, _ in lex.senses[joined])
+            remember(self._joins, key, ok)
+        return ok
+
+    def is_material(self, sid: int) -> bool:
+        """Does synset `sid` name a material (a substance, a fabric, a building material)? (module docstring)"""
+        m = self._material.get(sid)
+        if m is None:
+            up = self.lex.hypernyms(sid, 12)
+            m = (self.lex.lexname[sid] in self._material_lexnames or not self._material_roots.isdisjoint(up)) \
+                and self._material_not.isdisjoint(up)
+            remember(self._material, sid, m)
+        return m
+
+    def _material_cues(self, toks: list[str], choice) -> set[int]:
+        """Positions of the single words used as a material here (module docstring): only words with a
+        material sense in their singular form, so most captions pay one memo lookup per word."""
+        n, memo = len(toks), self._material_word
+        get = memo.get
+        able = {i for i, tok in enumerate(toks) if get(tok) is not False}  # True, or not seen yet
+        for i in list(able):
+            tok = toks[i]
+            if tok not in memo:
+                lemmas = self._token(tok)[0]
+                remember(memo, tok, bool(lemmas) and lemmas[0] == tok and any(
+                    self.is_material(sid) for lm in lemmas for sid, _ in self.lex.senses[lm]))
+            if not memo.get(tok) or (choice is not None and choice[i] is not None):
+                able.discard(i)
+        if not able:
+            return able
+        cues = {i for i in able if self._modifies_noun(toks, i, choice) or self._made_of(toks, i)}
+        for _ in range(2):  # coordination, both ways: "steel and glass tower", "made of wood and glass"
+            cues |= {i for i in able - cues if (i + 2 in cues and i + 1 < n and toks[i + 1] in COORDINATORS)
+                     or (i - 2 in cues and toks[i - 1] in COORDINATORS)}
+        return cues
+
+    def _modifies_noun(self, toks: list[str], i: int, choice) -> bool:
+        """Is toks[i] right before a noun (a compound, or a word read as a noun there)?"""
+        if i + 1 >= len(toks) or toks[i + 1] in STOPWORDS:
+            return False
+        if choice is not None and choice[i + 1] is not None:
+            return choice[i + 1][1] is not None  # a compound; a meta phrase ("close up") is none
+        info = self._token(toks[i + 1])
+        return bool(info[0]) and self._is_noun(toks, i + 1, info[1])
+
+    def _made_of(self, toks: list[str], i: int) -> bool:
+        """Is toks[i] the complement of a making verb ("made of [solid] gold", "carved out of marble")?"""
+        j, skipped = i - 1, 0
+        while j >= 0 and skipped < _MAX_ADJECTIVES and toks[j] not in STOPWORDS:
+            info = self._token(toks[j])
+            if info[0] and info[1] >= 0:  # a noun in between: toks[i] is not the complement
+                return False
+            j, skipped = j - 1, skipped + 1
+        if j < 1 or toks[j] not in MATERIAL_PREPOSITIONS:
+            return False
+        verb = toks[j - 1] if toks[j - 1] != "out" else (toks[j - 2] if j >= 2 else "")
+        return verb in MATERIAL_VERBS
 
     def _token(self, tok: str) -> tuple:
         """Per distinct token, once: (noun lemmas, SemCor noun log-odds (99: no other part of speech),

@@ -16,7 +16,8 @@ How a caption is read:
    programme that maximises the summed squared length of the multi-word lemmas taken, so the longest win;
    between equals the later one wins, as English compounds are head-final ("red fire hydrant" -> red +
    fire_hydrant, "nuclear power plant" -> nuclear + power_plant). The last word may be plural ("sea lions");
-   two words whose concatenation is a one-word lemma join ("cell phone" -> cellphone). Lemmas that begin or
+   two words whose concatenation is a one-word lemma join ("cell phone" -> cellphone) when that lemma is about
+   them ("leather jacket" is no leatherjacket, a fish: reading.py). Lemmas that begin or
    end with a stopword are not matched.
 2. Nouns only. Stopwords never. A single word counts as a noun when its SemCor noun tag count outweighs its
    verb/adjective/adverb counts (log-odds + 0.5 > -1), with cues from its neighbours: right after a
@@ -43,7 +44,9 @@ How a caption is read:
       class(s)   = 0.5 min(A, 4), A = the summed affinity of the other words for s's lexname (lexicon.
                    class_pmi from WordNet's glosses, plus the corpus's counts of cooccur.py when given);
    the best prior + lesk + class wins. Only the 4 best senses whose prior is within the most context can
-   add (1.5 ln(1 + 40/3)) are scored on context.
+   add (1.5 ln(1 + 40/3)) are scored on context. A word used as a material ("steel bridge", "made of
+   marble": the material cue of reading.py) takes the best of its material senses among those candidates
+   whose prior is within 1.5 of the best ('hair salon' is no haircloth).
 5. Synonyms merge: one synset is one label however many words led to it; labels keep first-seen order.
 
 Audit (tests/data/sense_audit.jsonl, 259 items; test_label_audit.py prints it): 88.0% right (dev 89.0%,
@@ -84,13 +87,14 @@ COUNT_W, RANK_W, MAX_RANK, BASE_RANK, BAG_MARGIN = 0.6, 0.25, 2, 1.5, 1.0
 LESK_W, LESK_SCALE, IDF_FLOOR, MAX_GAIN, MAX_CANDS = 1.5, 3.0, 3.0, 40.0, 4
 PRUNE = LESK_W * math.log1p(MAX_GAIN / LESK_SCALE)  # the most context can add: senses further behind cannot win
 CLASS_W, CLASS_CAP = 0.5, 4.0
+MATERIAL_MARGIN = 1.5  # a material sense taken on the material cue: prior at most this far behind the best
 
 
 def load_priors(path: str | Path = PRIORS_FILE) -> dict:
     with open(path, encoding="utf-8") as f:
         p = json.load(f)
     missing = {"lexname_weight", "hypernym_weight", "drop_lexnames", "instance_penalty", "meta_words", "meta_phrases",
-               "sense_bias"} - set(p)
+               "sense_bias", "material_lexnames", "material_hypernyms", "material_hypernyms_excluded"} - set(p)
     if missing:
         raise ValueError(f"{path}: visual priors lack {sorted(missing)}")
     return p
@@ -132,6 +136,9 @@ class SenseTagger(CaptionReader):
         self._hyper_weight = {lex.sid_of_name[n]: float(w) for n, w in p["hypernym_weight"].items()}
         self._bias = {" ".join(tokenize(k)): {lex.sid_of_name[n]: float(b) for n, b in v.items()}
                       for k, v in p["sense_bias"].items()}
+        self._material_lexnames = {NOUN_LEXNAMES.index(n) for n in p["material_lexnames"]}
+        self._material_roots = {lex.sid_of_name[n] for n in p["material_hypernyms"]}
+        self._material_not = {lex.sid_of_name[n] for n in p["material_hypernyms_excluded"]}
         self.vocab = vocab
         self._vocab_label: dict[int, int] | None = None
         if vocab is not None:
@@ -144,6 +151,9 @@ class SenseTagger(CaptionReader):
         self._bags: dict[tuple[str, ...], frozenset] = {}
         self._tok: dict[str, tuple] = {}
         self._phrases: dict[str, str | None] = {}
+        self._joins: dict[str, bool] = {}
+        self._material: dict[int, bool] = {}  # sid -> names a material
+        self._material_word: dict[str, bool] = {}  # token -> has a material sense in its singular form
         self._tag_memo: dict[str, tuple] = {}
 
     # ---- public API -----------------------------------------------------------------------------
@@ -196,7 +206,8 @@ class SenseTagger(CaptionReader):
         toks = tokenize(text)
         n = len(toks)
         choice = self._segment(toks) if n > 1 else None
-        targets = []  # (unit index, lemmas, span)
+        material = self._material_cues(toks, choice) if n > 1 else _EMPTY
+        targets = []  # (unit index, lemmas, span, used as a material)
         bags: list[frozenset] = []
         classes: list[dict | None] = []  # per unit: its word's lexname affinities (lexicon.class_pmi)
         i = 0
@@ -217,7 +228,7 @@ class SenseTagger(CaptionReader):
                         why = "meta" if meta else "not a noun" if lemmas else "unknown"
                         detail.append(Unit(toks[i], list(lemmas), dropped=why))
                 else:
-                    targets.append((len(bags), lemmas, toks[i]))
+                    targets.append((len(bags), lemmas, toks[i], i in material))
                     bags.append(noun_bag)
                 i += 1
                 continue
@@ -230,7 +241,7 @@ class SenseTagger(CaptionReader):
                 if detail is not None:
                     detail.append(Unit(span, [lemma] if lemma else [], dropped="meta"))
             else:
-                targets.append((len(bags), (lemma,), span))
+                targets.append((len(bags), (lemma,), span, False))
                 bags.append(self._bag((lemma,)))
             i += L
         return self._choose(targets, bags, classes, detail, probe)
@@ -252,7 +263,7 @@ class SenseTagger(CaptionReader):
             if probe is not None:
                 probe["stems"].append(stem)
             if lemmas:
-                targets.append((len(bags) - 1, lemmas, tag))
+                targets.append((len(bags) - 1, lemmas, tag, False))
             elif detail is not None and why:
                 detail.append(Unit(tag, [], dropped=why))
         return self._choose(targets, bags, classes, detail, probe)
@@ -363,12 +374,12 @@ class SenseTagger(CaptionReader):
 
     def _choose(self, targets, bags: list[frozenset], classes: list, detail: list[Unit] | None,
                 probe: dict | None = None) -> list[int]:
-        """The sense of each target (unit index, lemmas, span) given the other units' bags and lexname
-        affinities (steps 4-5)."""
+        """The sense of each target (unit index, lemmas, span, used as a material) given the other units' bags
+        and lexname affinities (steps 4-5)."""
         out: list[int] = []
         lex = self.lex
         affinity = None  # summed over the text's words: lexname -> PMI
-        for k, lemmas, span in targets:
+        for k, lemmas, span, as_material in targets:
             cands, inv, keys = self._choices(lemmas)
             if not cands:
                 if detail is not None:
@@ -397,6 +408,11 @@ class SenseTagger(CaptionReader):
                         total += CLASS_W * min(coh, CLASS_CAP)
                     scored.append((sid, total))
                 scored.sort(key=lambda e: -e[1])
+                if as_material:  # its best material sense, if one is a common enough reading of the word
+                    near = {sid for sid, prior in cands
+                            if prior >= cands[0][1] - MATERIAL_MARGIN and self.is_material(sid)}
+                    if near:
+                        scored.sort(key=lambda e: e[0] not in near)
             sid = scored[0][0]
             dropped = "non-visual" if lex.lexname[sid] in self._drop else None
             if dropped is None:

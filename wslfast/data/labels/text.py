@@ -7,6 +7,8 @@
   also WordNet nouns: vitamin A, Indiana, information technology, the month of May).
 - `MODALS`: can, will, may, might, must: nouns only right after a determiner ("a can of soda").
 - `DETERMINERS`: words after which the next word is read as a noun (the part-of-speech cue of `text.noun_cue`).
+- `MATERIAL_VERBS`, `MATERIAL_PREPOSITIONS`: "made of", "carved from", "covered in": the noun after them names
+  the stuff a thing is made of (the material cue of reading.py).
 - `Stemmer`: Porter stems with a bounded memo (the gloss-overlap signatures are sets of stems).
 """
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["tokenize", "STOPWORDS", "MODALS", "DETERMINERS", "COUNT_WORDS", "VERB_CUES", "Stemmer"]
+__all__ = ["tokenize", "STOPWORDS", "MODALS", "DETERMINERS", "COUNT_WORDS", "VERB_CUES", "MATERIAL_VERBS",
+           "MATERIAL_PREPOSITIONS", "COORDINATORS", "Stemmer"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _POSSESSIVE = re.compile(r"['\u2019]s\b")
@@ -65,6 +68,15 @@ COUNT_WORDS = frozenset("two three four five six seven eight nine ten several ma
 # Before a verb more often than before a noun ("to fly", "can swim", "is running").
 VERB_CUES = frozenset("to will would can could may might must should shall is are was were be been "
                       "being am do does did don doesn didn he she they we i it who that".split())
+
+# "<verb> of|from|in|with|out of <noun>": the noun is what the thing is made of or covered with ("a bridge made of
+# steel", "a statue carved from marble", "covered in gold"), whatever the noun's other senses.
+MATERIAL_VERBS = frozenset("""
+made carved built cast crafted constructed forged woven knitted sculpted sculptured moulded molded hewn
+fashioned formed covered wrapped coated plated clad paved lined upholstered framed
+""".split())
+MATERIAL_PREPOSITIONS = frozenset("of from in with".split())
+COORDINATORS = frozenset("and or".split())  # "steel and glass tower": a word coordinated with a material is one
 
 
 class Stemmer:

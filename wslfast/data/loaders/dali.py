@@ -44,12 +44,23 @@ def _resolve_device(device) -> tuple[torch.device, int | None]:
     return torch.device("cuda", index), index
 
 
-def padded_to_targets(padded: torch.Tensor, num_classes: int) -> SparseTargets:
-    """[B, K] label ids padded with -1 (on any device) -> SparseTargets in CSR on that device."""
+def padded_to_targets(padded: torch.Tensor, num_classes: int, class_weights: torch.Tensor | None = None
+                      ) -> SparseTargets:
+    """[B, K] label ids padded with -1 (on any device) -> SparseTargets in CSR on that device. Weights 1/k, or
+    with class_weights ([num_classes], e.g. the manifest's IDF ln(N / df_j)) each label's class weight over
+    its row's sum (1/k for a row whose class weights sum to 0)."""
     mask = padded >= 0
     counts = mask.sum(1)
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return SparseTargets(padded[mask], offsets, num_classes=num_classes)
+    ids = padded[mask]
+    weights = None
+    if class_weights is not None and ids.numel():
+        w = class_weights.to(ids.device, torch.float32)[ids.long().clamp(0, num_classes - 1)]
+        row = torch.repeat_interleave(torch.arange(counts.numel(), device=ids.device), counts)
+        sums = torch.zeros(counts.numel(), device=ids.device, dtype=torch.float32).index_add_(0, row, w)[row]
+        k = counts.clamp(min=1).to(torch.float32)[row]
+        weights = torch.where(sums > 0, w / sums.clamp(min=torch.finfo(torch.float32).tiny), 1.0 / k)
+    return SparseTargets(ids, offsets, weights, num_classes=num_classes)
 
 
 def _shard_size(n: int, rank: int, world: int) -> int:
@@ -63,7 +74,7 @@ class DaliLoader:
     def __init__(self, *, kind: str, batch_size: int, rank: int, world_size: int, device, image_size: int,
                  resize_size: int, seed: int, num_threads: int, tars=None, idx=None, files=None, labels=None,
                  num_classes: int, num_samples: int, dtype=None, prefetch: int = 2, initial_fill: int = 1024,
-                 random_area=(0.08, 1.0), random_aspect_ratio=(3 / 4, 4 / 3)):
+                 random_area=(0.08, 1.0), random_aspect_ratio=(3 / 4, 4 / 3), class_weights=None):
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -78,6 +89,9 @@ class DaliLoader:
         self.num_classes, self.num_samples = num_classes, num_samples
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self._tars, self._idx, self._files, self._labels = tars, idx, files, labels
+        # per-class target weights (the manifest's class_weights, IDF), on the device once; None: 1/k
+        self._class_weights = None if class_weights is None else torch.as_tensor(
+            class_weights, dtype=torch.float32, device=self.device)
         self._prefetch, self._initial_fill = prefetch, initial_fill
         self._random_area, self._random_aspect = tuple(random_area), tuple(random_aspect_ratio)
         self._local = _shard_size(num_samples, rank, world_size)
@@ -186,7 +200,7 @@ class DaliLoader:
         y = y[:keep].long()
         if self._files is not None:
             return x, y.reshape(keep)
-        return x, padded_to_targets(y, self.num_classes)
+        return x, padded_to_targets(y, self.num_classes, self._class_weights)
 
     # ---- iteration ----------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -54,6 +54,7 @@ def make_loader(kind: str, source, batch_size: int, rank: int = 0, world_size: i
     given (shards without a manifest need it). **kw: DaliLoader's tuning (dtype, prefetch, ...)."""
     if kind not in ("train", "eval"):
         raise ValueError(f"make_loader: kind must be 'train' or 'eval', got {kind!r}")
+    class_weights = kw.pop("class_weights", None)  # default: the manifest's (None: 1/k targets)
     common = dict(kind=kind, batch_size=batch_size, rank=rank, world_size=world_size, device=device,
                   image_size=image_size, resize_size=image_size if resize_size is None else resize_size,
                   seed=seed, num_threads=num_threads, **kw)
@@ -67,7 +68,25 @@ def make_loader(kind: str, source, batch_size: int, rank: int = 0, world_size: i
     num_classes = num_classes or manifest_classes
     if num_classes is None:
         raise DataError(f"{kind}_loader: no manifest.json beside the shards; pass num_classes=")
-    return DaliLoader(tars=tars, idx=idx, num_classes=num_classes, num_samples=index_num_samples(idx), **common)
+    return DaliLoader(tars=tars, idx=idx, num_classes=num_classes, num_samples=index_num_samples(idx),
+                      class_weights=class_weights if class_weights is not None else _class_weights(tars, num_classes),
+                      **common)
+
+
+def _class_weights(tars, num_classes: int) -> list[float] | None:
+    """The manifest's per-class target weights (`shards --target-weights idf`), or None (1/k targets)."""
+    folder = Path(tars[0]).parent
+    try:
+        weights = read_manifest(folder).get("class_weights")
+    except (FileNotFoundError, ValueError):
+        return None
+    if weights is None:
+        return None
+    ok = isinstance(weights, list) and len(weights) == num_classes and all(
+        isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf") for w in weights)
+    if not ok:
+        raise DataError(f"{folder / 'manifest.json'}: class_weights must be {num_classes} finite numbers >= 0")
+    return weights
 
 
 def train_loader(shards, batch_size, rank=0, world_size=1, device="cuda", image_size=224, seed=0,
