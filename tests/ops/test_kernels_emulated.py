@@ -13,6 +13,8 @@ import pytest
 
 from kernel_emu import build as emu
 
+pytestmark = pytest.mark.slow  # a build of about a minute a variant, then seconds a family
+
 # family -> the driver binary (csrc folder) that runs it
 FAMILIES = {
     "softce_forward": "soft_ce",

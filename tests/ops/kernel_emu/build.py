@@ -172,7 +172,7 @@ def _compile(cxx: str, job: _Job) -> tuple[bool, str]:
         return False, ""
     job.obj.parent.mkdir(parents=True, exist_ok=True)
     tmp = job.obj.with_suffix(f".{os.getpid()}.tmp.o")
-    lang = ["-x", "c++"] if job.source.suffix == ".cu" else []
+    lang = ["-x", "c++"] if job.source.suffix == ".cu" and "nvcc" not in Path(cxx).name else []
     r = subprocess.run([cxx, *job.flags, "-c", *lang, str(job.source), "-o", str(tmp)], capture_output=True, text=True)
     if r.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -267,6 +267,68 @@ def build(variant: str, csrc: Path | None = None, jobs: int | None = None) -> Bu
     _touch(tree)
     prune()
     return Build(variant, binaries, compiled, time.perf_counter() - t0, notes)
+
+
+def nvcc_path() -> str | None:
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    cands = [str(Path(home) / "bin" / "nvcc")] if home else []
+    cands += [shutil.which("nvcc") or "", "/usr/local/cuda/bin/nvcc"]
+    return next((c for c in cands if c and Path(c).exists()), None)
+
+
+def build_cuda(csrc: Path | None = None, arch: str = "90a", jobs: int | None = None) -> Build:
+    """The same drivers against the real kernels: csrc/**/*.cu compiled by nvcc for one GPU architecture (or
+    the objects `setup.py build_ext` left in build/temp*/ for them, when newer than every file they include),
+    the drivers as host C++; binaries gpu_<folder>. For the GPU session's comparison (scripts/emu_gpu_compare.py)."""
+    t0 = time.perf_counter()
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise BuildError("no nvcc (CUDA_HOME, PATH or /usr/local/cuda) to build the drivers for the GPU")
+    csrc = Path(csrc or ROOT / "csrc").resolve()
+    ident = _compiler_id(nvcc)
+    objdir = cache_root() / "obj-cuda"
+    gencode = f"-gencode=arch=compute_{arch},code=sm_{arch}"
+    kernel_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", gencode, "-Xcompiler", "-fPIC"]
+    driver_flags = ["-O1", "-std=c++17", "-x", "c++", f"-I{DRIVERS}", f"-I{csrc}"]
+    notes, jobs_list, folders = [], [], {}
+
+    def job(source: Path, flags: list[str]) -> _Job:
+        deps = included_files(source, [DRIVERS, csrc])
+        j = _Job(source, flags, b"".join(d.read_bytes() for d in deps))
+        fresh = [o for o in sorted(ROOT.glob(f"build/temp*/{source.relative_to(ROOT).as_posix()[:-3]}.o"))
+                 if source.is_relative_to(ROOT) and source.suffix == ".cu" and
+                 o.stat().st_mtime > max(p.stat().st_mtime for p in [source, *deps])]
+        j.obj = fresh[0] if fresh else objdir / f"{source.stem}-sm{arch}-{_digest(ident, flags, source.read_bytes(), j.deps)}.o"
+        return j
+
+    harness = job(DRIVERS / "harness.cpp", driver_flags)
+    jobs_list.append(harness)
+    for folder in sorted({p.parent for p in csrc.rglob("*.cu")}):
+        drivers = sorted(DRIVERS.glob(f"{folder.name}.cpp")) + sorted(DRIVERS.glob(f"{folder.name}_*.cpp"))
+        if not drivers:
+            continue
+        ks = [job(p, kernel_flags) for p in sorted(folder.glob("*.cu"))]
+        ds = [job(d, driver_flags) for d in drivers]
+        folders[folder.name] = ks + ds
+        jobs_list += ks + ds
+    reused = sum(not j.obj.is_relative_to(objdir) for j in jobs_list)
+    if reused:
+        notes.append(f"{reused} kernel objects from setup.py's build reused")
+    compiled = 0
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs or os.cpu_count() or 2) as pool:
+        for did, _ in pool.map(lambda j: _compile(nvcc, j), sorted(jobs_list, key=lambda j: -j.source.stat().st_size)):
+            compiled += did
+    binaries = {}
+    for name, js in folders.items():
+        objs = [harness.obj] + [j.obj for j in js]
+        exe = cache_root() / "bin" / f"cuda-sm{arch}-{_digest(*(str(o) for o in objs))}" / f"gpu_{name}"
+        if not exe.exists():
+            exe.parent.mkdir(parents=True, exist_ok=True)
+            r = subprocess.run([nvcc, gencode, *map(str, objs), "-o", str(exe)], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BuildError(f"linking gpu_{name}:\n{r.stderr[-4000:]}")
+        binaries[name] = exe
+    return Build(f"cuda-sm{arch}", binaries, compiled, time.perf_counter() - t0, notes)
 
 
 def run(binary: Path, family: str, quick: bool = False, timeout: float = 600,

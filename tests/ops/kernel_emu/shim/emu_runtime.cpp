@@ -15,8 +15,10 @@
 // Under ThreadSanitizer (-DEMU_TSAN) every CUDA thread is a TSan fiber that synchronises only through
 // barriers (a release/acquire pair per barrier phase) and __syncwarp, so an access pair no barrier orders
 // (a missing __syncthreads, two blocks writing one element) is reported; shuffles and mma order nothing.
-// The order threads start in alternates between launches and blocks (0..n-1, then n-1..0), so a value that
-// a missing barrier leaves stale shows in the value checks too.
+// The schedule changes from block to block and launch to launch, so that a value a missing barrier leaves
+// stale (or overwrites too early) shows in the value checks too: threads in order 0..n-1, each running
+// until it waits (lockstep); in order n-1..0; or depth first (the thread woken last runs first, so one warp
+// runs ahead of the others through everything no barrier stops).
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/time.h>
@@ -152,6 +154,7 @@ unsigned long pool_base = 0;  // the pool slot of thread 0 of the running block
 Fiber& fiber_of(unsigned long t) { return fibers[(pool_base + t) % kPool]; }
 std::vector<Fiber*> ready;
 size_t ready_head = 0;
+bool depth_first = false;
 unsigned long nthreads = 0;
 const char* k_name = "";
 const char* k_file = "";
@@ -606,7 +609,9 @@ void run_block(unsigned long block_linear) {
   }
   ready.clear();
   ready_head = 0;
-  const bool reverse = ((block_linear + static_cast<unsigned long>(n_launches)) & 1ul) != 0;
+  const unsigned long policy = (block_linear + static_cast<unsigned long>(n_launches)) % 3;
+  const bool reverse = policy == 1;
+  depth_first = policy == 2;
   for (unsigned long i = 0; i < n; ++i) {
     const unsigned long t = reverse ? n - 1 - i : i;
     Fiber& f = fiber_of(t);
@@ -619,7 +624,13 @@ void run_block(unsigned long block_linear) {
   unsigned long finished = 0;
   while (finished < n) {
     if (ready_head >= ready.size()) deadlock();
-    Fiber* f = ready[ready_head++];
+    Fiber* f;
+    if (depth_first) {
+      f = ready.back();
+      ready.pop_back();
+    } else {
+      f = ready[ready_head++];
+    }
     if (ready_head > 4096 && 2 * ready_head > ready.size()) {
       ready.erase(ready.begin(), ready.begin() + static_cast<long>(ready_head));
       ready_head = 0;
