@@ -231,7 +231,7 @@ def build(variant: str, csrc: Path | None = None, jobs: int | None = None) -> Bu
     kernel_flags = [*COMMON, *cfg["san"], *cfg["defs"], *KERNEL, *names, f"-I{SHIM}", f"-I{tree}"]
     driver_flags = [*COMMON, *cfg["san"], *cfg["defs"], "-DWSLFAST_EMU", *names, f"-I{SHIM}", f"-I{DRIVERS}",
                     f"-I{tree}"]
-    runtime = job(SHIM / "emu_runtime.cpp", [*COMMON, *cfg["defs"], f"-I{SHIM}"])  # not instrumented
+    runtime = [job(p, [*COMMON, *cfg["defs"], f"-I{SHIM}"]) for p in sorted(SHIM.glob("*.cpp"))]  # not instrumented
     harness = job(DRIVERS / "harness.cpp", driver_flags, [SHIM / "emu.h"])
     folders: dict[str, tuple[list[_Job], list[_Job]]] = {}
     for folder in sorted({p.parent for p in tree.rglob("*.cu")}):
@@ -242,7 +242,7 @@ def build(variant: str, csrc: Path | None = None, jobs: int | None = None) -> Bu
             continue
         kernels = [job(p, kernel_flags, [SHIM / "emu.h"]) for p in sorted(folder.glob("*.cu"))]
         folders[name] = (kernels, [job(d, driver_flags, [SHIM / "emu.h"]) for d in drivers])
-    all_jobs = [runtime, harness] + [j for k, d in folders.values() for j in k + d]
+    all_jobs = [*runtime, harness] + [j for k, d in folders.values() for j in k + d]
     # the biggest sources first, so the slowest compiles overlap the rest
     all_jobs.sort(key=lambda j: -j.source.stat().st_size)
     compiled = 0
@@ -251,7 +251,7 @@ def build(variant: str, csrc: Path | None = None, jobs: int | None = None) -> Bu
             compiled += did
     binaries = {}
     for name, (kernels, drivers) in folders.items():
-        objs = [runtime.obj, harness.obj] + [j.obj for j in kernels + drivers]
+        objs = [j.obj for j in runtime] + [harness.obj] + [j.obj for j in kernels + drivers]
         exe = cache_root() / "bin" / f"{variant}-{_digest(*(o.name for o in objs))}" / f"emu_{name}"
         if not exe.exists():
             exe.parent.mkdir(parents=True, exist_ok=True)

