@@ -7,6 +7,7 @@ remove a barrier, or when nothing else caught them). Each must be caught; prints
     python scripts/mutate_kernels.py               # every mutant (~1 min each on 2 cores; run a few at a time)
     python scripts/mutate_kernels.py --list        # what each one changes
     python scripts/mutate_kernels.py S1 C7 --json out.json
+    python scripts/mutate_kernels.py --check       # which mutants no longer apply to csrc/ (after kernel changes)
 
 Objects are cached in build/emu-mutants/ (only the file a mutant touches is recompiled). A mutant whose
 text is no longer in csrc/ is reported as stale (the kernel changed: update or drop it), never as caught.
@@ -25,8 +26,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "ops"))
-os.environ.setdefault("WSLFAST_EMU_CACHE", str(ROOT / "build" / "emu-mutants"))
-os.environ.setdefault("EMU_LAUNCH_TIMEOUT", "120")
 
 from kernel_emu import build as emu  # noqa: E402
 
@@ -184,12 +183,24 @@ def main() -> int:
     ap.add_argument("ids", nargs="*", help="mutant ids (default: all)")
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--check", action="store_true", help="only say which mutants still apply to csrc/")
     args = ap.parse_args()
     chosen = [m for m in MUTANTS if not args.ids or m.id in args.ids]
+    if args.check:
+        stale = []
+        for m in chosen:
+            n = (ROOT / "csrc" / m.file).read_text().count(m.old)
+            if n != 1:
+                stale.append(m.id)
+                print(f"{m.id:4} stale: its text occurs {n} times in csrc/{m.file} ({m.what})")
+        print(f"{len(chosen) - len(stale)} of {len(chosen)} mutants apply")
+        return 1 if stale else 0
     if args.list or not chosen:
         for m in MUTANTS:
             print(f"{m.id:4} {m.file:36} {m.what}")
         return 0 if chosen or args.list else 2
+    os.environ.setdefault("WSLFAST_EMU_CACHE", str(ROOT / "build" / "emu-mutants"))  # apart from the tests'
+    os.environ.setdefault("EMU_LAUNCH_TIMEOUT", "120")  # an endless loop is caught sooner
     problem = emu.toolchain_problem("asan") or emu.toolchain_problem("tsan")
     if problem:
         print(f"cannot run: {problem}", file=sys.stderr)
