@@ -7,8 +7,9 @@
 #   bash scripts/gpu_session.sh check test   # only the named phases, in the order given
 #
 # Phases: build (sm_90a, MAX_JOBS=16, in place: installs nothing, so the machine's torch stays), check
-# (python -m wslfast.check), test (the CUDA tests), sanitize (compute-sanitizer memcheck, then racecheck,
-# over scripts/cuda_kernel_tour.py), bench-ce (soft-CE at the goal shapes), bench-conv-4 (the 32x4d stage
+# (python -m wslfast.check), test (the CUDA tests), emu-compare (the emulated kernel tests' cases on this GPU
+# and in emulation, compared: scripts/emu_gpu_compare.py), sanitize (compute-sanitizer memcheck, then
+# racecheck, over scripts/cuda_kernel_tour.py), bench-ce (soft-CE at the goal shapes), bench-conv-4 (the 32x4d stage
 # shapes), bench-step (the training step), profile (the step profile); bench-conv-8, bench-conv-16 on request.
 # Each phase has its own time box, and all of them share one deadline ($BUDGET seconds, default 520), so the
 # call ends in time even when a phase runs long. Exit status: the number of phases that failed or were cut.
@@ -49,7 +50,7 @@ phase() {  # phase NAME TIMEOUT_S COMMAND...: runs it (cut at the shared deadlin
 }
 
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(build check test sanitize bench-ce bench-conv-4 bench-step profile)
+[ ${#steps[@]} -eq 0 ] && steps=(build check test emu-compare sanitize bench-ce bench-conv-4 bench-step profile)
 
 for step in "${steps[@]}"; do
   case "$step" in
@@ -67,6 +68,13 @@ for step in "${steps[@]}"; do
     test)
       phase test 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests
       [ -f "$OUT/test.log" ] && tail -n 3 "$OUT/test.log"
+      ;;
+    emu-compare)
+      # Every launcher on the cases the CPU tests run in emulation (tests/ops/kernel_emu), built with nvcc
+      # (reusing the build phase's kernel objects) and with g++, checked against float64 on both and
+      # compared output by output: the first GPU run of them says where the emulator and the GPU differ.
+      phase emu_compare 120 "$PY" scripts/emu_gpu_compare.py --out "$OUT/emu_compare"
+      [ -f "$OUT/emu_compare/compare.txt" ] && head -n 20 "$OUT/emu_compare/compare.txt"
       ;;
     sanitize)
       # Every kernel once on small inputs: memcheck (out-of-bounds, the broken-CSR case included), then
@@ -96,7 +104,8 @@ for step in "${steps[@]}"; do
         --trace "$OUT/step_trace.json"
       ;;
     *)
-      echo "unknown phase '$step' (build, check, test, sanitize, bench-ce, bench-conv-{4,8,16}, bench-step, profile)" >&2
+      echo "unknown phase '$step' (build, check, test, emu-compare, sanitize, bench-ce, bench-conv-{4,8,16}," \
+        "bench-step, profile)" >&2
       failed=$((failed + 1))
       ;;
   esac

@@ -1,5 +1,5 @@
 // Index math of the tensor-core implicit-GEMM kernels (conv_bn_cuda_mma*.cu), as functions the kernels
-// call and CPU tests (tests/ops/test_kernel_math_host.py) run against conv2d and the PTX ISA fragment
+// call and CPU tests (tests/ops/test_kernel_math_mma.py) run against conv2d and the PTX ISA fragment
 // tables: the mma fragment <-> (row, col) mappings, the gathers of the A/B tiles, the epilogue's write-out
 // and the weight gradient's m-split plan. Plain C++ that nvcc also compiles for the device.
 #pragma once

@@ -1,8 +1,8 @@
 // Per-channel batch statistics of the CUDA conv+BN as (count, mean, M2) partials merged with Chan et al.'s
 // rule, and fixed-order merges, so the statistics neither cancel (E[z^2] - E[z]^2 loses every digit once
 // |mean| >> std) nor change from run to run (no atomics: each block writes its own partial, the finalize
-// merges them in one order). Plain C++ that nvcc also compiles for the device; CPU tests
-// (tests/ops/test_kernel_math_host.py) run this very code against float64 two-pass variances.
+// merges them in one order). Plain C++ that nvcc also compiles for the device; CPU tests (tests/ops/
+// test_kernel_math_softce_stats.py, test_kernels_emulated.py) run this very code against float64 statistics.
 #pragma once
 #include <cstdint>
 

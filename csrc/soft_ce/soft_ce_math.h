@@ -1,7 +1,7 @@
 // The arithmetic of the CUDA soft-CE kernels that is worth testing on its own: the online (max, sum of
 // exp) state with its NaN rule, the merge of two such states, and the per-row check of the CSR targets.
-// Plain C++ that nvcc also compiles for the device, so CPU tests (tests/ops/test_kernel_math_host.py)
-// run the very code the kernels run.
+// Plain C++ that nvcc also compiles for the device, so CPU tests (tests/ops/test_kernel_math_softce_stats.py)
+// run the very code the kernels run (and tests/ops/test_kernels_emulated.py the kernels themselves).
 #pragma once
 #include <cmath>
 #include <cstdint>

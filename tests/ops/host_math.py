@@ -23,14 +23,11 @@ I64, I32, F32, F64 = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_doub
 P = ctypes.c_void_p
 
 SIGNATURES = {
-    "softce_row_state": (None, [P, I64, I32, I32, P]),
     "softce_merge": (None, [F32, F32, F32, F32, P]),
     "softce_check_rows": (None, [P, P, I64, I64, P]),
     "softce_choose_splits": (I64, [I64, I64, I64]),
     "softce_split_range": (None, [I64, I64, I64, I64, P]),
     "stats_chan_merge": (None, [P, P, P]),
-    "stats_fast_path": (None, [P, I64, P]),
-    "stats_welford": (None, [P, I64, I32, P]),
     "mma_frag": (None, [I32, I32, I32, I32, I32, I32, I32, P]),
     "mma_slots": (None, [I32, I32, I32, P]),
     "mma_gemm_offset": (I64, [I32, P, I64, I64, I64]),

@@ -63,11 +63,13 @@ def test_one_call_runs_every_phase_in_order_of_value_and_installs_nothing(tmp_pa
     assert r.returncode == 0, r.stdout + r.stderr
     ran = [line.split("]")[0][1:] for line in (tmp_path / "summary.txt").read_text().splitlines()
            if line.startswith("[")]
-    assert ran == ["build", "check", "test", "memcheck", "racecheck", "bench_soft_ce", "bench_conv_bn_4",
-                   "bench_train_step", "profile_step"]
+    assert ran == ["build", "check", "test", "emu_compare", "memcheck", "racecheck", "bench_soft_ce",
+                   "bench_conv_bn_4", "bench_train_step", "profile_step"]
     build = (tmp_path / "build.log").read_text().split()
     assert build == ["setup.py", "build_ext", "--inplace"]  # in place: no pip, nothing replaces torch
     assert (tmp_path / "check.log").read_text().split() == ["-m", "wslfast.check"]
+    compare = (tmp_path / "emu_compare.log").read_text().split()
+    assert compare == ["scripts/emu_gpu_compare.py", "--out", str(tmp_path / "emu_compare")]
     memcheck = (tmp_path / "memcheck.log").read_text().split()
     assert memcheck[:2] == ["--tool", "memcheck"] and "scripts/cuda_kernel_tour.py" in memcheck
     # every phase has a time box, and the boxes are cut to one shared deadline of at most 9 minutes
@@ -79,4 +81,4 @@ def test_one_call_runs_every_phase_in_order_of_value_and_installs_nothing(tmp_pa
 def test_phases_past_the_shared_deadline_are_skipped_and_counted(tmp_path):
     r = run_default(tmp_path, BUDGET="10")
     summary = (tmp_path / "summary.txt").read_text()
-    assert r.returncode == 9 and summary.count("skipped: the 10 s budget is spent") == 9
+    assert r.returncode == 10 and summary.count("skipped: the 10 s budget is spent") == 10

@@ -1,6 +1,10 @@
-// C entry points over the kernels' own __host__ __device__ functions (csrc/*/..._math.h, conv_bn_stats.h,
-// conv_bn_mma_index.h), compiled for the host by tests/ops/host_math.py and called through ctypes, so the
-// CPU tests run the very code the CUDA kernels run. Plain C++17, no torch, no CUDA: compiles in ~2 s.
+// C entry points over the kernels' own __host__ __device__ functions (csrc/soft_ce/soft_ce_math.h,
+// csrc/conv_bn/conv_bn_stats.h, csrc/conv_bn/conv_bn_mma_index.h), compiled for the host by
+// tests/ops/host_math.py and called through ctypes by tests/ops/test_kernel_math_*.py: each entry calls
+// those functions directly (softce_check_rows walks a row's entries, as the kernels' threads share them).
+// The kernel bodies that use them (the forward's per-thread state and block merge, the statistics epilogue,
+// the finalize) run, unchanged, in the emulated kernel tests (tests/ops/test_kernels_emulated.py): nothing
+// here re-implements kernel code. Plain C++17, no torch, no CUDA.
 #include <cstdint>
 
 #include "../../../csrc/conv_bn/conv_bn_mma_index.h"
@@ -12,30 +16,6 @@ using namespace wslfast;
 extern "C" {
 
 // ---- soft-CE ----
-// The online state over a row fed in vectors of `vec` values (1, 4 or 8, as the kernels), per thread of
-// `threads` threads (thread t takes vectors t, t + threads, ...), then merged in butterfly order as the
-// block reduction does: out = (max, sumexp).
-void softce_row_state(const float* x, int64_t n, int vec, int threads, float* out) {
-  soft_ce::MaxSum st[1024];
-  for (int t = 0; t < threads; ++t) st[t] = soft_ce::max_sum_empty();
-  const int64_t nvec = vec > 1 ? n / vec : 0;
-  for (int64_t v = 0; v < nvec; ++v) {
-    float b8[8], b4[4];
-    if (vec == 8) {
-      for (int i = 0; i < 8; ++i) b8[i] = x[v * vec + i];
-      soft_ce::add_values<8>(st[v % threads], b8);
-    } else {
-      for (int i = 0; i < 4; ++i) b4[i] = x[v * vec + i];
-      soft_ce::add_values<4>(st[v % threads], b4);
-    }
-  }
-  for (int64_t c = nvec * vec; c < n; ++c) soft_ce::add_value(st[(c - nvec * vec) % threads], x[c]);
-  for (int o = 1; o < threads; o <<= 1)
-    for (int t = 0; t + o < threads; t += 2 * o) soft_ce::merge(st[t], st[t + o]);
-  out[0] = st[0].m;
-  out[1] = st[0].s;
-}
-
 void softce_merge(float m1, float s1, float m2, float s2, float* out) {
   soft_ce::MaxSum a{m1, s1};
   soft_ce::merge(a, soft_ce::MaxSum{m2, s2});
@@ -66,40 +46,6 @@ void stats_chan_merge(const double* a, const double* b, double* out) {
   conv_bn::MeanM2 x{a[0], a[1], a[2]};
   conv_bn::chan_merge(x, conv_bn::MeanM2{b[0], b[1], b[2]});
   out[0] = x.n, out[1] = x.mean, out[2] = x.m2;
-}
-
-// The fast path's statistics of one channel of `rows` fp32 values, as the kernels compute them: per
-// block of 128 rows the mean from a double sum and the fp32 sum of (v - float(mean))^2 (partial_from_sums),
-// then the finalize's merge of the parts in 16 slices (merge_parts) and the slices in order.
-void stats_fast_path(const float* v, int64_t rows, double* out) {
-  const int64_t per = 128, nparts = (rows + per - 1) / per;
-  double* part = new double[2 * nparts];
-  for (int64_t p = 0; p < nparts; ++p) {
-    const double nb = conv_bn::part_rows(p, per, rows);
-    double sum = 0.0;
-    for (int64_t r = p * per; r < p * per + static_cast<int64_t>(nb); ++r) sum += v[r];
-    const float mf = static_cast<float>(sum / nb);
-    float sq = 0.f;
-    for (int64_t r = p * per; r < p * per + static_cast<int64_t>(nb); ++r) sq += (v[r] - mf) * (v[r] - mf);
-    const conv_bn::MeanM2 pm = conv_bn::partial_from_sums(nb, sum, sq, mf);
-    part[p] = pm.mean;
-    part[nparts + p] = pm.m2;
-  }
-  conv_bn::MeanM2 acc{0, 0, 0};
-  for (int j = 0; j < 16; ++j) conv_bn::chan_merge(acc, conv_bn::merge_parts(part, nparts, 1, 0, per, rows, j, 16));
-  delete[] part;
-  out[0] = acc.n, out[1] = acc.mean, out[2] = acc.m2;
-}
-
-// The simple path's: Welford per lane in double, lanes merged in order.
-void stats_welford(const float* v, int64_t rows, int lanes, double* out) {
-  conv_bn::MeanM2 acc{0, 0, 0};
-  for (int l = 0; l < lanes; ++l) {
-    conv_bn::MeanM2 st{0, 0, 0};
-    for (int64_t r = l; r < rows; r += lanes) conv_bn::welford_add(st, v[r]);
-    conv_bn::chan_merge(acc, st);
-  }
-  out[0] = acc.n, out[1] = acc.mean, out[2] = acc.m2;
 }
 
 // ---- tensor-core index math ----
