@@ -25,7 +25,7 @@ using namespace mma;
 enum WgradOut { kStore = 0, kAdd = 1 };
 
 template <typename T, int BN, int kVec, int kPix, int kOut>
-__global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restrict__ gz, BnReluGrad bn,
+__global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : (BN == 32 ? 4 : 3)) conv_wgrad_kernel(const T* __restrict__ gz, BnReluGrad bn,
                                                               const T* __restrict__ x, float* __restrict__ out,
                                                               WgradDims d, int64_t split0, int64_t m_per_split) {
   __shared__ __align__(16) T As[kBM][kLds];
@@ -39,26 +39,35 @@ __global__ void __launch_bounds__(kThreads) conv_wgrad_kernel(const T* __restric
   const int64_t m_begin = split * m_per_split, m_end = m_begin + m_per_split < M ? m_begin + m_per_split : M;
   float* slice = kOut == kStore ? out + (split - split0) * (d.K * J0) : out;
 
+  // Every vector a thread moves (v = tid + t * kThreads) sits at k-column tid % kBK (wgrad_slot), so the
+  // thread's reduction row is decomposed once a k-tile, for its A and B loads.
+  static_assert(kThreads % kBK == 0, "a thread's vectors share one k-column");
+  constexpr int kAVec = kBM / kVec * kBK, kBVecs = BN / kVec * kBK;
   float acc[2][BN / 8][4] = {};
   for (int64_t mb = m_begin; mb < m_end; mb += kBK) {
+    const int64_t m = mb + tid % kBK;
+    const WgradRow row = m < m_end ? wgrad_row(d, geo, m) : WgradRow{0, 0, 0, false};
     // A: kBM x kBK values as kBM/kVec * kBK vectors of kVec channels (wgrad_slot: tile rows, k-column).
-    for (int v = tid; v < kBM / kVec * kBK; v += kThreads) {
-      const RowCol slot = wgrad_slot(v, kVec);
-      const int64_t m = mb + slot.col;
+#pragma unroll
+    for (int t = 0; t < kAVec / kThreads; ++t) {
+      const RowCol slot = wgrad_slot(tid + t * kThreads, kVec);
       Chunk<T> val;
       val.clear();
-      const int64_t off = m < m_end ? wgrad_x_offset(d, geo, g, m, j0 + slot.row) : -1;
+      const int64_t off = wgrad_x_offset(d, geo, g, row, j0 + slot.row);
       if (off >= 0) load_piece<kVec>(val, 0, x + off);
       const T* e = val.elems();
 #pragma unroll
       for (int i = 0; i < kVec; ++i) As[slot.row + i][slot.col] = e[i];
     }
-    for (int v = tid; v < BN / kVec * kBK; v += kThreads) {
+#pragma unroll
+    for (int t = 0; t < (kBVecs + kThreads - 1) / kThreads; ++t) {
+      const int v = tid + t * kThreads;
+      if (v >= kBVecs) break;
       const RowCol slot = wgrad_slot(v, kVec);
-      const int64_t m = mb + slot.col, col = n0 + slot.row;
+      const int64_t col = n0 + slot.row;
       Chunk<T> val;
       val.clear();
-      const int64_t off = m < m_end ? wgrad_g_offset(d, geo, g, m, col) : -1;
+      const int64_t off = wgrad_g_offset(d, geo, g, row, col);
       if (off >= 0) {
         Chunk<T> sv;
         sv.clear();

@@ -153,21 +153,38 @@ WSLFAST_IDX_HD WgradGeom wgrad_geom(const WgradDims& d, int pix) {
   g.J = static_cast<int>(d.R * g.U * (d.C / d.groups));
   return g;
 }
-WSLFAST_IDX_HD int64_t wgrad_x_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t m, int64_t j) {
-  const int64_t cg = d.C / d.groups;
-  if (m >= g.M || j >= g.J) return -1;
-  const int64_t c = j % cg, u = (j / cg) % g.U, i = j / (cg * g.U);
-  const int64_t qb = m % g.Qb, p = (m / g.Qb) % d.P, n = m / (g.Qb * d.P);
-  const int64_t h = p * d.stride - d.pad + i, w = qb * g.pix * d.stride - d.pad + u;
+// Reduction row m' = (n, p, qb), decomposed once and shared by a thread's loads at that row.
+struct WgradRow {
+  int n, p, qb;  // each under 2^31 (offsets are formed in 64 bits)
+  bool ok;
+};
+WSLFAST_IDX_HD WgradRow wgrad_row(const WgradDims& d, const WgradGeom& g, int64_t m) {
+  if (m >= g.M) return {0, 0, 0, false};
+  return {static_cast<int>(m / (g.Qb * d.P)), static_cast<int>((m / g.Qb) % d.P), static_cast<int>(m % g.Qb), true};
+}
+WSLFAST_IDX_HD int64_t wgrad_x_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, const WgradRow& row,
+                                      int64_t j) {
+  const int cg = static_cast<int>(d.C / d.groups);
+  if (!row.ok || j >= g.J) return -1;
+  const int jj = static_cast<int>(j), c = jj % cg, u = (jj / cg) % g.U, i = jj / (cg * g.U);
+  const int h = row.p * static_cast<int>(d.stride) - static_cast<int>(d.pad) + i;
+  const int w = row.qb * g.pix * static_cast<int>(d.stride) - static_cast<int>(d.pad) + u;
   if (h < 0 || h >= d.H || w < 0 || w >= d.W) return -1;
-  return ((n * d.H + h) * d.W + w) * d.C + gr * cg + c;
+  return ((int64_t(row.n) * d.H + h) * d.W + w) * d.C + gr * cg + c;
+}
+WSLFAST_IDX_HD int64_t wgrad_x_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t m, int64_t j) {
+  return wgrad_x_offset(d, g, gr, wgrad_row(d, g, m), j);
+}
+WSLFAST_IDX_HD int64_t wgrad_g_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, const WgradRow& row,
+                                      int64_t col) {
+  const int64_t kg = d.K / d.groups, dq = col / kg, kk = col % kg;
+  if (!row.ok || dq >= g.pix) return -1;
+  const int q = row.qb * g.pix + static_cast<int>(dq);
+  if (q >= d.Q) return -1;
+  return ((int64_t(row.n) * d.P + row.p) * d.Q + q) * d.K + gr * kg + kk;
 }
 WSLFAST_IDX_HD int64_t wgrad_g_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t m, int64_t col) {
-  const int64_t kg = d.K / d.groups, dq = col / kg, kk = col % kg;
-  if (m >= g.M || dq >= g.pix) return -1;
-  const int64_t qb = m % g.Qb, pq = m / g.Qb, q = qb * g.pix + dq;  // pq = n * P + p
-  if (q >= d.Q) return -1;
-  return (pq * d.Q + q) * d.K + gr * kg + kk;
+  return wgrad_g_offset(d, g, gr, wgrad_row(d, g, m), col);
 }
 // dw offset (KRSC) of D's (j', col) when pix = 1 (D is dw), or -1.
 WSLFAST_IDX_HD int64_t wgrad_dw_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t col, int64_t j) {
