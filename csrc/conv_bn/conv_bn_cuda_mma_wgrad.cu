@@ -25,7 +25,7 @@ using namespace mma;
 enum WgradOut { kStore = 0, kAdd = 1 };
 
 template <typename T, int BN, int kVec, int kPix, int kOut>
-__global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : (BN == 32 ? 4 : 3)) conv_wgrad_kernel(const T* __restrict__ gz, BnReluGrad bn,
+__global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : 1) conv_wgrad_kernel(const T* __restrict__ gz, BnReluGrad bn,
                                                               const T* __restrict__ x, float* __restrict__ out,
                                                               WgradDims d, int64_t split0, int64_t m_per_split) {
   __shared__ __align__(16) T As[kBM][kLds];
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : (BN == 32 ? 4 : 3)) c
     const int64_t m = mb + tid % kBK;
     const WgradRow row = m < m_end ? wgrad_row(d, geo, m) : WgradRow{0, 0, 0, false};
     // A: kBM x kBK values as kBM/kVec * kBK vectors of kVec channels (wgrad_slot: tile rows, k-column).
-#pragma unroll
+#pragma unroll 1
     for (int t = 0; t < kAVec / kThreads; ++t) {
       const RowCol slot = wgrad_slot(tid + t * kThreads, kVec);
       Chunk<T> val;
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : (BN == 32 ? 4 : 3)) c
 #pragma unroll
       for (int i = 0; i < kVec; ++i) As[slot.row + i][slot.col] = e[i];
     }
-#pragma unroll
+#pragma unroll 1
     for (int t = 0; t < (kBVecs + kThreads - 1) / kThreads; ++t) {
       const int v = tid + t * kThreads;
       if (v >= kBVecs) break;
@@ -92,6 +92,7 @@ __global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : (BN == 32 ? 4 : 3)) c
     else slice[off] = (split == 0 ? 0.f : slice[off]) + v;
   };
   if constexpr (kPix == 1) {
+    const WgradTileOut to = wgrad_tile_out(d, geo, g, j0, n0);
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt)
 #pragma unroll
@@ -99,8 +100,7 @@ __global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : (BN == 32 ? 4 : 3)) c
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const RowCol rc = frag_acc(warp, lane, mt, nt, i);  // row: j in the tile, col: kk in the tile
-          const int64_t off = wgrad_dw_offset(d, geo, g, n0 + rc.col, j0 + rc.row);
-          if (off >= 0) put(off, acc[mt][nt][i]);
+          if (rc.row < to.rows && rc.col < to.cols) put(to.base + (rc.col * to.ld + rc.row), acc[mt][nt][i]);
         }
   } else {
     // one block holds all of D (wgrad_tile: R * U * cg <= kBM rows, BN = 2 * kg columns)

@@ -186,11 +186,22 @@ WSLFAST_IDX_HD int64_t wgrad_g_offset(const WgradDims& d, const WgradGeom& g, in
 WSLFAST_IDX_HD int64_t wgrad_g_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t m, int64_t col) {
   return wgrad_g_offset(d, g, gr, wgrad_row(d, g, m), col);
 }
-// dw offset (KRSC) of D's (j', col) when pix = 1 (D is dw), or -1.
-WSLFAST_IDX_HD int64_t wgrad_dw_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t col, int64_t j) {
+// Where the block at (j0 rows, n0 columns) of D writes dw when pix = 1 (D is dw, KRSC): element (row, col) of
+// its tile goes to base + col * ld + row when row < rows and col < cols. The kernel forms the tile offsets in
+// 32 bits from one base (64-bit addresses per element had pushed sm_80 past 255 registers).
+struct WgradTileOut {
+  int64_t base;
+  int rows, cols, ld;
+};
+WSLFAST_IDX_HD WgradTileOut wgrad_tile_out(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t j0, int64_t n0) {
   const int64_t kg = d.K / d.groups;
-  if (col >= kg || j >= g.J) return -1;
-  return (gr * kg + col) * g.J + j;
+  return {(gr * kg + n0) * g.J + j0, static_cast<int>(g.J - j0), static_cast<int>(kg - n0), g.J};
+}
+// dw offset (KRSC) of D's (j', col) when pix = 1, or -1.
+WSLFAST_IDX_HD int64_t wgrad_dw_offset(const WgradDims& d, const WgradGeom& g, int64_t gr, int64_t col, int64_t j) {
+  const WgradTileOut t = wgrad_tile_out(d, g, gr, 0, 0);
+  if (col >= t.cols || j >= t.rows) return -1;
+  return t.base + col * t.ld + j;
 }
 
 // Pixel pairs: dw's element jj = (r, s, c) of an output channel (KRSC) is D[row0, (0, kk)] + D[row1, (1, kk)]:
