@@ -404,7 +404,7 @@ def main():
                 case = dict(model=group, dtype=dtype, **L.case())
                 for impl, fn in (("before", before_metrics), ("after", after_metrics)):
                     rec = dict(bench=BENCH, case=case, impl=impl, count=count, useful_macs=L.useful)
-                    rec.update({k: (round(v, 4) if isinstance(v, float) else v)
+                    rec.update({k: (int(v) if k.endswith("_bytes") else round(v, 4) if isinstance(v, float) else v)
                                 for k, v in fn(lib, L, f32, elem).items()})
                     rec.update(commit=commit if impl == "after" else BEFORE_COMMIT, time=now)
                     rows.append(rec)
