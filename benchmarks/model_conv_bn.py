@@ -355,14 +355,14 @@ def print_goals(records, dtype):
         return [r for r in rs if r["case"]["model"] == model and pred(r["case"])]
 
     print(f"\ngoals ({dtype}):")
-    grouped = lambda c: c["groups"] == 32 and c["R"] == 3 and c["H"] in (56, 28) and c["C"] in (128, 256)  # noqa
-    for model in ("resnext101_32x4d",):
-        for r in sorted(pick(model, grouped), key=lambda r: (-r["case"]["H"], r["case"]["stride"], r["impl"] != "before")):
-            c = r["case"]
-            worst = min(r[f"{k}_useful_mma"] for k in KINDS)
-            print(f"  32x4d 3x3 g32 {c['C']} ch {c['H']}x{c['W']}/{c['stride']} {r['impl']:6s}: useful mma fwd "
-                  f"{r['fwd_useful_mma']:.0%} dgrad {r['dgrad_useful_mma']:.0%} wgrad {r['wgrad_useful_mma']:.0%}"
-                  + ("   (goal >= 50%: " + ("met" if worst >= 0.5 else "NOT met") + ")" if r["impl"] == "after" else ""))
+    grouped = lambda c: c["groups"] == 32 and c["R"] == 3 and c["H"] in (56, 28) and c["C"] in (128, 256)  # noqa: E731
+    order = lambda r: (-r["case"]["H"], r["case"]["stride"], r["impl"] != "before")  # noqa: E731
+    for r in sorted(pick("resnext101_32x4d", grouped), key=order):
+        c = r["case"]
+        worst = min(r[f"{k}_useful_mma"] for k in KINDS)
+        goal = f"   (goal >= 50%: {'met' if worst >= 0.5 else 'NOT met'})" if r["impl"] == "after" else ""
+        print(f"  32x4d 3x3 g32 {c['C']} ch {c['H']}x{c['W']}/{c['stride']} {r['impl']:6s}: useful mma fwd "
+              f"{r['fwd_useful_mma']:.0%} dgrad {r['dgrad_useful_mma']:.0%} wgrad {r['wgrad_useful_mma']:.0%}{goal}")
     for impl in ("before", "after"):
         s2 = [r for r in rs if r["impl"] == impl and r["case"]["stride"] == 2 and r["case"]["model"] != "tests"]
         fin = [r for r in rs if r["impl"] == impl and r["case"]["model"] != "tests"]

@@ -22,12 +22,14 @@ using namespace mma;
 //   kOut == kAdd:   adds its partial into dw in place, onto 0.f for split 0 (one split a launch).
 // gz is grad_y; bn turns it into the conv-output gradient as the B tile is loaded. Pixel pairs (kPix 2): D
 // goes through shared memory and dw[kk, r, s, c] = D[(r, s, c), (0, kk)] + D[(r, s + stride, c), (1, kk)].
+// Launch bounds: 5 blocks an SM for the narrow tiles (ptxas otherwise aimed at 7-8 and spilled); the wide ones
+// take what they need.
 enum WgradOut { kStore = 0, kAdd = 1 };
 
 template <typename T, int BN, int kVec, int kPix, int kOut>
-__global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : 1) conv_wgrad_kernel(const T* __restrict__ gz, BnReluGrad bn,
-                                                              const T* __restrict__ x, float* __restrict__ out,
-                                                              WgradDims d, int64_t split0, int64_t m_per_split) {
+__global__ void __launch_bounds__(kThreads, BN <= 16 ? 5 : 1)
+    conv_wgrad_kernel(const T* __restrict__ gz, BnReluGrad bn, const T* __restrict__ x, float* __restrict__ out,
+                      WgradDims d, int64_t split0, int64_t m_per_split) {
   __shared__ __align__(16) T As[kBM][kLds];
   __shared__ __align__(16) T Bs[BN][kLds];
   __shared__ float Ds[kPix == 2 ? kBM : 1][BN + 1];

@@ -1,6 +1,6 @@
 // Per-channel batch statistics of the CUDA conv+BN as (count, mean, M2) partials merged with Chan et al.'s
-// rule, and fixed-order merges (a parallel tree, merge_parts_tree), so the statistics neither cancel (E[z^2] - E[z]^2 loses every digit once
-// |mean| >> std) nor change from run to run (no atomics: each block writes its own partial, the finalize
+// rule, and fixed-order merges (a parallel tree: merge_parts_tree), so the statistics neither cancel
+// (E[z^2] - E[z]^2 loses every digit once |mean| >> std) nor change from run to run (no atomics: each block writes its own partial, the finalize
 // merges them in one order). Plain C++ that nvcc also compiles for the device; CPU tests
 // (tests/ops/test_kernel_math_host.py) run this very code against float64 two-pass variances.
 #pragma once
