@@ -138,7 +138,7 @@ __global__ void channel_sums_kernel(Terms terms, int64_t rows, int64_t K, double
 
 // Block (channels, lanes) = merge_geometry(K, nparts): lane l sums parts l, l + lanes, ... of its channel,
 // then the lanes add in a halving tree (sum_parts_tree is the same order on the host).
-__global__ void reduce_parts_kernel(const double* __restrict__ part, int64_t nparts, int64_t K,
+__global__ void __launch_bounds__(1024) reduce_parts_kernel(const double* __restrict__ part, int64_t nparts, int64_t K,
                                     double* __restrict__ sums) {
   __shared__ double s0[1024], s1[1024];
   const int ch = threadIdx.x, lane = threadIdx.y, nch = blockDim.x, me = lane * nch + ch;

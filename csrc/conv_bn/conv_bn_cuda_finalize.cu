@@ -17,8 +17,9 @@ namespace {
 
 constexpr int kThreads = 128;
 
-// Block (channels, lanes) = merge_geometry(K, nparts), channels * lanes <= 1024.
-__global__ void forward_finalize_kernel(const double* __restrict__ part, int64_t nparts, int64_t rows_per_part,
+// Block (channels, lanes) = merge_geometry(K, nparts), channels * lanes <= 1024 (the launch bounds keep a
+// 1024-thread block within the SM's 64K registers).
+__global__ void __launch_bounds__(1024) forward_finalize_kernel(const double* __restrict__ part, int64_t nparts, int64_t rows_per_part,
                                         int64_t rows, const float* __restrict__ gamma, const float* __restrict__ beta,
                                         double eps, float* __restrict__ mean, float* __restrict__ var,
                                         float* __restrict__ scale_shift, int64_t K) {
