@@ -13,6 +13,12 @@ bf16; CPU default: 32x4d at batch 8 in float32 (the issue's CPU goal). Modes fwd
 graph built untimed) and fwdbwd. Impls: wslfast (conv_bn_relu), eager (F.conv2d -> F.batch_norm ->
 F.relu), compile (torch.compile of eager). On a GPU the wslfast forward also records the bandwidth it
 achieved on its fused traffic (read x, write z, read z, write y) and the device's copy bandwidth.
+Changed-kernel cases (GPU, --no-changed to skip): the layers whose kernels issue 20 changed, at batch 128 in
+bf16 (benchmarks/model_conv_bn.py models their work): the stride-2 3x3 grouped conv opening 32x4d's stage 2
+(8 channels a group, the data gradient's output phases), its stride-2 1x1 downsample (phases with no tap), and
+32x48d's stage-1 3x3 (49 weight-gradient m-splits: a bounded workspace, two rounds). 32x4d stage 1 (4 channels
+a group: pixel pairs; 3136 statistics parts: the finalize's tree) is the first block case above.
+Records are appended after each case, so a run cut short keeps what it measured.
 Step: one SGD step of a whole model, fused=True vs fused=False (GPU: resnext101_32x8d, batch 64, bf16
 autocast; CPU: resnext_tiny, batch 16, 128x128, float32), channels_last.
 """
@@ -28,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_results, current_rss_bytes, peak_rss_bytes, record, sync, time_ms  # noqa: E402
+from common import (append_results, current_rss_bytes, device_label, peak_rss_bytes, record, sync,  # noqa: E402
+                    time_ms)
 
 from wslfast.models import create_model  # noqa: E402
 from wslfast.ops import conv_bn_relu  # noqa: E402
@@ -43,24 +50,41 @@ def stage_cases(widths, batches, dtype):
             for wpg in widths for n in batches for i, (hw, mult) in enumerate(STAGES)]
 
 
+def changed_cases(dtype):
+    """Layers whose kernels issue 20 changed (see the module docstring)."""
+    base = dict(N=128, dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads())
+    return [dict(model="32x4d", stage="2 first 3x3/2", C=256, H=56, W=56, K=256, R=3, stride=2, groups=32, **base),
+            dict(model="32x4d", stage="2 downsample 1x1/2", C=256, H=56, W=56, K=512, R=1, stride=2, groups=1,
+                 relu=False, **base),
+            dict(model="32x48d", stage=1, C=1536, H=56, W=56, K=1536, R=3, stride=1, groups=32, **base)]
+
+
+def conv_kwargs(case):
+    """The conv of a case: stage cases are 3x3, stride 1, groups 32, K = C, with ReLU."""
+    r = case.get("R", 3)
+    return dict(stride=case.get("stride", 1), padding=r // 2, groups=case["groups"], relu=case.get("relu", True))
+
+
 def make_inputs(case, device, dtype):
     gen = torch.Generator(device="cpu").manual_seed(0)
-    c = case["C"]
+    c, k, r, groups = case["C"], case.get("K", case["C"]), case.get("R", 3), case["groups"]
     x = torch.randn(case["N"], c, case["H"], case["W"], generator=gen).to(device, dtype)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = (torch.randn(c, c // 32, 3, 3, generator=gen) / (9 * c / 32) ** 0.5).to(device, dtype).requires_grad_()
-    g = torch.ones(c, device=device, requires_grad=True)
-    b = torch.zeros(c, device=device, requires_grad=True)
-    stats = (torch.zeros(c, device=device), torch.ones(c, device=device))
+    w = (torch.randn(k, c // groups, r, r, generator=gen) / (r * r * c / groups) ** 0.5).to(device, dtype)
+    w = w.requires_grad_()
+    g = torch.ones(k, device=device, requires_grad=True)
+    b = torch.zeros(k, device=device, requires_grad=True)
+    stats = (torch.zeros(k, device=device), torch.ones(k, device=device))
     return x, w, g, b, stats
 
 
-def eager_block(x, w, g, b, rm, rv):
-    return F.relu(F.batch_norm(F.conv2d(x, w, None, 1, 1, 1, 32), rm, rv, g.to(x.dtype), b.to(x.dtype), True))
+def eager_block(x, w, g, b, rm, rv, stride=1, padding=1, groups=32, relu=True):
+    y = F.batch_norm(F.conv2d(x, w, None, stride, padding, 1, groups), rm, rv, g.to(x.dtype), b.to(x.dtype), True)
+    return F.relu(y) if relu else y
 
 
-def wslfast_block(x, w, g, b, rm, rv):
-    return conv_bn_relu(x, w, g, b, rm, rv, stride=1, padding=1, groups=32)
+def wslfast_block(x, w, g, b, rm, rv, stride=1, padding=1, groups=32, relu=True):
+    return conv_bn_relu(x, w, g, b, rm, rv, stride=stride, padding=padding, groups=groups, relu=relu)
 
 
 def block_impls(with_compile):
@@ -70,14 +94,15 @@ def block_impls(with_compile):
     return impls
 
 
-def mode_fns(fn, inputs):
+def mode_fns(fn, inputs, kw):
     """{mode: (callable, setup or None)} for one impl on one case."""
     x, w, g, b, (rm, rv) = inputs
-    dy = torch.randn_like(x)
+    with torch.no_grad():
+        dy = torch.randn_like(fn(x, w, g, b, rm, rv, **kw))
     leaves = (x, w, g, b)
 
     def fwd(_=None):
-        return fn(x, w, g, b, rm, rv)
+        return fn(x, w, g, b, rm, rv, **kw)
 
     def bwd(y):
         torch.autograd.backward(y, dy)
@@ -107,12 +132,13 @@ def interleaved_times(fns, device, warmup, repeats):
     return {name: quantiles(t) for name, t in times.items()}
 
 
-def cuda_peak(fn, inputs, device):
+def cuda_peak(fn, inputs, device, kw):
     x, w, g, b, (rm, rv) = inputs
     sync(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    torch.autograd.backward(fn(x, w, g, b, rm, rv), torch.ones_like(x))
+    y = fn(x, w, g, b, rm, rv, **kw)
+    torch.autograd.backward(y, torch.ones_like(y))
     sync(device)
     for t in (x, w, g, b):
         t.grad = None
@@ -131,7 +157,8 @@ def mem_child(impl, case):
     before = current_rss_bytes()
     x, w, g, b, (rm, rv) = inputs
     fn = block_impls(False)[impl]
-    torch.autograd.backward(fn(x, w, g, b, rm, rv), torch.ones_like(x))
+    y = fn(x, w, g, b, rm, rv, **conv_kwargs(case))
+    torch.autograd.backward(y, torch.ones_like(y))
     print(max(0, peak_rss_bytes() - before))
 
 
@@ -143,17 +170,23 @@ def copy_bandwidth_gbps(device):
 
 
 def fused_traffic_bytes(case, dtype):
-    elems = case["N"] * case["C"] * case["H"] * case["W"]
-    return 4 * elems * torch.finfo(dtype).bits // 8  # x read, z write, z read, y write
+    kw = conv_kwargs(case)
+    p = (case["H"] + 2 * kw["padding"] - case.get("R", 3)) // kw["stride"] + 1
+    q = (case["W"] + 2 * kw["padding"] - case.get("R", 3)) // kw["stride"] + 1
+    x_elems = case["N"] * case["C"] * case["H"] * case["W"]
+    z_elems = case["N"] * case.get("K", case["C"]) * p * q
+    return (x_elems + 3 * z_elems) * torch.finfo(dtype).bits // 8  # x read, z write, z read, y write
 
 
-def run_blocks(cases, device, dtype, with_compile, repeats, records):
+def run_blocks(cases, device, dtype, with_compile, repeats, records, out):
     impls = block_impls(with_compile)
     peak_bw = copy_bandwidth_gbps(device) if device.type == "cuda" else None
     for case in cases:
+        kw = conv_kwargs(case)
+        first = len(records)
         inputs = make_inputs(case, device, dtype)
-        per_impl = {name: mode_fns(fn, inputs) for name, fn in impls.items()}
-        mem = {name: (cuda_peak(fn, inputs, device) if device.type == "cuda"
+        per_impl = {name: mode_fns(fn, inputs, kw) for name, fn in impls.items()}
+        mem = {name: (cuda_peak(fn, inputs, device, kw) if device.type == "cuda"
                       else None if name == "compile" else cpu_peak(name, case))
                for name, fn in impls.items()}
         for mode in ("fwd", "bwd", "fwdbwd"):
@@ -167,6 +200,10 @@ def run_blocks(cases, device, dtype, with_compile, repeats, records):
                                       **extra))
             print(f"{case['model']} stage {case['stage']} N={case['N']} {mode:6s} "
                   + " ".join(f"{name} {t[1]:8.2f} ms" for name, t in times.items()), flush=True)
+        append_results(records[first:], out, device)  # as each case ends: a cut-short run keeps its cases
+        del inputs, per_impl
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def run_step(device, records, repeats):
@@ -227,6 +264,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--no-step", action="store_true")
+    ap.add_argument("--no-changed", action="store_true", help="skip the changed-kernel cases (GPU)")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads (torch.set_num_threads); 1 gives steadier numbers on busy shared cores")
@@ -248,12 +286,17 @@ def main():
     dtype, repeats = (torch.bfloat16, 20) if gpu else (torch.float32, 15)
     cases = stage_cases(widths, batches, dtype)
     repeats = args.repeats or repeats
+    if gpu and not args.no_changed:
+        cases += changed_cases(dtype)
     records = []
-    run_blocks(cases, device, dtype, not args.no_compile, repeats, records)
+    run_blocks(cases, device, dtype, not args.no_compile, repeats, records, args.out)
     if not args.no_step:
-        run_step(device, records, max(3, repeats // 3))
+        step_records = []
+        run_step(device, step_records, max(3, repeats // 3))
+        append_results(step_records, args.out, device)
+        records += step_records
     summarize(records)
-    print("results appended to", append_results(records, args.out, device))
+    print("results appended to", args.out or os.path.join("benchmarks", "results", f"{device_label(device)}.json"))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
 #include <initializer_list>
 
 #include "conv_bn_cuda_common.cuh"
+#include "conv_bn_mma_plan.h"
 #include "conv_bn_stats.h"
 
 namespace wslfast::conv_bn {
@@ -109,12 +110,7 @@ struct BackwardTerms {
   }
 };
 
-constexpr int64_t kMaxParts = 4096;
-
-int64_t parts_for(int64_t rows) {
-  const int64_t p = (rows + 8 * 64 - 1) / (8 * 64);  // ~64 rows per thread
-  return p < 1 ? 1 : (p > kMaxParts ? kMaxParts : p);
-}
+int64_t parts_for(int64_t rows) { return mma::backward_parts(rows); }  // conv_bn_mma_plan.h
 
 // Block (channel group, part): sums of the terms over the part's rows (grid-strided by part) -> part.
 template <typename Terms>
@@ -140,20 +136,27 @@ __global__ void channel_sums_kernel(Terms terms, int64_t rows, int64_t K, double
   }
 }
 
-constexpr int kSlices = 16;
-
-// Block (32 channels, 16 slices): sums of the parts, slice j taking parts j, j + 16, ..., then the slices.
-__global__ void reduce_parts_kernel(const double* __restrict__ part, int64_t nparts, int64_t K,
+// Block (channels, lanes) = merge_geometry(K, nparts): lane l sums parts l, l + lanes, ... of its channel,
+// then the lanes add in a halving tree (sum_parts_tree is the same order on the host).
+__global__ void __launch_bounds__(1024) reduce_parts_kernel(const double* __restrict__ part, int64_t nparts, int64_t K,
                                     double* __restrict__ sums) {
-  __shared__ double s0[kSlices][32], s1[kSlices][32];
-  const int64_t c = blockIdx.x * int64_t(32) + threadIdx.x;
+  __shared__ double s0[1024], s1[1024];
+  const int ch = threadIdx.x, lane = threadIdx.y, nch = blockDim.x, me = lane * nch + ch;
+  const int64_t c = blockIdx.x * int64_t(nch) + ch;
   double a0 = 0.0, a1 = 0.0;
-  if (c < K) sum_parts(part, nparts, K, c, threadIdx.y, kSlices, a0, a1);
-  s0[threadIdx.y][threadIdx.x] = a0;
-  s1[threadIdx.y][threadIdx.x] = a1;
-  __syncthreads();
-  if (threadIdx.y != 0 || c >= K) return;
-  for (int j = 1; j < kSlices; ++j) a0 += s0[j][threadIdx.x], a1 += s1[j][threadIdx.x];
+  if (c < K) sum_parts(part, nparts, K, c, lane, blockDim.y, a0, a1);
+  s0[me] = a0;
+  s1[me] = a1;
+  for (int half = blockDim.y / 2; half >= 1; half /= 2) {
+    __syncthreads();
+    if (lane < half) {
+      a0 += s0[me + half * nch];
+      a1 += s1[me + half * nch];
+      s0[me] = a0;
+      s1[me] = a1;
+    }
+  }
+  if (lane != 0 || c >= K) return;
   sums[c] = a0;
   sums[K + c] = a1;
 }
@@ -165,8 +168,9 @@ void launch_channel_sums(const Terms& terms, int64_t rows, int64_t K, double* su
   channel_sums_kernel<<<dim3(static_cast<unsigned>((K + 31) / 32), static_cast<unsigned>(nparts)), dim3(32, 8), 0,
                         stream>>>(terms, rows, K, workspace);
   check_launch("channel sums");
-  reduce_parts_kernel<<<static_cast<unsigned>((K + 31) / 32), dim3(32, kSlices), 0, stream>>>(workspace, nparts, K,
-                                                                                             sums);
+  const mma::MergeGeometry geo = mma::merge_geometry(K, nparts);
+  reduce_parts_kernel<<<static_cast<unsigned>((K + geo.channels - 1) / geo.channels), dim3(geo.channels, geo.lanes), 0,
+                        stream>>>(workspace, nparts, K, sums);
   check_launch("channel sums reduce");
 }
 

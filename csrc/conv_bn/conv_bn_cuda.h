@@ -77,13 +77,16 @@ struct BnReluGrad {
 };
 // Tensor-core versions (same support rule as the forward). The data gradient takes the
 // transposed weights w_t [C, R, S, K/groups] (per group, input and output channels swapped); the weight
-// gradient writes dw, its m-splits through `workspace` (conv_wgrad_fast_workspace floats; 0: none needed),
-// summed in split order.
+// gradient writes dw, its m-splits through `workspace` (conv_wgrad_fast_workspace floats, at most
+// workspace_limit_bytes; 0: none needed), summed in split order onto 0.f: the same bits for any limit
+// (conv_bn_mma_plan.h, wgrad_rounds). Pass the same limit to both.
+inline constexpr int64_t kWgradWorkspaceLimitBytes = int64_t(64) << 20;
 void conv_dgrad_fast_cuda(DType dtype, const void* dy, const BnReluGrad& bn, const void* w_t, void* dx,
                           const ConvShape& shape, CUstream_st* stream);
-int64_t conv_wgrad_fast_workspace(const ConvShape& shape);
+int64_t conv_wgrad_fast_workspace(const ConvShape& shape, int64_t workspace_limit_bytes = kWgradWorkspaceLimitBytes);
 void conv_wgrad_fast_cuda(DType dtype, const void* dy, const BnReluGrad& bn, const void* x, float* dw,
-                          float* workspace, const ConvShape& shape, CUstream_st* stream);
+                          float* workspace, const ConvShape& shape, CUstream_st* stream,
+                          int64_t workspace_limit_bytes = kWgradWorkspaceLimitBytes);
 
 // ---- per-channel finalize kernels (conv_bn_cuda_finalize.cu): one thread per channel, the double math
 // of conv_bn_finalize.h; gamma/beta/mean/var float32 [K], sums double [2, K] ----

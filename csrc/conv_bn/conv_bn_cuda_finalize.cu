@@ -3,11 +3,13 @@
 // or folds the batch statistics into the running ones.
 // One launch each instead of a dozen [K]-sized torch ops; the math is conv_bn_finalize.h, shared with CPU.
 // The forward one first merges the conv's per-block (count, mean, M2) partials (conv_bn_stats.h) in a
-// fixed order: 16 slices of parts per channel, each merged in order, then the slices in order.
+// fixed-order parallel tree: blocks of merge_geometry (conv_bn_mma_plan.h), each lane merging a strided slice
+// of the parts, then the lanes in a halving tree (merge_parts_tree is the same order on the host).
 #include <cstdint>
 
 #include "conv_bn_cuda_common.cuh"
 #include "conv_bn_finalize.h"
+#include "conv_bn_mma_plan.h"
 #include "conv_bn_stats.h"
 
 namespace wslfast::conv_bn {
@@ -15,22 +17,31 @@ namespace {
 
 constexpr int kThreads = 128;
 
-constexpr int kSlices = 16;
-
-__global__ void forward_finalize_kernel(const double* __restrict__ part, int64_t nparts, int64_t rows_per_part,
+// Block (channels, lanes) = merge_geometry(K, nparts), channels * lanes <= 1024 (the launch bounds keep a
+// 1024-thread block within the SM's 64K registers).
+__global__ void __launch_bounds__(1024) forward_finalize_kernel(const double* __restrict__ part, int64_t nparts, int64_t rows_per_part,
                                         int64_t rows, const float* __restrict__ gamma, const float* __restrict__ beta,
                                         double eps, float* __restrict__ mean, float* __restrict__ var,
                                         float* __restrict__ scale_shift, int64_t K) {
-  __shared__ double sn[kSlices][32], sm[kSlices][32], s2[kSlices][32];
-  const int64_t c = blockIdx.x * int64_t(32) + threadIdx.x;
+  __shared__ double sn[1024], sm[1024], s2[1024];
+  const int ch = threadIdx.x, lane = threadIdx.y, nch = blockDim.x, me = lane * nch + ch;
+  const int64_t c = blockIdx.x * int64_t(nch) + ch;
   MeanM2 st{0.0, 0.0, 0.0};
-  if (c < K) st = merge_parts(part, nparts, K, c, rows_per_part, rows, threadIdx.y, kSlices);
-  sn[threadIdx.y][threadIdx.x] = st.n;
-  sm[threadIdx.y][threadIdx.x] = st.mean;
-  s2[threadIdx.y][threadIdx.x] = st.m2;
-  __syncthreads();
-  if (threadIdx.y != 0 || c >= K) return;
-  for (int j = 1; j < kSlices; ++j) chan_merge(st, MeanM2{sn[j][threadIdx.x], sm[j][threadIdx.x], s2[j][threadIdx.x]});
+  if (c < K) st = merge_parts(part, nparts, K, c, rows_per_part, rows, lane, blockDim.y);
+  sn[me] = st.n;
+  sm[me] = st.mean;
+  s2[me] = st.m2;
+  for (int half = blockDim.y / 2; half >= 1; half /= 2) {
+    __syncthreads();  // level `half` reads what level 2 * half (or the slices) wrote
+    if (lane < half) {
+      const int other = me + half * nch;
+      chan_merge(st, MeanM2{sn[other], sm[other], s2[other]});
+      sn[me] = st.n;
+      sm[me] = st.mean;
+      s2[me] = st.m2;
+    }
+  }
+  if (lane != 0 || c >= K) return;
   float m, v;
   double scale, shift;
   // About the pivot = the mean: s0 = 0, s1 = M2, so var = M2 / n without cancellation.
@@ -91,8 +102,9 @@ void update_running_stats_cuda(DType dtype, void* running_mean, void* running_va
 
 void bn_forward_finalize_cuda(const double* parts, StatLayout layout, const float* gamma, const float* beta,
                               double eps, float* mean, float* var, float* scale_shift, int64_t K, CUstream_st* stream) {
-  const dim3 block(32, kSlices);
-  forward_finalize_kernel<<<static_cast<unsigned>((K + 31) / 32), block, 0, stream>>>(
+  const mma::MergeGeometry geo = mma::merge_geometry(K, layout.nparts);
+  const dim3 block(geo.channels, geo.lanes);
+  forward_finalize_kernel<<<static_cast<unsigned>((K + geo.channels - 1) / geo.channels), block, 0, stream>>>(
       parts, layout.nparts, layout.rows_per_part, layout.rows, gamma, beta, eps, mean, var, scale_shift, K);
   check_launch("BN forward finalize");
 }

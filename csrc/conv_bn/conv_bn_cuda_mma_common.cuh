@@ -9,6 +9,7 @@
 
 #include "conv_bn_cuda_common.cuh"
 #include "conv_bn_mma_index.h"
+#include "conv_bn_mma_plan.h"
 
 namespace wslfast::conv_bn::mma {
 
@@ -61,59 +62,55 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
 }
 
 // One k-tile of the block GEMM: As [kBM][kLds] (rows x k), Bs [BN][kLds] (columns x k), both k-contiguous.
-// Which elements each lane's registers hold: frag_a_f16 / frag_b_f16 (conv_bn_mma_index.h, the PTX ISA
-// m16n8k16 layouts, checked on the CPU); a uint32 read at (row, col) holds (row, col) and (row, col + 1).
+// Which elements each lane's registers hold: frag_a_* / frag_b_* (conv_bn_mma_index.h, the PTX ISA layouts,
+// checked on the CPU). bf16/fp16: mma.m16n8k16, a uint32 read at (row, col) holds (row, col) and (row, col + 1);
+// float32: TF32 mma.m16n8k8, one element a register. Work on padding is skipped: k steps at or past
+// `kvalid` (the tile's k extent) and 16-row mma tiles at or past `rows` (the tile's valid rows) are never
+// issued; both conditions are the same for the whole warp. (One template for all three types: a second,
+// float-only overload was ambiguous to g++, which cannot deduce BN from float (&)[2][BN / 8][4].)
 template <int BN, typename T>
 __device__ __forceinline__ void mma_k_tile(const T (*As)[kLds], const T (*Bs)[kLds], float (&acc)[2][BN / 8][4],
-                                           int warp, int lane) {
+                                           int warp, int lane, int kvalid, int64_t rows) {
+  constexpr bool kTf32 = std::is_same_v<T, float>;
+  constexpr int kStep = kTf32 ? 8 : 16;
+  bool mt_on[2];
 #pragma unroll
-  for (int kk = 0; kk < kBK; kk += 16) {
+  for (int mt = 0; mt < 2; ++mt) mt_on[mt] = warp * 32 + mt * 16 < rows;
+#pragma unroll
+  for (int kk = 0; kk < kBK; kk += kStep) {
+    if (kk >= kvalid) break;
     uint32_t a[2][4];
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const RowCol rc = frag_a_f16(warp, lane, mt, kk, i);
-        a[mt][i] = *reinterpret_cast<const uint32_t*>(&As[rc.row][rc.col]);
+        if constexpr (kTf32) {
+          const RowCol rc = frag_a_tf32(warp, lane, mt, kk, i);
+          a[mt][i] = to_tf32(As[rc.row][rc.col]);
+        } else {
+          const RowCol rc = frag_a_f16(warp, lane, mt, kk, i);
+          a[mt][i] = *reinterpret_cast<const uint32_t*>(&As[rc.row][rc.col]);
+        }
       }
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
       uint32_t b[2];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const RowCol rc = frag_b_f16(lane, nt, kk, i);
-        b[i] = *reinterpret_cast<const uint32_t*>(&Bs[rc.row][rc.col]);
+        if constexpr (kTf32) {
+          const RowCol rc = frag_b_tf32(lane, nt, kk, i);
+          b[i] = to_tf32(Bs[rc.row][rc.col]);
+        } else {
+          const RowCol rc = frag_b_f16(lane, nt, kk, i);
+          b[i] = *reinterpret_cast<const uint32_t*>(&Bs[rc.row][rc.col]);
+        }
       }
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) Mma<T>::run(acc[mt][nt], a[mt], b);
-    }
-  }
-}
-
-// The float32 (TF32) k-tile: mma.m16n8k8, one element per register (frag_a_tf32 / frag_b_tf32).
-template <int BN>
-__device__ __forceinline__ void mma_k_tile(const float (*As)[kLds], const float (*Bs)[kLds],
-                                           float (&acc)[2][BN / 8][4], int warp, int lane) {
-#pragma unroll
-  for (int kk = 0; kk < kBK; kk += 8) {
-    uint32_t a[2][4];
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const RowCol rc = frag_a_tf32(warp, lane, mt, kk, i);
-        a[mt][i] = to_tf32(As[rc.row][rc.col]);
+      for (int mt = 0; mt < 2; ++mt) {
+        if (!mt_on[mt]) continue;
+        if constexpr (kTf32) mma_tf32(acc[mt][nt], a[mt], b);
+        else Mma<T>::run(acc[mt][nt], a[mt], b);
       }
-#pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      uint32_t b[2];
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const RowCol rc = frag_b_tf32(lane, nt, kk, i);
-        b[i] = to_tf32(Bs[rc.row][rc.col]);
-      }
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) mma_tf32(acc[mt][nt], a[mt], b);
     }
   }
 }
@@ -174,20 +171,23 @@ __device__ __forceinline__ void bn_grad_chunk(Chunk<T>& d, const Chunk<T>& s, un
   }
 }
 
-// Columns per block: the smallest of 16, 32, kMax covering the group's output channels (kMax beyond).
-template <int kMax = 64, typename Fn>
-void bn_switch(int64_t cols, Fn&& fn) {
-  static_assert(kMax == 32 || kMax == 64);
-  if (cols <= 16) fn(std::integral_constant<int, 16>{});
-  else if (kMax == 32 || cols <= 32) fn(std::integral_constant<int, 32>{});
-  else if constexpr (kMax == 64) fn(std::integral_constant<int, 64>{});
-}
-
-// 8-wide (16-byte) loads where channels per group (in and out) are multiples of 8, else 4-wide.
-template <typename Fn>
-void vec_switch(int64_t cg, int64_t kg, Fn&& fn) {
-  if (cg % 8 == 0 && kg % 8 == 0) fn(std::integral_constant<int, 8>{});
-  else fn(std::integral_constant<int, 4>{});
+// A GemmTile (conv_bn_mma_plan.h) as compile-time constants: fn(BN, kVec, kPix) for the instances the plans
+// choose (pixel pairs only at 8 columns and 4-channel loads; no 64-column float32 forward / data gradient).
+template <int kMaxBn, typename Fn>
+void tile_switch(const GemmTile& t, Fn&& fn) {
+  using std::integral_constant;
+  if (t.pix == 2) {
+    if (t.bn != 8 || t.vec != 4) throw std::invalid_argument("wslfast conv_bn_relu: bad pixel-pair tile");
+    return fn(integral_constant<int, 8>{}, integral_constant<int, 4>{}, integral_constant<int, 2>{});
+  }
+  auto with_vec = [&](auto bn) {
+    if (t.vec == 8) fn(bn, integral_constant<int, 8>{}, integral_constant<int, 1>{});
+    else fn(bn, integral_constant<int, 4>{}, integral_constant<int, 1>{});
+  };
+  if (t.bn == 8) with_vec(integral_constant<int, 8>{});
+  else if (t.bn == 16) with_vec(integral_constant<int, 16>{});
+  else if (t.bn == 32 || kMaxBn == 32) with_vec(integral_constant<int, 32>{});
+  else if constexpr (kMaxBn == 64) with_vec(integral_constant<int, 64>{});
 }
 
 template <typename Fn>

@@ -1,7 +1,11 @@
 // Index math of the tensor-core implicit-GEMM kernels (conv_bn_cuda_mma*.cu), as functions the kernels
 // call and CPU tests (tests/ops/test_kernel_math_mma.py) run against conv2d and the PTX ISA fragment
-// tables: the mma fragment <-> (row, col) mappings, the gathers of the A/B tiles, the epilogue's write-out
-// and the weight gradient's m-split plan. Plain C++ that nvcc also compiles for the device.
+// tables: the mma fragment <-> (row, col) mappings, the loaders' tile slots, the weight gradient's m-split
+// plan, and the dense implicit GEMM (one output pixel a row, all R * S taps; the data gradient by the
+// transposed rule). The kernels now run the GEMMs of conv_bn_mma_geometry.h (pixel pairs, output phases),
+// of which the dense one is the special case pix = 1 (forward, weight gradient) and stride 1 (data
+// gradient); the dense functions stay as the reference those CPU tests check. Plain C++ that nvcc also
+// compiles for the device.
 #pragma once
 #include <cstdint>
 
@@ -133,8 +137,11 @@ WSLFAST_IDX_HD int64_t wgrad_g_offset(const WgradDims& d, int64_t g, int64_t m, 
   if (m >= M || kk >= kg) return -1;
   return m * d.K + g * kg + kk;
 }
-// The channel of gz[., kk] in group g (whose BN coefficients the B loader applies).
-WSLFAST_IDX_HD int64_t wgrad_g_channel(const WgradDims& d, int64_t g, int64_t kk) { return g * (d.K / d.groups) + kk; }
+// The channel of gz[., col] in group g (whose BN coefficients the B loader applies); col = dq * kg + kk
+// with pixel pairs (conv_bn_mma_geometry.h).
+WSLFAST_IDX_HD int64_t wgrad_g_channel(const WgradDims& d, int64_t g, int64_t col) {
+  return g * (d.K / d.groups) + col % (d.K / d.groups);
+}
 // dw element (kk, j) of group g (KRSC: [K][R*S*cg]) or -1.
 WSLFAST_IDX_HD int64_t wgrad_dw_offset(const WgradDims& d, int64_t g, int64_t kk, int64_t j) {
   const int64_t kg = d.K / d.groups, J = d.R * d.S * (d.C / d.groups);

@@ -1,8 +1,9 @@
 // Per-channel batch statistics of the CUDA conv+BN as (count, mean, M2) partials merged with Chan et al.'s
-// rule, and fixed-order merges, so the statistics neither cancel (E[z^2] - E[z]^2 loses every digit once
-// |mean| >> std) nor change from run to run (no atomics: each block writes its own partial, the finalize
-// merges them in one order). Plain C++ that nvcc also compiles for the device; CPU tests (tests/ops/
-// test_kernel_math_softce_stats.py, test_kernels_emulated.py) run this very code against float64 statistics.
+// rule, and fixed-order merges (a parallel tree: merge_parts_tree), so the statistics neither cancel
+// (E[z^2] - E[z]^2 loses every digit once |mean| >> std) nor change from run to run (no atomics: each block
+// writes its own partial, the finalize merges them in one order). Plain C++ that nvcc also compiles for the
+// device; CPU tests (tests/ops/test_kernel_math_softce_stats.py, test_kernels_emulated.py) run this very
+// code against float64 statistics.
 #pragma once
 #include <cstdint>
 
@@ -76,6 +77,27 @@ WSLFAST_STATS_HD void sum_parts(const double* part, int64_t nparts, int64_t K, i
     s0 += part[p * K + k];
     s1 += part[(nparts + p) * K + k];
   }
+}
+
+// Host references of the CUDA merges' exact order (conv_bn_mma_plan.h, merge_geometry): `lanes` strided
+// slices (lane l: parts l, l + lanes, ...), then a halving tree (lane l takes lane l + half, half = lanes / 2,
+// ..., 1). The kernels run the same steps on their threads; tests compare the two bit for bit.
+inline MeanM2 merge_parts_tree(const double* part, int64_t nparts, int64_t K, int64_t k, int64_t rows_per_part,
+                               int64_t rows, int lanes) {
+  MeanM2 lane[1024];
+  for (int l = 0; l < lanes; ++l) lane[l] = merge_parts(part, nparts, K, k, rows_per_part, rows, l, lanes);
+  for (int half = lanes / 2; half >= 1; half /= 2)
+    for (int l = 0; l < half; ++l) chan_merge(lane[l], lane[l + half]);
+  return lane[0];
+}
+inline void sum_parts_tree(const double* part, int64_t nparts, int64_t K, int64_t k, int lanes, double& s0,
+                           double& s1) {
+  double a[1024], b[1024];
+  for (int l = 0; l < lanes; ++l) sum_parts(part, nparts, K, k, l, lanes, a[l], b[l]);
+  for (int half = lanes / 2; half >= 1; half /= 2)
+    for (int l = 0; l < half; ++l) a[l] += a[l + half], b[l] += b[l + half];
+  s0 = a[0];
+  s1 = b[0];
 }
 
 }  // namespace wslfast::conv_bn
