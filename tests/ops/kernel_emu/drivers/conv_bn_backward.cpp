@@ -155,6 +155,15 @@ void conv_fast_wgrad() {
     if (!options().quick && (i < 6 || i == 8)) wgrad_case<__half>(shapes[i], relu, use_pq, rng);
   }
   if (options().quick) return;
+  // The GPU test's shape (test_kernels_robust_cuda.py, test_conv_bn_training_repeats_bit_for_bit: 32x4d stage 1,
+  // 4 channels a group, so pixel pairs): two m-splits at N = 8, and at N = 4 only one (what that test once said).
+  // Its plan only: a run takes ~10 s of emulation; the pixel-pair shape with two m-splits above runs the path.
+  const Sh stage1{8, 128, 56, 56, 128, 32, 3, 3, 1, 1};
+  const int64_t slice = 128 * 3 * 3 * 4;
+  expect(wgrad_fast_workspace(shape_of(stage1)) == 2 * slice, "32x4d stage 1 at N=8: workspace %ld floats, want two "
+         "m-splits' %ld", wgrad_fast_workspace(shape_of(stage1)), 2 * slice);
+  expect(wgrad_fast_workspace(shape_of({4, 128, 56, 56, 128, 32, 3, 3, 1, 1})) == 0, "32x4d stage 1 at N=4: more "
+         "than one m-split");
   const cb::ConvShape s = shape_of(shapes[0]);
   expect(wgrad_fast_workspace(s) > 0, "%ld rows: no m-split workspace", rows_of(s));
   Dev<__nv_bfloat16> a(8224 * 8);
