@@ -17,7 +17,8 @@ scored from the pretrained hashtag head over its synset and hyponyms (wslfast.tr
 vocabulary comes from --vocab (vocab.json or a shards manifest.json) or the pretraining data.
 Several modes at once: --mode linear,finetune,zeroshot.
 DIR is an ImageFolder-style tree (train/ and val/ with a folder per class). PATH is a pretrain.py checkpoint
-or a torchvision-format ResNeXt state_dict (e.g. the released WSL weights: --arch resnext101_32x8d).
+or a torchvision-format state_dict of a wslfast.models arch (e.g. the released WSL or SWAG weights: --arch
+resnext101_32x8d, --arch regnet_y_16gf).
 The transferred model (a torchvision-format state_dict; for the linear probe the backbone with the fitted
 classifier as fc, the feature standardisation folded in) and metrics.json go to out. Top-5 is reported for
 tasks of more than 5 classes. `--help` lists every key.
