@@ -52,8 +52,8 @@ class FinetuneRun:
 
 
 def head_lr_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module, mult: float) -> torch.optim.Optimizer:
-    """The same optimizer with each parameter group split in two: the backbone's (lr_mult 1) and the
-    classifier's (lr_mult mult); train_step sets each group's LR to lr x lr_mult."""
+    """The optimizer (before its first step) with each parameter group split in two: the backbone's (lr_mult 1)
+    and the classifier's (lr_mult mult); train_step sets each group's LR to lr x lr_mult."""
     from ..models import CLASSIFIER_PREFIXES
 
     head = {id(p) for n, p in model.named_parameters() if n.startswith(CLASSIFIER_PREFIXES)}
@@ -64,7 +64,10 @@ def head_lr_groups(optimizer: torch.optim.Optimizer, model: torch.nn.Module, mul
                                 ([p for p in group["params"] if id(p) in head], float(mult))):
             if params:
                 groups.append({**rest, "params": params, "lr_mult": lr_mult})
-    return type(optimizer)(groups, **optimizer.defaults)
+    optimizer.param_groups.clear()  # regrouped in place: the optimizer's own class and settings stay
+    for group in groups:
+        optimizer.add_param_group(group)
+    return optimizer
 
 
 def build_finetune(cfg: Config, info: DistInfo, task, model, folder: str) -> FinetuneRun:
