@@ -261,6 +261,9 @@ def finetune(model, task, cfg: Config, info: DistInfo, folder: str, stop: StopSi
                                                             if cfg.label_smoothing else "")
         + (f", EMA {cfg.ema:g}" if cfg.ema else "") + (", sync BN" if cfg.sync_bn and info.world_size > 1 else ""))
     say(f"  resumed from {resumed} at step {run.step}" if resumed else f"  starting from scratch in {folder}")
+    if run.step >= run.total_steps:
+        say(f"  run already complete at step {run.step}: evaluating its weights (a new --out or more --steps "
+            f"trains again)")
     try:
         checkpoint, stopped_by = train(run, step_module, log, stop)
     finally:
