@@ -4,7 +4,7 @@ The linear probe at ImageNet scale cannot hold its features in memory (1.28M x 2
 RegNetY-128GF's 7,392 features, 75 GB), so they are written to a folder per split, one part file of
 `part_size` images at a time, and read back part by part:
 
-    store = FeatureStore(folder, key={...}, dim=2048, num_samples=n, part_size=8192, dtype="float16")
+    store = FeatureStore(folder, key={...}, dim=2048, num_samples=n, part_size=8192, dtype="float32")
     for k in store.missing_parts(rank, world):  ...  store.write_part(k, x, y)     # extraction (resumable)
     reader = FeatureReader(folder)
     n, mean, var = reader.moments()                          # merged from each part's own (n, mean, M2)
@@ -83,7 +83,7 @@ class FeatureStore:
     """The writing side: index.json first, then part files (see the module docstring)."""
 
     def __init__(self, folder: str, key: dict, dim: int, num_samples: int, part_size: int,
-                 dtype: str = "float16", order_seed: int = 0, create: bool = True):
+                 dtype: str = "float32", order_seed: int = 0, create: bool = True):
         if dtype not in DTYPES:
             raise ValueError(f"feature dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         if part_size < 1 or num_samples < 1 or dim < 1:
