@@ -108,3 +108,31 @@ def test_plain_state_dict_needs_arch(tmp_path):
     proc = run_script(TRANSFER, ["--checkpoint", path])
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: a plain state_dict does not name its architecture: give --arch"
+
+
+def test_sigterm_checkpoints_and_the_next_run_ends_bit_identical(small_checkpoint, tmp_path, started):
+    import signal
+
+    from tests.train.conftest import wait_for_line
+
+    args = ["--checkpoint", small_checkpoint, "--mode", "finetune", "--baseline", "false", "--device", "cpu",
+            "--steps", "24", "--batch-size", "8", "--log-every", "1", "--checkpoint-every", "100", "--mixup", "0.2",
+            "--ema", "0.9"]
+    reference = run_script(TRANSFER, args + ["--out", tmp_path / "ref"])
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    proc = started(TRANSFER, args + ["--out", tmp_path / "run"])
+    wait_for_line(proc, "step 3/24")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stdout + stderr
+    stopped = re.search(r"stopped by SIGTERM at step (\d+); checkpoint (\S+); run the same command again", stdout)
+    assert stopped and 3 <= int(stopped.group(1)) < 24, stdout
+    again = run_script(TRANSFER, args + ["--out", tmp_path / "run"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"resumed from {stopped.group(2)} at step {stopped.group(1)}" in again.stdout
+    a = load_checkpoint(list_checkpoints(str(tmp_path / "ref"))[-1][1])
+    b = load_checkpoint(list_checkpoints(str(tmp_path / "run"))[-1][1])
+    assert a["step"] == b["step"] == 24
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert _scores(again.stdout) == _scores(reference.stdout)

@@ -10,6 +10,7 @@ ends bit-identical to an uninterrupted one. The linear probe with two ranks extr
 one process and scores the same."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -138,3 +139,10 @@ def test_linear_probe_on_two_ranks_matches_one_process(task, tmp_path):
                 np.testing.assert_allclose(a["x"], b["x"], rtol=1e-4, atol=1e-5)
     s1, s2 = (json.load(open(tmp_path / d / "metrics.json"))["pretrained"]["top1"] for d in ("one", "two"))
     assert abs(s1 - s2) <= 0.5 + 1e-9  # at most one of the 200 validation images
+    # the streamed fit on the same features, data-parallel over the two ranks: near the full-batch optimum
+    sgd = torchrun(TRANSFER, args + ["--out", tmp_path / "two", "--probe-solver", "sgd"], timeout=600)
+    assert sgd.returncode == 0, sgd.stdout + sgd.stderr
+    assert "features train: all 7 part(s) already in" in sgd.stdout
+    assert re.search(r"fit: sgd, 30 epochs = 120 steps of 256 x 2 features", sgd.stdout), sgd.stdout
+    s3 = json.load(open(tmp_path / "two" / "metrics.json"))["pretrained"]["top1"]
+    assert abs(s3 - s1) <= 4.0, (s1, s3)  # 8 of the 200 validation images
