@@ -194,7 +194,7 @@ def speed(args, data: Path, device: torch.device, load: float) -> list[dict]:
         q = tuple(float(np.percentile(t, p)) for p in (20, 50, 80))
         rec = record("transfer_finetune", case, impl, "step", q, peak, device,
                      images_per_s=float(len(t) * args.batch_size / (t.sum() / 1e3)), load_avg=load,
-                     peak_mem="sum of PSS over the process tree")
+                     peak_mem="sum of PSS over the process tree", note=args.note)
         per[impl] = rec
         records.append(rec)
         print(f"{impl:12s} p50 {rec['ms_p50']:8.1f} ms/step  {rec['images_per_s']:7.1f} img/s  "
@@ -224,7 +224,8 @@ def memory(args, tmp: Path, device: torch.device, load: float) -> list[dict]:
         case = {"arch": args.arch, "num_images": n, "steps": args.steps, "batch_size": args.batch_size,
                 "image_size": args.image_size, "source_size": args.source_size}
         records.append(record("transfer_finetune_memory", case, "wslfast", "run", None, peak, device,
-                              seconds=round(secs, 1), load_avg=load, peak_mem="sum of PSS over the process tree"))
+                              seconds=round(secs, 1), load_avg=load, peak_mem="sum of PSS over the process tree",
+                              note=args.note))
         print(f"train/transfer.py finetune, {n:7,} training images, {args.steps} steps: peak {peak / 2**20:6.0f} MiB "
               f"(PSS, process tree), {secs:.0f} s")
     return records
@@ -246,6 +247,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--data", default=None, help="keep the generated folders here")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/<device>.json)")
+    ap.add_argument("--note", default="", help="stored with each record (e.g. that the machine was shared)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 

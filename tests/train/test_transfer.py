@@ -55,6 +55,10 @@ def test_linear_probe_with_baseline_saves_model_and_metrics(small_checkpoint, tm
     assert again.returncode == 0, again.stdout + again.stderr
     assert "features train: all" in again.stdout and "fit: sgd, 5 epochs" in again.stdout
     assert abs(_scores(again.stdout)[0] - scores[0]) <= 34  # 3 classes, few images: the same ballpark
+    fresh = run_script(TRANSFER, args + ["--resume", "none"])
+    assert fresh.returncode == 1 and fresh.stderr.startswith("error: ") and "already holds features" in fresh.stderr
+    other = run_script(TRANSFER, args + ["--image-size", "48"])
+    assert other.returncode == 1 and "holds features of another extraction" in other.stderr, other.stderr
 
 
 def test_finetune_from_plain_state_dict_and_its_run_folder(small_checkpoint, tmp_path):

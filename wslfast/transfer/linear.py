@@ -64,9 +64,6 @@ def _extract_split(model, task, split: str, cfg, info: DistInfo, folder: str, di
 
     listing = getattr(task, split)
     store_dir = os.path.join(folder, "features", split)
-    if cfg.resume == "none" and info.is_main and os.path.isfile(os.path.join(store_dir, INDEX)):
-        raise RunFolderError(f"{store_dir} already holds features; --resume none would mix a new extraction "
-                             f"into it: give a new --out, or resume with --resume auto")
     key = {"weights": digest, "split": split, "files": listing_digest(listing), "image_size": task.image_size,
            "resize_size": task.resize_size}
     common = dict(key=key, dim=model.num_features, num_samples=len(listing), part_size=cfg.feature_part_size,
@@ -74,6 +71,9 @@ def _extract_split(model, task, split: str, cfg, info: DistInfo, folder: str, di
     problem = None
     if info.is_main:  # rank 0 checks the folder and writes the index; the others wait for it
         try:
+            if cfg.resume == "none" and os.path.isfile(os.path.join(store_dir, INDEX)):
+                raise RunFolderError(f"{store_dir} already holds features; --resume none would mix a new "
+                                     f"extraction into it: give a new --out, or resume with --resume auto")
             FeatureStore(store_dir, **common)
         except RunFolderError as e:
             problem = str(e)
