@@ -79,7 +79,7 @@ def test_streamed_fit_averages_gradients_through_the_hook():
         seen.append([tuple(t.shape) for t in tensors])
 
     fit_streamed(_batches(x, y, 32), 5, 8, 3, mean, std, 1e-3, "sgd", 0.1, average=average)
-    assert seen == [[(3, 8), (3,)]] * 5
+    assert seen == [[(3, 8), (3,)]] * 5 + [[()]]  # each step's gradients, then the logged loss
 
 
 def test_divergence_names_the_learning_rate():

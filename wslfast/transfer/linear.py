@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..engine.distributed import DistInfo, broadcast_object
 from ..engine.metrics import format_duration
-from ..errors import RunFolderError
+from ..errors import ConfigError, RunFolderError
 from .features import INDEX, FeatureReader, FeatureStore
 from .probe import choose_solver, fit_lbfgs, fit_streamed, fold_standardisation
 from .scoring import topk_hits, topk_percent
@@ -133,10 +133,12 @@ def linear_probe(model, task, cfg, info: DistInfo, folder: str, log=print, stop=
                 log(f"  fit: step {step}/{steps} | loss {loss:.4f} | elapsed {format_duration(elapsed)} | "
                     f"eta {format_duration(elapsed / step * (steps - step))}")
 
-        weight, bias = fit_streamed(train.stream(batch, info.rank, info.world_size, cfg.seed), steps, train.dim,
-                                    num_classes, mean, std, cfg.l2, solver, cfg.probe_lr, device=info.device,
-                                    average=_average(info), log=fit_log,
-                                    log_every=max(1, steps // 10))
+        try:
+            weight, bias = fit_streamed(train.stream(batch, info.rank, info.world_size, cfg.seed), steps, train.dim,
+                                        num_classes, mean, std, cfg.l2, solver, cfg.probe_lr, device=info.device,
+                                        average=_average(info), log=fit_log, log_every=max(1, steps // 10))
+        except FloatingPointError as e:  # diverged: the same on every rank (the loss is averaged); one line
+            raise ConfigError(str(e)) from None
     w, b = fold_standardisation(weight.cpu(), bias.cpu(), mean, std)  # on raw features, float64
     hits = torch.zeros(3, dtype=torch.float64)
     for x, y in val.parts(info.rank, info.world_size):

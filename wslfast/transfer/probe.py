@@ -80,7 +80,7 @@ def fit_streamed(batches: Iterator, steps: int, dim: int, num_classes: int, mean
     """(weight, bias) in float32 on standardised features after `steps` mini-batch steps over `batches`
     ((raw features, labels) of any float dtype), the learning rate on a cosine from lr to 0. average(list of
     tensors), when given, averages the gradients over the ranks in place (data-parallel: every rank ends
-    with the same weights). log(step, mean loss) every log_every steps."""
+    with the same weights), and the logged loss. log(step, mean loss) every log_every steps."""
     if solver not in ("sgd", "adam"):
         raise ValueError(f"fit_streamed: solver must be sgd or adam, got {solver!r}")
     if steps < 1:
@@ -107,7 +107,10 @@ def fit_streamed(batches: Iterator, steps: int, dim: int, num_classes: int, mean
         loss_sum += loss.detach()
         seen += 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            mean_loss = (loss_sum / seen).item()
+            mean_loss = loss_sum / seen
+            if average is not None:  # every rank sees the same value, so all stop together or none
+                average([mean_loss])
+            mean_loss = mean_loss.item()
             if not math.isfinite(mean_loss):  # diverged: nothing after this step is worth fitting
                 raise FloatingPointError(f"linear probe ({solver}): the loss became {mean_loss} by step "
                                          f"{step + 1}; lower --probe-lr (now {lr:g})")
