@@ -37,8 +37,8 @@ calibrated (--zeroshot-temperature T, --zeroshot-prior TAU: the pretraining labe
 vocabulary comes from --vocab (vocab.json or a shards manifest.json) or the pretraining data.
 Several modes at once: --mode linear,finetune,zeroshot. DIR is an ImageFolder-style tree (train/ and val/
 with a folder per class; every image is decoded once to check it, the check split over the ranks and kept
-in the run folder). PATH is a pretrain.py checkpoint or a torchvision-format state_dict (e.g. the released
-WSL weights: --arch resnext101_32x8d). Output per mode in out (default transfer-<mode> beside the checkpoint;
+in the run folder). PATH is a pretrain.py checkpoint or a torchvision-format state_dict of a wslfast.models
+arch (e.g. the released WSL or SWAG weights: --arch resnext101_32x8d, --arch regnet_y_16gf). Output per mode in out (default transfer-<mode> beside the checkpoint;
 with several modes out/<mode>): model.pt (a torchvision-format state_dict: the fine-tuned model, or the
 backbone with the probe's classifier as fc, its standardisation folded in) and metrics.json; the random-init
 baseline runs in out/random-init. Top-5 is reported for tasks of more than 5 classes. `--help` lists every key.
