@@ -172,7 +172,8 @@ def main():
     setup(
         name="wslfast",
         version=read_version(),
-        description="Weakly supervised pretraining of ResNeXt on hashtag-labelled images, fast.",
+        description="Weakly supervised pretraining of ResNeXt, RegNetY and ViT on hashtag- or caption-labelled "
+                    "images, fast.",
         packages=find_packages(include=["wslfast", "wslfast.*"]),
         package_data={"wslfast": ["data/*.txt", "data/*.json", "data/*/*.txt", "data/*/*.json"]},
         ext_modules=ext,

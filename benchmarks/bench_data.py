@@ -45,7 +45,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -55,7 +54,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import append_results, record, time_ms  # noqa: E402
+from common import append_results, record, run_measured  # noqa: E402
+from data_images import bench_images  # noqa: E402
+from data_web import bench_web  # noqa: E402
 
 BASELINE_COMMIT = "f274729"
 _CPU = torch.device("cpu")
@@ -85,45 +86,6 @@ def make_corpus(root: Path, n: int, pool: int, seed: int = 0) -> tuple[Path, Pat
             for i in range(n):
                 f.write(json.dumps({"image": f"{i % pool}.jpg", "tags": [tags[j] for j in pick[i, :k[i]]]}) + "\n")
     return img, path, root / "vocab.json"
-
-
-def _tree_pss(pid: int) -> int:
-    import psutil
-
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            mi = p.memory_full_info()
-            total += getattr(mi, "pss", mi.rss)
-        except psutil.Error:
-            pass
-    return total
-
-
-def run_measured(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int, str]:
-    """(seconds, peak summed PSS bytes, output) of a command and all its descendants."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = [0]
-
-    def watch():
-        while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_pss(proc.pid))
-            time.sleep(0.25)
-
-    t = threading.Thread(target=watch, daemon=True)
-    t.start()
-    out = proc.communicate()[0]
-    secs = time.perf_counter() - t0
-    t.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[:4])}... failed:\n{out[-3000:]}")
-    return secs, peak[0], out
 
 
 def _baseline_tree(tmp: Path) -> Path | None:
@@ -178,231 +140,6 @@ def bench_build(args, tmp: Path) -> list[dict]:
 
 
 # ---- images: check + pHash + write on real-size photos ---------------------------------------------------------
-_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "stereo_motorcycle", "hubble_deep_field",
-           "immunohistochemistry", "retina")
-
-
-def make_photos(root: Path, size: tuple[int, int], crops: int = 4) -> list[str]:
-    """JPEGs of scikit-image's bundled photos (no download), `crops` crops each (90%, shifted) resized to
-    `size` and saved at quality 90, like photos on the web. Returns their names under root."""
-    from PIL import Image
-    from skimage import data
-
-    root.mkdir(parents=True, exist_ok=True)
-    names = []
-    for name in _PHOTOS:
-        arr = getattr(data, name)()
-        arr = arr[0] if isinstance(arr, tuple) else arr
-        im = Image.fromarray(arr).convert("RGB")
-        w, h = im.size
-        for c in range(crops):
-            dx, dy = int(w * 0.1 * c / max(1, crops - 1)), int(h * 0.1 * (crops - 1 - c) / max(1, crops - 1))
-            out = root / f"{name}-{c}.jpg"
-            if not out.is_file():
-                im.crop((dx, dy, dx + int(w * 0.9), dy + int(h * 0.9))).resize(size, Image.Resampling.LANCZOS).save(
-                    out, quality=90)
-            names.append(out.name)
-    return names
-
-
-def _before_phash(image):
-    """dedup.phash of commit 18f214a (verbatim)."""
-    from PIL import Image
-
-    from wslfast.data.build.dedup import _DCT, _K, _N
-
-    _BITS = (np.uint64(1) << np.arange(_K * _K, dtype=np.uint64))
-    grey = np.asarray(image.convert("L").resize((_N, _N), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = (_DCT @ grey @ _DCT.T)[:_K, :_K].ravel()
-    bits = low > np.median(low[1:])
-    return int(np.bitwise_or.reduce(_BITS[bits])) if bits.any() else 0
-
-
-def _before_check_image(path: str, want_hash: bool):
-    """passes.check_image of commit 18f214a (verbatim): a full decode, the pHash of the full image."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            fmt = im.format
-            im.load()
-            if im.width < 1 or im.height < 1:
-                return "corrupt", False, 0
-            return None, fmt != "JPEG" or im.mode not in ("RGB", "L"), _before_phash(im) if want_hash else 0
-    except FileNotFoundError:
-        return "missing", False, 0
-    except Image.UnidentifiedImageError:
-        return "not_image", False, 0
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return "corrupt", False, 0
-
-
-def _before_jpeg_bytes(path: str, reencode: bool) -> bytes:
-    """format.jpeg_bytes of commit 18f214a (verbatim)."""
-    import io
-
-    from PIL import Image
-
-    if not reencode:
-        return Path(path).read_bytes()
-    with Image.open(path) as im:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
-
-
-def bench_images(args, tmp: Path) -> list[dict]:
-    from PIL import Image
-
-    from wslfast.data.build import images as guard
-    from wslfast.data.format import write_shard
-
-    recs = []
-    for size, n in ((640, 480), args.image_records[0]), ((1600, 1200), args.image_records[1]):
-        root = tmp / f"photos-{size[0]}x{size[1]}"
-        files = make_photos(root, size)
-        names = [files[i % len(files)] for i in range(n)]
-        out = tmp / "shard-out"
-        out.mkdir(exist_ok=True)
-        info = {"tags": ["#x"], "labels": [0]}
-
-        def plain():
-            for name in names:
-                with Image.open(root / name) as im:
-                    im.load()
-
-        def before(want_hash):
-            samples = []
-            for i, name in enumerate(names):
-                reason, reenc, _ = _before_check_image(str(root / name), want_hash)
-                assert reason is None
-                samples.append((f"{i:06d}", name, reenc, [0], info))
-            write_shard(out, "before", samples, root, read=_before_jpeg_bytes)
-
-        policy = guard.ImagePolicy()
-
-        def after(want_hash):
-            samples = []
-            for i, name in enumerate(names):
-                r = guard.check_image(str(root), name, policy, want_hash=want_hash)
-                assert r.reason is None and r.jpeg is None
-                samples.append((f"{i:06d}", name, False, [0], info))
-            write_shard(out, "after", samples, root, read=guard.shard_bytes)
-
-        results = {}  # (impl, mode) -> (times, records/s); without pHash: a build with no --dedup-against
-        for impl, mode, fn in (("plain-decode", "decode", plain),
-                               ("before", "check+phash+write", lambda: before(True)),
-                               ("wslfast", "check+phash+write", lambda: after(True)),
-                               ("before", "check+write", lambda: before(False)),
-                               ("wslfast", "check+write", lambda: after(False))):
-            times = time_ms(fn, _CPU, warmup=1, repeats=args.image_repeats)
-            results[impl, mode] = (times, n / (times[1] / 1e3))
-        dist = []
-        for name in files:  # the pHash of each file, full decode (before) vs scaled decode (now)
-            with Image.open(root / name) as im:
-                im.load()
-                full = _before_phash(im)
-            dist.append(bin(full ^ guard.check_image(str(root), name, policy, True).phash).count("1"))
-        for (impl, mode), (times, rate) in results.items():
-            extra = {}
-            if impl == "wslfast":
-                extra = {"speedup_vs_before": round(rate / results["before", mode][1], 2),
-                         "speedup_vs_plain_decode": round(rate / results["plain-decode", "decode"][1], 2)}
-                if mode == "check+phash+write":
-                    extra["phash_hamming_vs_before"] = sorted(dist)
-            print(f"images {impl:13s} {mode:18s} {size[0]}x{size[1]} records={n} {rate:8.1f} records/s/core"
-                  + (f"  x{extra['speedup_vs_before']} vs before, x{extra['speedup_vs_plain_decode']} vs plain decode"
-                     if extra else "")
-                  + (f", pHash Hamming vs before {sorted(dist)}" if "phash_hamming_vs_before" in extra else ""),
-                  flush=True)
-            r = record("data_check_write", {"size": f"{size[0]}x{size[1]}", "records": n, "files": len(files),
-                                            "jpeg_quality": 90}, impl, mode, times, None, _CPU,
-                       records_per_s=round(rate, 1), threads=1, **extra)
-
-
-def make_web_corpus(root: Path, n: int, pool: int, per_tar: int = 10_000, seed: int = 0) -> str:
-    """An img2dataset folder of n rows (see the module docstring); returns the --webdataset pattern."""
-    import io
-    import math
-    import tarfile
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from PIL import Image
-
-    folder = root / f"web-{n}"
-    shards = math.ceil(n / per_tar)
-    pattern = f"{folder}/{{{0:05d}..{shards - 1:05d}}}.tar"
-    if (folder / f"{shards - 1:05d}.parquet").is_file():
-        return pattern
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    jpegs = []
-    for _ in range(pool):
-        buf = io.BytesIO()
-        small = rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)
-        Image.fromarray(np.kron(small, np.ones((8, 8, 1), dtype=np.uint8))).save(buf, format="JPEG", quality=85)
-        jpegs.append(buf.getvalue())
-    subjects = "dog cat horse man woman child car bike boat crane bass bat glass plate bridge tree".split()
-    places = "beach street park river kitchen field lake mountain table garden forest city".split()
-    oom = math.ceil(math.log10(per_tar))
-    for s in range(shards):
-        rows = []
-        with tarfile.open(folder / f"{s:05d}.tar", "w", format=tarfile.PAX_FORMAT) as tar:
-            for k in range(min(per_tar, n - s * per_tar)):
-                i = s * per_tar + k
-                key = f"{10**oom * s + k:0{5 + oom}d}"
-                caption = f"a {subjects[i % 16]} near the {places[(i // 16) % 12]} with a {subjects[(i // 7) % 16]}"
-                meta = {"url": f"https://example.com/{i}.jpg", "caption": caption, "key": key,
-                        "status": "success", "error_message": None}
-                if i % 100 == 99:
-                    meta.update(status="failed_to_download", error_message="timeout")
-                else:
-                    for ext, data in (("jpg", jpegs[i % pool]), ("txt", caption.encode()),
-                                      ("json", json.dumps(meta, indent=4).encode())):
-                        info = tarfile.TarInfo(f"{key}.{ext}")
-                        info.size = len(data)
-                        tar.addfile(info, io.BytesIO(data))
-                rows.append(meta)
-        pq.write_table(pa.Table.from_pylist(rows), folder / f"{s:05d}.parquet")
-    return pattern
-
-
-def bench_web(args, tmp: Path) -> list[dict]:
-    recs = []
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    for n in args.web_records:
-        pattern = make_web_corpus(tmp, n, args.pool)
-        vocab = tmp / f"web-vocab-{n}.json"
-        runs = [("wslfast-vocab", 1, [sys.executable, "-m", "wslfast.data", "vocab", "--webdataset", pattern,
-                                      "--kind", "caption", "--top", "25000", "--min-count", "5", "--out", str(vocab)])]
-        for impl, workers in (("wslfast-local", 1), ("wslfast-workers", args.workers)):
-            out = tmp / f"web-out-{impl}-{n}"
-            runs.append((impl, workers, [sys.executable, "-m", "wslfast.data", "shards", "--webdataset", pattern,
-                                         "--vocab", str(vocab), "--out", str(out), "--shard-size", "1000",
-                                         "--workers", str(workers), "--seed", "0"]))
-        for impl, workers, cmd in runs:
-            out = Path(cmd[cmd.index("--out") + 1])
-            subprocess.run(["rm", "-rf", str(out)])
-            secs, peak, _ = run_measured(cmd, env, tmp)
-            extra = {}
-            if impl != "wslfast-vocab":
-                manifest = json.loads((out / "manifest.json").read_text())
-                extra = dict(num_samples=manifest["num_samples"], skipped=sum(manifest["skipped"].values()))
-                subprocess.run(["rm", "-rf", str(out)])
-            rate = n / secs
-            print(f"web   {impl:16s} records={n:>8d} workers={workers} {secs:8.1f} s {rate:8.0f} rec/s "
-                  f"peak(sum PSS)={peak / 2**20:7.0f} MiB", flush=True)
-            r = record("data_web", {"records": n, "per_tar": 10_000, "pool": args.pool, "workers": workers,
-                                    "kind": "caption"}, impl, "vocab" if impl == "wslfast-vocab" else "build",
-                       (secs * 1e3,) * 3, peak, _CPU, records_per_s=round(rate, 1),
-                       peak_mem="sum of PSS over the process tree", cpus=os.cpu_count(), **extra)
-            recs.append(r)
-            append_results([r], args.out, _CPU)
-    return recs
-
-
 def _queries(rng, ref, q):
     out = rng.integers(0, 2**64 - 1, size=q, dtype=np.uint64, endpoint=True)
     k = q // 100  # 1% near copies (up to 8 bits flipped)

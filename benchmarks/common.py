@@ -12,7 +12,9 @@ import re
 import resource
 import statistics
 import subprocess
+import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -151,3 +153,43 @@ def append_results(records: list[dict], path: str | None, device: torch.device) 
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+# ---- a command's time and peak memory (the whole process tree) -------------------------------------------
+def _tree_pss(pid: int) -> int:
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            mi = p.memory_full_info()
+            total += getattr(mi, "pss", mi.rss)
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int, str]:
+    """(seconds, peak summed PSS bytes, output) of a command and all its descendants."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def watch():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_pss(proc.pid))
+            time.sleep(0.25)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    out = proc.communicate()[0]
+    secs = time.perf_counter() - t0
+    t.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])}... failed:\n{out[-3000:]}")
+    return secs, peak[0], out

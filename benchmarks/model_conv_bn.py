@@ -35,7 +35,6 @@ import ctypes
 import datetime
 import hashlib
 import json
-import math
 import os
 import shutil
 import subprocess

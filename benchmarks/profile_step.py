@@ -1,5 +1,6 @@
-"""Where a training step's time goes: torch.profiler over a few SGD steps of a ResNeXt with the paper's
-loss (softmax over the vocabulary against 1/k targets), self time grouped by kind of op, largest first.
+"""Where a training step's time goes: torch.profiler over a few SGD steps of a model (--arch; a ResNeXt by
+default) with the paper's loss (softmax over the vocabulary against 1/k targets), self time grouped by
+kind of op, largest first.
 
     python benchmarks/profile_step.py                        # CPU: resnext_tiny, batch 16, 128 px, fp32
     python benchmarks/profile_step.py --device cuda          # resnext101_32x16d, batch 64, 224 px, bf16

@@ -1,4 +1,4 @@
-r"""Weakly supervised pretraining of ResNeXt on hashtag shards (Mahajan et al. 2018), one file, top to bottom.
+r"""Weakly supervised pretraining on hashtag shards (Mahajan et al. 2018, SWAG), one file, top to bottom.
 
 With no arguments it runs the built-in demo: a synthetic hashtag corpus (made once, cached), its vocabulary
 and shards, the tiny ResNeXt for a few minutes (GPU when present, else CPU), a checkpoint in runs/default.

@@ -1,9 +1,10 @@
-"""wslfast: weakly supervised pretraining of ResNeXt on hashtag-labelled images, fast.
+"""wslfast: weakly supervised pretraining of ResNeXt, RegNetY and ViT on images labelled by hashtags or captions, fast.
 
 Subpackages: wslfast.ops (fused kernels), wslfast.nn (modules over them), wslfast.models (ResNeXt-101
-32xCd), wslfast.data (vocabularies, shards, DALI pipelines), wslfast.engine (what train/ scripts share).
-The compiled extension wslfast._C is loaded by wslfast.ops on first use, so the data tools import
-without it.
+32xCd, SWAG's RegNetY and ViT), wslfast.data (inputs, WordNet labels, shards, DALI loaders), wslfast.engine
+(what the train/ scripts share), wslfast.transfer (EMA, mixup, zero-shot). The map and the import rules:
+README.md. The compiled extension wslfast._C is loaded by wslfast.ops on first use, so the data tools
+import without it.
 """
 from ._version import __version__
 

@@ -1,4 +1,4 @@
-// wslfast._dedup: the lookup loop of wslfast.data.dedup.HashIndex, an exact multi-index hash over 64-bit
+// wslfast._dedup: the lookup loop of wslfast.data.build.dedup.HashIndex, an exact multi-index hash over 64-bit
 // perceptual hashes (Norouzi et al., CVPR 2012). The 64 bits are cut into S substrings; a reference
 // within r bits of a query agrees with it within floor(r / S) bits on some substring, so each
 // query probes, per substring, the buckets its own substring reaches by the given flip masks and checks
@@ -122,7 +122,7 @@ py::array_t<bool> contains_near(carray<u64> queries, carray<u64> refs, carray<st
 }  // namespace
 
 PYBIND11_MODULE(_dedup, m) {
-  m.doc() = "Exact Hamming-radius lookups of 64-bit hashes in a multi-index hash (wslfast.data.dedup).";
+  m.doc() = "Exact Hamming-radius lookups of 64-bit hashes in a multi-index hash (wslfast.data.build.dedup).";
   m.def("hamming_contains_near", &contains_near, py::arg("queries"), py::arg("refs"), py::arg("widths"),
         py::arg("starts"), py::arg("masks"), py::arg("radius"), py::arg("simd") = true,
         "Bool [Q]: some reference hash lies within `radius` bits of query i (tables from dedup.HashIndex). "

@@ -1,5 +1,5 @@
-"""benchmarks/bench_data.py's photo case runs end to end on a few records and writes the records it says
-(impls, modes, the speedup and pHash fields); its timings are not checked here."""
+"""benchmarks/bench_data.py's photo case (benchmarks/data_images.py) runs end to end on a few records and
+writes the records it says (impls, modes, the speedup and pHash fields); its timings are not checked here."""
 import argparse
 import importlib.util
 import json
@@ -8,18 +8,19 @@ from pathlib import Path
 import pytest
 
 
-def _module():
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_data.py"
-    spec = importlib.util.spec_from_file_location("bench_data", path)
+def _module(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))  # its `common`
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "data_images.py"
+    spec = importlib.util.spec_from_file_location("data_images", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 @pytest.mark.slow
-def test_photo_case_writes_its_records(tmp_path):
+def test_photo_case_writes_its_records(tmp_path, monkeypatch):
     pytest.importorskip("skimage")
-    bench = _module()
+    bench = _module(monkeypatch)
     out = tmp_path / "results.json"
     args = argparse.Namespace(image_records=[3, 2], image_repeats=1, out=str(out))
     recs = bench.bench_images(args, tmp_path)

@@ -93,3 +93,29 @@ def test_save_load_roundtrip(wordnet, tmp_path):
         HashtagVocabulary.load(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="outside"):
         HashtagVocabulary(["dog.n.01"], ["n02084071"], {"dog": 3})
+
+
+def test_counts_leave_out_what_the_tagger_never_labels(wordnet):
+    """#love (a feeling) and #photo (the picture itself) get no label in a build, so they make no class."""
+    v = HashtagVocabulary.from_counts({"#dog": 5, "#love": 9, "#photo": 4, "#picture": 2, "#cat": 1})
+    assert [v.name_of(i) for i in range(len(v))] == ["dog.n.01", "cat.n.01"]
+    assert v.label_of("#love") is None and v.label_of("#photo") is None
+
+
+def test_vocab_from_tags_counts_the_senses_in_context(wordnet, tmp_path):
+    """`vocab --tags`: each tag counts toward the sense the build gives it beside the record's other tags
+    (#kitty beside #cat is a cat, not the betting pool; #crane beside #bird the bird, beside #construction
+    the machine); --tag-senses first keeps the most-frequent-sense rule (the pool, one crane)."""
+    from wslfast.data.__main__ import main
+
+    lines = [["#kitty", "#cat"], ["#kitty", "#cat", "#cute"], ["#dog", "#love"], ["#crane", "#bird", "#lake"],
+             ["#crane", "#construction", "#site"]]
+    tags = tmp_path / "t.jsonl"
+    tags.write_text("".join(json.dumps({"image": f"{i}.jpg", "tags": t}) + "\n" for i, t in enumerate(lines)))
+    for senses in ("context", "first"):
+        assert main(["vocab", "--tags", str(tags), "--tag-senses", senses, "--out", str(tmp_path / senses)]) == 0
+    context = set(json.loads((tmp_path / "context").read_text())["synsets"])
+    first = set(json.loads((tmp_path / "first").read_text())["synsets"])
+    assert "pool.n.07" in first and "pool.n.07" not in context
+    assert {"crane.n.04", "crane.n.05"} <= context and not {"crane.n.04", "crane.n.05"} & first
+    assert "love.n.01" not in context | first

@@ -1,22 +1,17 @@
 """The scripts' steps called as functions (the scripts imported as modules, main() not run): pretrain.py's
-schedule and train_step against plain float64 references, transfer.py's train_step, evaluate and its
-checks of the task and the checkpoint. Seconds on CPU: no data pipeline, tiny networks."""
+schedule and train_step against plain float64 references (transfer.py's: tests/train/test_transfer_functions.py).
+Seconds on CPU: no data pipeline, tiny networks."""
 import copy
-import os
 
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from tests.train.conftest import PRETRAIN, TRANSFER, load_script
-from wslfast.engine import (CheckpointError, Config, ConfigError, DistInfo, HashtagObjective, NonFiniteGuard,
-                            build_optimizer, load_config)
-from wslfast.errors import DataError
+from tests.train.conftest import PRETRAIN, load_script
+from wslfast.engine import ConfigError, DistInfo, HashtagObjective, NonFiniteGuard, build_optimizer, load_config
 from wslfast.sparse_targets import SparseTargets
 
 pretrain = load_script(PRETRAIN)
-transfer = load_script(TRANSFER)
 CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
 
 
@@ -124,116 +119,3 @@ def test_pretrain_train_step_skips_a_nonfinite_batch_and_passes_on_a_stop():
     assert skipped and stop and not torch.isfinite(loss) and guard.skipped == 1
     for k, v in net.state_dict().items():  # weights untouched, BN statistics put back
         assert torch.equal(v, before[k]), k
-
-
-# ---------------------------------------------------------------- transfer.py
-def test_transfer_train_step_matches_a_float64_step():
-    torch.manual_seed(0)
-    net = TinyNet(classes=3)
-    x, y = torch.randn(4, 3, 6, 6), torch.tensor([0, 2, 1, 2])
-    # the reference draws the same flips from the same generator state
-    torch.manual_seed(1)
-    flip = torch.rand(4) < 0.5
-    ref = copy.deepcopy(net).double()
-    xf = torch.where(flip[:, None, None, None], x.flip(-1), x).double()
-    ref_loss = F.cross_entropy(ref(xf), y)
-    ref_loss.backward()
-    with torch.no_grad():
-        for p in ref.parameters():  # plain momentum SGD from zero momentum: p -= lr (g + wd p)
-            p -= 0.05 * (p.grad + 1e-3 * p)
-    optimizer = build_optimizer(net, "sgd", lr=1.0, weight_decay=1e-3, momentum=0.9, nesterov=False)
-    torch.manual_seed(1)
-    loss = transfer.train_step(net, optimizer, x, y, 0.05, 3)
-    assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-5) and not loss.requires_grad
-    assert optimizer.param_groups[0]["lr"] == 0.05
-    for (name, p), q in zip(net.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(p.double(), q, rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_transfer_train_step_with_mixup_and_smoothing_trains():
-    torch.manual_seed(0)
-    net = TinyNet(classes=3)
-    optimizer = build_optimizer(net, "sgd", lr=0.05, weight_decay=0.0, nesterov=False)
-    x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))
-    gen = torch.Generator().manual_seed(0)
-    losses = [transfer.train_step(net, optimizer, x, y, 0.05, 3, mixup=0.1, label_smoothing=0.1,
-                                  mix_gen=gen).item() for _ in range(20)]
-    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
-
-
-def test_evaluate_and_topk_against_brute_force():
-    torch.manual_seed(0)
-    net = TinyNet(classes=7)
-    batches = [(torch.randn(5, 3, 6, 6), torch.randint(0, 7, (5,))) for _ in range(3)]
-    top1, top5 = transfer.evaluate(net, batches)
-    hits1 = hits5 = 0
-    with torch.no_grad():
-        for x, y in batches:
-            for row, label in zip(net(x), y):
-                order = sorted(range(7), key=lambda c: -row[c].item())
-                hits1 += order[0] == label.item()
-                hits5 += label.item() in order[:5]
-    assert top1 == pytest.approx(100 * hits1 / 15) and top5 == pytest.approx(100 * hits5 / 15)
-    assert transfer.topk(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))[1] is None  # 3 classes: no top-5
-
-
-def transfer_cfg(*argv):
-    return load_config(transfer.TransferConfig, list(argv))
-
-
-@pytest.mark.parametrize("argv,match", [
-    (["--mode", "fewshot"], "key 'mode': expected linear, finetune or zeroshot"),
-    (["--mode", ","], "key 'mode'"),
-    (["--ema", "1.5"], "key 'ema': expected a decay in \\[0, 1\\), got 1.5"),
-    (["--label-smoothing", "1"], "key 'label_smoothing': expected a number in \\[0, 1\\), got 1.0"),
-    (["--epochs", "-1"], "key 'epochs': expected an integer >= 0, got -1"),
-    (["--batch-size", "0"], "key 'batch_size': expected an integer >= 1, got 0"),
-    (["--mode", "finetune", "--lr", "0"], "key 'lr': expected a number > 0, got 0.0"),
-])
-def test_transfer_check_config(argv, match):
-    with pytest.raises(ConfigError, match=match):
-        transfer.check_config(transfer_cfg(*argv))
-
-
-def test_transfer_check_config_modes():
-    assert transfer.check_config(transfer_cfg("--mode", "linear, zeroshot")) == ["linear", "zeroshot"]
-
-
-def test_build_data_reads_the_task_and_refuses_a_bad_one(tmp_path):
-    for c in ("dog", "cat", "bird"):
-        os.makedirs(tmp_path / "task" / "train" / c)
-    os.makedirs(tmp_path / "task" / "val")
-    task = transfer.build_data(transfer_cfg("--data", str(tmp_path / "task"), "--image-size", "48"), Config())
-    assert task.classes == ["bird", "cat", "dog"] and (task.image_size, task.resize_size) == (48, 55)
-    assert not task.demo
-    task = transfer.build_data(transfer_cfg("--data", str(tmp_path / "task")), Config(image_size=32))
-    assert (task.image_size, task.resize_size) == (32, 37)
-    with pytest.raises(DataError, match="needs val/ with one folder per class"):
-        os.rmdir(tmp_path / "task" / "val")
-        transfer.build_data(transfer_cfg("--data", str(tmp_path / "task")), Config())
-    with pytest.raises(ConfigError, match="not trained on the demo corpus: give --data"):
-        transfer.build_data(transfer_cfg(), Config(data="/shards"))
-
-
-def test_load_pretrained_reads_both_kinds_and_refuses_others(tmp_path):
-    net = TinyNet()
-    torch.save({"step": 3, "model": net.state_dict(), "arch": "tiny", "config": {"data": "synthetic"}},
-               tmp_path / "ckpt.pt")
-    path, weights, pre_cfg, arch = transfer.load_pretrained(transfer_cfg("--checkpoint", str(tmp_path / "ckpt.pt")))
-    assert arch == "tiny" and pre_cfg.data == "synthetic" and weights.keys() == net.state_dict().keys()
-    torch.save(net.state_dict(), tmp_path / "plain.pth")
-    with pytest.raises(ConfigError, match="give --arch"):
-        transfer.load_pretrained(transfer_cfg("--checkpoint", str(tmp_path / "plain.pth")))
-    assert transfer.load_pretrained(transfer_cfg("--checkpoint", str(tmp_path / "plain.pth"), "--arch", "x"))[3] == "x"
-    torch.save([1, 2], tmp_path / "list.pt")
-    with pytest.raises(CheckpointError, match="neither a pretrain.py checkpoint nor a state_dict"):
-        transfer.load_pretrained(transfer_cfg("--checkpoint", str(tmp_path / "list.pt")))
-    with pytest.raises(CheckpointError, match="does not exist"):
-        transfer.load_pretrained(transfer_cfg("--checkpoint", str(tmp_path / "missing.pt")))
-
-
-def test_demo_class_map_comes_from_the_demo_concepts():
-    from wslfast.data.synthetic import CONCEPTS
-
-    forms, _, wnid = CONCEPTS[0]
-    assert transfer.demo_class_map([forms[0], "not-a-concept"]) == {forms[0]: wnid}

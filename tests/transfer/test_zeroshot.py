@@ -137,3 +137,34 @@ def test_real_wordnet_hyponyms():
     # dog.n.01 holds hound and (hunting_dog -> hound ->) beagle; a tabby is a domestic cat, a kitten (a
     # young_mammal in WordNet) is not
     assert sets == [[0, 1, 2], [3], [2], [4]]
+
+
+def test_calibration_against_a_hand_computed_case():
+    # softmax of [0, ln2, ln3, 0] = [1, 2, 3, 1] / 7; the prior [1/2, 1/4, 1/8, 1/8] divided out (tau = 1):
+    # p / prior = [2, 8, 24, 8] / 7; class {1, 2} -> 32/7, class {0} -> 2/7, class {3, 0} -> 10/7
+    logits = torch.tensor([[0.0, math.log(2), math.log(3), 0.0]])
+    sets = [[1, 2], [0], [3, 0]]
+    log_prior = torch.tensor([0.5, 0.25, 0.125, 0.125]).log()
+    got = zeroshot_scores(logits, sets, "logsumexp", log_prior=log_prior, prior_strength=1.0)[0]
+    assert got.tolist() == pytest.approx([math.log(32 / 7), math.log(2 / 7), math.log(10 / 7)], abs=1e-6)
+    half = zeroshot_scores(logits, sets, "max", log_prior=log_prior, prior_strength=0.5)[0]
+    # max over the set of p_j / prior_j^0.5: class {3, 0}: max(1/7 * sqrt 8, 1/7 * sqrt 2)
+    assert half[2].item() == pytest.approx(math.log(math.sqrt(8) / 7), abs=1e-6)
+    # temperature: the softmax of logits / T
+    cold = zeroshot_scores(logits, sets, "logsumexp", temperature=0.5)[0]
+    p = torch.softmax(logits[0].double() / 0.5, 0)
+    assert cold.tolist() == pytest.approx([math.log(p[1] + p[2]), math.log(p[0]), math.log(p[3] + p[0])], abs=1e-6)
+    with pytest.raises(ValueError, match="temperature must be a number > 0"):
+        zeroshot_scores(logits, sets, temperature=0.0)
+    with pytest.raises(ValueError, match="needs a log prior of 4 labels"):
+        zeroshot_scores(logits, sets, prior_strength=1.0)
+
+
+def test_label_prior_is_smoothed_counts():
+    from wslfast.transfer import log_label_prior
+
+    got = log_label_prior([3, 0, 1])
+    assert got.exp().tolist() == pytest.approx([4 / 7, 1 / 7, 2 / 7]) and math.isfinite(got[1].item())
+    for bad in ([], [1, -1], [float("nan")]):
+        with pytest.raises(ValueError, match="label counts"):
+            log_label_prior(bad)

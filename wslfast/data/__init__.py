@@ -1,7 +1,7 @@
-"""wslfast.data: from images with hashtags to training batches, by job (see README.md here for the map).
+"""wslfast.data: from images with hashtags or captions to training batches, by job (docs/data.md: the map).
 
     sources/   readers of each kind of input (TAGS files: JSONL, YFCC100M) behind one Source interface
-    labels/    text -> WordNet synsets -> label ids (HashtagVocabulary)
+    labels/    text -> WordNet synsets -> label ids (HashtagVocabulary; SenseTagger for captions)
     format.py  THE shard format: write, index, verify, manifest, COUNTS.tsv
     build/     the shard build (write_shards): per-block passes, engines, noise/resampling, dedup
     loaders/   DALI pipelines over the format (train_loader, eval_loader)

@@ -70,9 +70,6 @@ def main(argv=None) -> int:
     s.add_argument("--follow-symlinks", action="store_true",
                    help="let symlinks inside --images lead outside it (refused and counted by default)")
     _label_arguments(s)
-    s.add_argument("--tag-senses", choices=("context", "first"), default="context",
-                   help="--kind tags with a WordNet vocabulary: each hashtag's sense from the image's other tags "
-                        "(context, the default) or its most frequent sense (first: the plain lookup)")
 
     y = sub.add_parser("synthetic", help="make the small demo corpus")
     y.add_argument("--out", required=True)
@@ -101,12 +98,12 @@ def main(argv=None) -> int:
             from .labels import HashtagVocabulary
             from .sources import count_tags
 
+            skipped: dict = {}
             if args.imagenet1k:
                 vocab = HashtagVocabulary.imagenet1k()
-            elif args.webdataset or args.kind == "caption":
+            elif args.webdataset or args.kind == "caption" or (args.tags and args.tag_senses == "context"):
                 vocab = _vocab_from_source(args)
             else:
-                skipped: dict = {}
                 counts = read_counts(args.counts) if args.counts else \
                     count_tags(_tag_source(args, args.images), args.images, skipped)
                 vocab = HashtagVocabulary.from_counts(counts, min_count=args.min_count, top=args.top)
@@ -215,6 +212,10 @@ def _count(text: str) -> int:
 
 
 def _label_arguments(p):
+    p.add_argument("--tag-senses", choices=("context", "first"), default="context",
+                   help="--kind tags with WordNet: each hashtag's sense from the image's other tags (context, the "
+                        "default: the vocabulary counts the senses the build will label) or its most frequent "
+                        "sense (first: the plain lookup)")
     p.add_argument("--kind", choices=("tags", "caption"), default=None,
                    help="what becomes labels: the hashtags (tags: the default for --tags) or the caption text "
                         "through the sense tagger (caption: the default for --webdataset; CatLIP-style labels)")
@@ -233,8 +234,10 @@ def _web_source(args):
 
 
 def _vocab_from_source(args):
-    """`vocab --webdataset ...` or `vocab --tags ... --kind caption`: streaming counts over the records, then
-    CatLIP's caption vocabulary (top-N synsets, a minimum count) or a hashtag vocabulary."""
+    """`vocab --webdataset ...` or `vocab --tags ...` (unless --tag-senses first): streaming counts over the
+    records, then the top-N synsets with a minimum count (CatLIP's caption vocabulary; for hashtags, the
+    senses the sense tagger gives each tag beside the record's others), or, with --tag-senses first, a
+    hashtag vocabulary by each tag's most frequent sense."""
     from .build.labelling import count_source
     from .labels import HashtagVocabulary
     from .labels.vocabulary import caption_vocabulary
@@ -244,13 +247,14 @@ def _vocab_from_source(args):
     else:
         source = _web_source(args)
     kind = args.kind or ("caption" if args.webdataset else "tags")
-    counts, used, skipped = count_source(source, kind, progress=True)
+    counts, used, skipped = count_source(source, kind, progress=True, tag_senses=args.tag_senses)
     if skipped:
         print(f"records not counted: {json.dumps(skipped, sort_keys=True)}")
     if not used:
         raise UserError(f"no usable record to count in {len(source.paths)} input(s) (skipped: {skipped})")
-    if kind == "caption":
-        return caption_vocabulary(counts, top=args.top, min_count=args.min_count)
+    if kind == "caption" or args.tag_senses == "context":
+        return caption_vocabulary(counts, top=args.top, min_count=args.min_count,
+                                  source="wordnet-captions" if kind == "caption" else "wordnet-nouns")
     return HashtagVocabulary.from_counts(counts, min_count=args.min_count, top=args.top)
 
 

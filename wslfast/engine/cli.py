@@ -74,7 +74,9 @@ def usage(schema: type, doc: str | None = None, width: int | None = None) -> str
         if key.name in sections:
             out.append(f"  # {sections[key.name]}")
         kind = f"({describe_type(key.type)})".replace(" ", "\0")  # the type is never split across lines
-        lines = [line.replace("\0", " ") for line in textwrap.wrap(f"{key.help} {kind}".strip(), max(40, width - 2 - col))]
+        wrapped = textwrap.wrap(f"{key.help} {kind}".strip(), max(40, width - 2 - col),
+                                break_on_hyphens=False)  # "mini-batch" stays one word (--help is searched)
+        lines = [line.replace("\0", " ") for line in wrapped]
         if len(text) > col - 2:  # too wide for the column: help from the next line
             out.append(f"  {text}")
             out.extend(" " * (2 + col) + line for line in lines)

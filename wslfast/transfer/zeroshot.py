@@ -10,6 +10,17 @@ the log of the probability the hashtag model gives to c's part of the WordNet tr
 ... all count for dog.n.01); "max" (the single best hashtag of the set) is the alternative. The argmax over
 classes is the prediction. A class with an empty set cannot be predicted (score -inf); it is reported.
 
+Calibration (optional, label-free): the hashtag softmax is the pretraining data's posterior, so frequent
+hashtags win a priori. Two knobs adjust it before the pooling:
+
+    log p'(j | x) = log_softmax(z(x) / T)_j  -  tau * log prior_j
+
+T (temperature, default 1) flattens (T > 1) or sharpens (T < 1, towards max pooling) the softmax; tau in
+[0, 1] (default 0: off) divides out the pretraining label prior (the shards' label counts, Laplace-smoothed):
+at tau = 1, p(j | x) / p(j) is proportional to p(x | j), the posterior under a uniform prior over the
+hashtags, so each target class's hashtags compete as equally likely a priori (Bayes' rule for a change of
+label prior: Saerens et al. 2002; logit adjustment, Menon et al. 2021).
+
     sets = class_hashtag_sets(["n02084071", "kitten.n.01"], vocab)          # label ids per class
     scores = zeroshot_scores(hashtag_logits, sets)                         # [B, C]
 
@@ -19,13 +30,14 @@ map, such as the demo task's, comes from its caller).
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Iterable, Sequence
 
 import torch
 
 __all__ = ["POOLINGS", "parse_synset_id", "read_class_map", "load_vocabulary", "resolve_class_synsets",
-           "class_hashtag_sets", "zeroshot_scores", "zeroshot_evaluate"]
+           "class_hashtag_sets", "zeroshot_scores", "zeroshot_evaluate", "log_label_prior"]
 
 POOLINGS = ("logsumexp", "max")
 _WNID = re.compile(r"^n\d{8}$")
@@ -116,14 +128,32 @@ def class_hashtag_sets(class_synsets: Sequence[str], vocab, hyponyms: bool = Tru
     return sets
 
 
+def log_label_prior(counts: Sequence[float]) -> torch.Tensor:
+    """[V] log of the pretraining label prior from per-label counts, Laplace-smoothed ((n + 1) / (N + V)),
+    so a label never seen still has a finite prior."""
+    c = torch.as_tensor(list(counts), dtype=torch.float64)
+    if c.dim() != 1 or c.numel() == 0 or bool((c < 0).any()) or not bool(torch.isfinite(c).all()):
+        raise ValueError("zero-shot: label counts must be a non-empty list of finite numbers >= 0")
+    return torch.log((c + 1) / (c.sum() + c.numel())).float()
+
+
 def zeroshot_scores(hashtag_logits: torch.Tensor, class_sets: Sequence[Iterable[int]],
-                    pooling: str = "logsumexp") -> torch.Tensor:
-    """[B, V] hashtag logits -> [B, C] class scores (float32; -inf for a class with no hashtag)."""
+                    pooling: str = "logsumexp", temperature: float = 1.0, log_prior: torch.Tensor | None = None,
+                    prior_strength: float = 0.0) -> torch.Tensor:
+    """[B, V] hashtag logits -> [B, C] class scores (float32; -inf for a class with no hashtag), with the
+    calibration of the module docstring (temperature T, prior_strength tau of the [V] log_prior)."""
     if pooling not in POOLINGS:
         raise ValueError(f"zero-shot: pooling must be one of {POOLINGS}, got {pooling!r}")
     if hashtag_logits.dim() != 2:
         raise ValueError(f"zero-shot: hashtag logits must be [B, V], got {tuple(hashtag_logits.shape)}")
-    logp = torch.log_softmax(hashtag_logits.float(), dim=1)
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"zero-shot: temperature must be a number > 0, got {temperature}")
+    logp = torch.log_softmax(hashtag_logits.float() / temperature, dim=1)
+    if prior_strength != 0.0:
+        if log_prior is None or log_prior.shape != (logp.shape[1],):
+            raise ValueError(f"zero-shot: prior_strength needs a log prior of {logp.shape[1]} labels, got "
+                             f"{None if log_prior is None else tuple(log_prior.shape)}")
+        logp = logp - prior_strength * log_prior.to(logp.device, logp.dtype)
     b, v = logp.shape
     out = logp.new_full((b, len(class_sets)), float("-inf"))
     for c, labels in enumerate(class_sets):
@@ -138,13 +168,15 @@ def zeroshot_scores(hashtag_logits: torch.Tensor, class_sets: Sequence[Iterable[
 
 
 @torch.no_grad()
-def zeroshot_evaluate(model, batches, class_sets: Sequence[Iterable[int]], pooling: str = "logsumexp"):
+def zeroshot_evaluate(model, batches, class_sets: Sequence[Iterable[int]], pooling: str = "logsumexp",
+                      **calibration):
     """Top-1 / top-5 (percent) of zero-shot prediction over (images, labels) batches, with the model's own
-    hashtag head (model(images) -> [B, V] logits). Returns (top1, top5, scores [N, C], labels [N])."""
+    hashtag head (model(images) -> [B, V] logits); calibration: zeroshot_scores' temperature, log_prior,
+    prior_strength. Returns (top1, top5, scores [N, C], labels [N])."""
     model.eval()
     scores, labels = [], []
     for images, y in batches:
-        scores.append(zeroshot_scores(model(images.float()), class_sets, pooling).cpu())
+        scores.append(zeroshot_scores(model(images.float()), class_sets, pooling, **calibration).cpu())
         labels.append(y.cpu().long())
     if not scores:
         raise ValueError("zero-shot: no evaluation images")

@@ -2,7 +2,8 @@
 
 driver.py (`write_shards`: the order of passes, resume, manifest), publish.py (version folders, the manifest
 swap, the lock), passes.py (the per-block steps), engines.py (in-process or a process pool), ray_engine.py
-(Ray Data, when asked), targets.py (label noise, resampling), dedup.py (pHash, HashIndex).
+(Ray Data, when asked), targets.py (label noise, resampling), dedup.py (pHash, HashIndex), images.py (one
+sample's image under one guard: read, check, pHash, re-encode).
 """
 from .driver import dataset_name, write_shards
 

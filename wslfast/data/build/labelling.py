@@ -105,15 +105,17 @@ def tagger_reads(vocab) -> bool:
     return getattr(vocab, "source", None) in _TAGGER_SOURCES
 
 
-def count_source(source, kind: str, progress: bool = False) -> tuple[Counter, int, dict]:
-    """(counts, usable records, skips by reason) over a Source (see the module docstring)."""
+def count_source(source, kind: str, progress: bool = False, tag_senses: str = "first") -> tuple[Counter, int, dict]:
+    """(counts, usable records, skips by reason) over a Source (see the module docstring). Counts of synset
+    names for captions, and for hashtags with tag_senses="context" (each tag's sense from the record's other
+    tags, as the build labels them); counts of the hashtags themselves with tag_senses="first"."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     counts: Counter = Counter()
     skipped: Counter = Counter()
     used = 0
     tagger = names = None
-    if kind == "caption":
+    if kind == "caption" or tag_senses == "context":
         from ..labels.senses import SenseTagger
 
         tagger = SenseTagger()
@@ -132,7 +134,7 @@ def count_source(source, kind: str, progress: bool = False) -> tuple[Counter, in
             if tagger is None:
                 counts.update(set(r.tags))
                 continue
-            text = r.meta.get("text")
+            text = r.meta.get("text") if kind == "caption" else None
             sids = tagger.synset_ids(text, "caption") if isinstance(text, str) and text else []
             if r.tags:
                 sids = sids + tagger.synset_ids(r.tags, "tags")

@@ -5,7 +5,7 @@ auto` (Ray's own lookup: $RAY_ADDRESS, else the cluster last started on this mac
 (an embedded Ray of --workers CPUs, `ray.init(address="local")`, which never reads $RAY_ADDRESS). A cluster
 address is checked first (a TCP connection and an HTTP/2 greeting, 5 s), so a dead or wrong address fails in
 seconds with one line instead of Ray's minutes of retries. Ray 2.60 (the pinned version) turns token authentication on by default
-for an embedded Ray; a cluster needs RAY_AUTH_MODE=token on every node (README: the cluster recipe).
+for an embedded Ray; a cluster needs RAY_AUTH_MODE=token on every node (docs/data.md: the cluster recipe).
 
 How the passes run: pass 1 reads the source's inputs with a streaming Ray Data datasource (one read task per
 input, one row per block) and runs `check_block` in `map_batches`; the counting passes map over the block

@@ -173,6 +173,14 @@ def noun_index(nltk_data_dir=None) -> NounIndex:
     return _noun_index(str(ensure_wordnet(nltk_data_dir)))
 
 
+@functools.lru_cache(maxsize=1)
+def _never_labelled() -> tuple[frozenset, frozenset]:
+    """(hashtag keys, lexnames) that the sense tagger never turns into a label (visual_priors.json)."""
+    priors = json.loads(resources.files("wslfast.data.labels").joinpath("visual_priors.json").read_text())
+    return (frozenset(normalize_hashtag(w) for w in priors["meta_words"]) - {""},
+            frozenset(priors["drop_lexnames"]))
+
+
 class HashtagVocabulary:
     """Labels 0..L-1, each a WordNet noun synset, and the normalized hashtags that map to each."""
 
@@ -216,7 +224,11 @@ class HashtagVocabulary:
         """Hashtag counts -> the synsets whose summed count is >= min_count, the `top` most frequent.
 
         Each hashtag counts toward its most frequent noun sense; labels are ordered by count (descending),
-        ties by synset offset. Tags that are no WordNet noun are left out.
+        ties by synset offset. Tags that are no WordNet noun are left out, and so is what the build's sense
+        tagger never labels (labels/senses.py): hashtags that are words about the picture itself (#photo,
+        #picture: `meta_words` of visual_priors.json) and synsets that name nothing visible (feelings,
+        motives, relations, quantities: its `drop_lexnames`), so no label of the vocabulary is one that no
+        image can get (#love beside a dog gives no label, hence no love.n.01 class).
         """
         if source != "wordnet-nouns":
             raise ValueError(f"HashtagVocabulary.from_counts: unknown source {source!r} (use 'wordnet-nouns')")
@@ -231,11 +243,12 @@ class HashtagVocabulary:
             key = normalize_hashtag(tag)
             if key:
                 per_key[key] += int(n)
+        meta_keys, drop_lexnames = _never_labelled()
         per_synset: dict[int, int] = defaultdict(int)
         observed = []
         for key, n in per_key.items():
-            senses = index.senses(key)
-            if senses:
+            senses = [] if key in meta_keys else index.senses(key)
+            if senses and index.synset(senses[0]).lexname() not in drop_lexnames:
                 per_synset[senses[0]] += n
                 observed.append(key)
         kept = sorted((o for o, n in per_synset.items() if n >= min_count), key=lambda o: (-per_synset[o], o))

@@ -42,8 +42,9 @@ def count_synsets(texts: Iterable, tagger, kind: str = "caption") -> Counter:
 
 
 def caption_vocabulary(counts: Mapping[str, int], top: int | None = None, min_count: int = 1,
-                       nltk_data_dir=None):
-    """A HashtagVocabulary over the synsets with >= min_count texts, the `top` most frequent (see above)."""
+                       nltk_data_dir=None, source: str = "wordnet-captions"):
+    """A HashtagVocabulary over the synsets with >= min_count texts, the `top` most frequent (see above).
+    source: "wordnet-captions", or "wordnet-nouns" for synsets counted from hashtags in context."""
     from .vocab import HashtagVocabulary, noun_index
     from .lexicon import get_lexicon
 
@@ -66,7 +67,7 @@ def caption_vocabulary(counts: Mapping[str, int], top: int | None = None, min_co
         raise ValueError(f"caption_vocabulary: no synset has {min_count} or more texts "
                          f"({len(per_offset)} distinct synsets)")
     return HashtagVocabulary.from_synsets(kept, noun_index(nltk_data_dir), [per_offset[o] for o in kept],
-                                          source="wordnet-captions")
+                                          source=source)
 
 
 def document_frequencies(label_lists: Iterable[Sequence[int]]) -> tuple[Counter, int]:

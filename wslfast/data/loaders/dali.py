@@ -4,7 +4,11 @@ Train: fn.readers.webdataset sharded by global rank (stick_to_shard, local shuff
 random crop (area 8-100%, aspect 3/4-4/3: random-resized-crop), resize to image_size, random flip,
 ImageNet mean/std; targets are SparseTargets (1/k over an image's k labels), built on the device: DALI
 pads each batch's label lists to [B, K_max] with -1 and moves them with the images, torch makes the
-CSR. Eval: decode, resize the shorter side to resize_size, center crop image_size; targets are int64
+CSR. Train on an ImageFolder (fine-tuning): fn.readers.file over the file list with a fresh permutation of
+the whole list every epoch (shuffle_after_epoch, one seed on every rank, so the ranks' shards partition
+it): a tree listed class by class would otherwise give each rank a fixed block of classes and a shuffle
+buffer only a few classes a batch; the same random-resized crop and flip, new draws every epoch; int64
+classes. Eval: decode, resize the shorter side to resize_size, center crop image_size; targets are int64
 classes (ImageFolder) or SparseTargets (shards). device="cuda" decodes with nvJPEG ("mixed") and returns bf16; device="cpu" runs
 the same graph with CPU operators (device_id=None) and returns float32.
 
@@ -128,15 +132,19 @@ class DaliLoader:
 
         @pipeline_def(enable_checkpointing=True)
         def graph():
-            common = dict(shard_id=self.rank, num_shards=self.world_size, pad_last_batch=True,
-                          stick_to_shard=True, random_shuffle=train, name="reader")
-            if folder:
-                jpegs, labels = fn.readers.file(files=self._files, labels=self._labels, **common)
+            common = dict(shard_id=self.rank, num_shards=self.world_size, pad_last_batch=True, name="reader")
+            if folder and train:  # a new global permutation each epoch, the same on every rank
+                jpegs, labels = fn.readers.file(files=self._files, labels=self._labels, shuffle_after_epoch=True,
+                                                shuffle_after_epoch_seed=self.seed % 2**31, **common)
+            elif folder:
+                jpegs, labels = fn.readers.file(files=self._files, labels=self._labels, stick_to_shard=True,
+                                                **common)
             else:
                 jpegs, labels = fn.readers.webdataset(
                     paths=self._tars, index_paths=self._idx, ext=["jpg", "labels"],
                     dtypes=[types.UINT8, types.INT32], missing_component_behavior="error",
-                    initial_fill=min(self._initial_fill, max(self._local, 1)), **common)
+                    initial_fill=min(self._initial_fill, max(self._local, 1)), stick_to_shard=True,
+                    random_shuffle=train, **common)
             if train:
                 images = fn.decoders.image_random_crop(
                     jpegs, device=decoder, output_type=types.RGB, random_area=list(self._random_area),

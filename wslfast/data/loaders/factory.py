@@ -1,7 +1,9 @@
 """The one loader factory: a folder of shards, a list of shards, or an ImageFolder tree -> a DaliLoader.
 
 `train_loader` and `eval_loader` are `make_loader` with the kind's defaults (train: random-resized-crop at
-image_size, SparseTargets from shards; eval: resize the shorter side to resize_size, center crop). Shards
+image_size and a flip, SparseTargets from shards, int64 classes from an ImageFolder tree; eval: resize the
+shorter side to resize_size, center crop). An ImageFolder source is a folder, or the FolderListing of one
+(`list_image_folder`: listed and checked once, e.g. split over the ranks of a job). Shards
 are checked against their index when a loader opens them (`format.verify_shard(full=False)`, a few KB a
 shard), so a damaged shard is named at open, not as a DALI error mid-run.
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 from ...errors import DataError
 from ..format import index_num_samples, list_shards, read_manifest, verify_shard
 from .dali import DaliLoader
-from .folder import image_folder
+from .folder import FolderListing, list_image_folder
 
 __all__ = ["make_loader", "train_loader", "eval_loader"]
 
@@ -48,9 +50,9 @@ def make_loader(kind: str, source, batch_size: int, rank: int = 0, world_size: i
                 image_size: int = 224, resize_size: int | None = None, seed: int = 0, num_threads: int = 4,
                 num_classes: int | None = None, validate: bool = True, **kw) -> DaliLoader:
     """A DaliLoader of `kind` ("train" or "eval") over `source`: a folder of shards (+ manifest.json), a
-    .tar or a list of them (each with its .idx), or an ImageFolder tree (a folder with no shards: int64
-    class targets, `.classes` holds the names, `.skipped` the files that do not decode; validate=False
-    skips that decode check). resize_size defaults to image_size. num_classes: from the manifest unless
+    .tar or a list of them (each with its .idx), or an ImageFolder tree (a folder with no shards, or its
+    FolderListing: int64 class targets, `.classes` holds the names, `.skipped` the files that do not decode;
+    validate=False skips that decode check). resize_size defaults to image_size. num_classes: from the manifest unless
     given (shards without a manifest need it). **kw: DaliLoader's tuning (dtype, prefetch, ...)."""
     if kind not in ("train", "eval"):
         raise ValueError(f"make_loader: kind must be 'train' or 'eval', got {kind!r}")
@@ -60,9 +62,11 @@ def make_loader(kind: str, source, batch_size: int, rank: int = 0, world_size: i
                   seed=seed, num_threads=num_threads, **kw)
     src = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if src is not None and src.is_dir() and not list_shards(src):
-        files, labels, classes, skipped = image_folder(src, validate=validate)
-        loader = DaliLoader(files=files, labels=labels, num_classes=len(classes), num_samples=len(files), **common)
-        loader.classes, loader.skipped = classes, skipped
+        source = list_image_folder(src, validate=validate)
+    if isinstance(source, FolderListing):
+        loader = DaliLoader(files=source.files, labels=source.labels, num_classes=len(source.classes),
+                            num_samples=len(source.files), **common)
+        loader.classes, loader.skipped = source.classes, source.skipped
         return loader
     tars, idx, manifest_classes = _shard_files(source)
     num_classes = num_classes or manifest_classes
