@@ -134,7 +134,6 @@ def test_large_mean_does_not_cancel_variance():
     torch.testing.assert_close(y.double(), y_ref, rtol=2e-3, atol=2e-3)
 
 
-
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_nan_input_gives_nan_batch_variance_and_running_variance_as_batch_norm(dtype):
     # One NaN pixel in group 1's input channels: that group's output channels get NaN batch mean and variance,
@@ -155,6 +154,7 @@ def test_nan_input_gives_nan_batch_variance_and_running_variance_as_batch_norm(d
                                                            None, 1, 1, 2, 1e-5, True)
     assert torch.isnan(mean[4:]).all() and torch.isnan(var[4:]).all()
     assert torch.isfinite(mean[:4]).all() and torch.isfinite(var[:4]).all()
+
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("relu", [True, False])
