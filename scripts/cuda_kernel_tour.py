@@ -9,8 +9,8 @@ Covers: soft-target CE forward/backward (float32, bfloat16; short and long rows,
 ids; one block per row and the split-vocabulary path; on CUDA a direct op call with broken CSR targets)
 and its fused-linear variant; conv+BN+ReLU training and eval, forward and backward, with and without
 ReLU and with a residual before the ReLU, in bfloat16 and float32 (TF32 on the tensor cores), for each convolution implementation (simple,
-tensor-core) on 2, 4 and 8 channels per group, stride 2, odd sizes and a 1x1 conv; the running-statistics
-update. Exits 1 on the first mismatch.
+tensor-core) on 2, 4 and 8 channels per group (4 with an odd and an even width: the forward's pixel pairs), stride
+2, odd sizes and a 1x1 conv; the running-statistics update. Exits 1 on the first mismatch.
 """
 from __future__ import annotations
 
@@ -87,7 +87,8 @@ def soft_ce_cases(device):
 
 CONV_CASES = [  # (N, C, H, W, K, groups, kernel, stride)
     (2, 64, 7, 9, 64, 32, 3, 1),     # 2 channels per group: simple kernels only
-    (2, 128, 9, 7, 128, 32, 3, 1),   # 4 per group: tensor-core 8-byte loads
+    (2, 128, 9, 7, 128, 32, 3, 1),   # 4 per group, odd width: tensor-core 8-byte loads, one pixel a GEMM row
+    (2, 128, 8, 8, 128, 32, 3, 1),   # 4 per group, even width: pixel pairs in the forward (two pixels a row)
     (3, 256, 8, 8, 256, 32, 3, 2),   # 8 per group, stride 2
     (2, 64, 5, 6, 128, 1, 1, 1),     # 1x1, groups 1
 ]

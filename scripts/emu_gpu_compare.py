@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT / "tests" / "ops"))
 
 from kernel_emu import build as emu  # noqa: E402
 
-FAMILIES = ["softce_forward", "softce_backward", "softce_split_gradient", "conv_fast_forward", "conv_fast_dgrad",
-            "conv_fast_wgrad", "conv_simple", "bn_finalize", "bn_elementwise"]
+FAMILIES = ["softce_forward", "softce_backward", "softce_loss", "softce_grad_rows", "softce_split_gradient",
+            "conv_fast_forward", "conv_fast_dgrad", "conv_fast_wgrad", "conv_simple", "bn_finalize", "bn_elementwise"]
 FOLDER = {f: ("soft_ce" if f.startswith("softce") else "conv_bn") for f in FAMILIES}
 
 

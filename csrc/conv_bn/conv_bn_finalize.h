@@ -23,15 +23,16 @@ WSLFAST_HOST_DEVICE inline void bn_scale_shift_one(double mean, double var, doub
 
 // Batch statistics from the sums about a pivot (s0 = sum(z - pivot), s1 = sum((z - pivot)^2)) over
 // `count` values: mean = pivot + E[z - pivot], var = E[(z - pivot)^2] - E[z - pivot]^2 (biased, as BN
-// normalizes; clamped at 0). Coef is the stored statistics type (float, or double for float64 storage);
-// scale and shift are computed from the rounded values.
+// normalizes; a negative rounding residue clamped at 0, NaN kept: a channel with NaN values gets NaN mean and
+// variance, and so a NaN running variance, as torch's batch_norm gives). Coef is the stored statistics type
+// (float, or double for float64 storage); scale and shift are computed from the rounded values.
 template <typename Coef>
 WSLFAST_HOST_DEVICE inline void bn_forward_one(double s0, double s1, double count, double pivot, double gamma,
                                                double beta, double eps, Coef& mean, Coef& var, double& scale,
                                                double& shift) {
   const double e0 = s0 / count, e1 = s1 / count, v = e1 - e0 * e0;
   mean = static_cast<Coef>(pivot + e0);
-  var = static_cast<Coef>(v > 0.0 ? v : 0.0);
+  var = static_cast<Coef>(v < 0.0 ? 0.0 : v);  // NaN < 0 is false: NaN stays
   bn_scale_shift_one(static_cast<double>(mean), static_cast<double>(var), gamma, beta, eps, scale, shift);
 }
 

@@ -134,6 +134,28 @@ def test_large_mean_does_not_cancel_variance():
     torch.testing.assert_close(y.double(), y_ref, rtol=2e-3, atol=2e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_nan_input_gives_nan_batch_variance_and_running_variance_as_batch_norm(dtype):
+    # One NaN pixel in group 1's input channels: that group's output channels get NaN batch mean and variance,
+    # so a NaN running variance and NaN outputs, as the stock conv2d -> batch_norm chain gives (a clamp of the
+    # variance at 0 had turned NaN into 0 and a finite running variance); the other channels are untouched.
+    case = (2, 8, 5, 5, 8, 2, 3, 1, 1)
+    x, w, g, b, rm, rv, kw = make(case, dtype=dtype)
+    x[1, 5, 2, 3] = float("nan")  # channel 5: group 1 (input channels 4-7, output channels 4-7)
+    rm1, rv1, rm2, rv2 = rm.clone(), rv.clone(), rm.clone(), rv.clone()
+    y = conv_bn_relu(x.contiguous(memory_format=torch.channels_last), w, g, b, rm1, rv1, **kw)
+    y_ref = reference(x, w, g, b, rm2, rv2, training=True, **kw)
+    assert torch.isnan(rv2[4:]).all() and torch.isfinite(rv2[:4]).all()  # what the reference does
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rm1, rm2, equal_nan=True, **tol)
+    torch.testing.assert_close(rv1, rv2, equal_nan=True, **tol)
+    torch.testing.assert_close(y, y_ref, equal_nan=True, **tol)
+    _, _, mean, var = torch.ops.wslfast.conv_bn_relu_train(x.contiguous(memory_format=torch.channels_last), w, g, b,
+                                                           None, 1, 1, 2, 1e-5, True)
+    assert torch.isnan(mean[4:]).all() and torch.isnan(var[4:]).all()
+    assert torch.isfinite(mean[:4]).all() and torch.isfinite(var[:4]).all()
+
+
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("relu", [True, False])
 def test_gradcheck(training, relu):

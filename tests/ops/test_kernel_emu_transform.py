@@ -81,13 +81,20 @@ def test_launch_bounds_add_a_check_at_the_top_of_the_body():
     assert "k(int a,\n  int b) { ::emu::launch_bounds(static_cast<long>(kThreads), __FILE__, __LINE__);" in out
 
 
-def test_the_mma_k_tile_overload_fix_applies_only_while_needed():
-    generic = "template <int BN, typename T>\n__device__ __forceinline__ void mma_k_tile(const T (*As)[kLds]) {}\n"
-    floaty = "template <int BN>\n__device__ __forceinline__ void mma_k_tile(const float (*As)[kLds]) {}\n"
-    out, rep = rewrite(generic + floaty)
-    assert "typename T, std::enable_if_t<!std::is_same_v<T, float>, int> = 0>" in out and rep.notes
-    out, rep = rewrite(generic)
-    assert out == generic and not rep.notes
+def test_shared_bounds_may_be_constant_expressions_but_initializers_are_refused():
+    out, rep = rewrite("  __shared__ float Ds[kPix == 2 ? kBM : 1][BN + 1];\n  __shared__ int n[a <= b ? 2 : 1];\n")
+    assert rep.shared == 2
+    assert 'auto& Ds = ::emu::shared<float[kPix==2?kBM:1][BN+1]>(&emu_shkey_Ds, 0, "Ds");' in out
+    assert "auto& n = ::emu::shared<int[a<=b?2:1]>" in out
+    with pytest.raises(tf.TransformError, match="not supported"):
+        tf.transform_text("__shared__ int flag = 0;\n", "k.cu")
+
+
+def test_kernel_code_is_left_as_it_is_beyond_the_syntactic_rewrites():
+    # no source edits: a template (mma_k_tile's one form for every type) comes out unchanged
+    src = "template <int BN, typename T>\n__device__ __forceinline__ void mma_k_tile(const T (*As)[kLds]) {}\n"
+    out, rep = rewrite(src)
+    assert out == src and (rep.launches, rep.shared, rep.asm, rep.bounds) == (0, 0, 0, 0)
 
 
 def test_the_project_sources_transform_and_name_every_launch(tmp_path):

@@ -20,6 +20,8 @@ FAMILIES = {
     "softce_forward": "soft_ce",
     "softce_backward": "soft_ce",
     "softce_split_gradient": "soft_ce",
+    "softce_loss": "soft_ce",
+    "softce_grad_rows": "soft_ce",
     "conv_fast_forward": "conv_bn",
     "conv_fast_dgrad": "conv_bn",
     "conv_fast_wgrad": "conv_bn",

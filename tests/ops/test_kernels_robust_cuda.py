@@ -127,15 +127,17 @@ def test_soft_ce_repeats_bit_for_bit(monkeypatch):
 @pytest.mark.parametrize("impl", ["fast", "simple"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_conv_bn_training_repeats_bit_for_bit(impl, dtype, monkeypatch):
-    # M = 4 * 56 * 56 = 12544 > 8192: the weight gradient has two m-splits; 98 forward row blocks.
+    # 4 channels a group: pixel pairs in every GEMM. The weight gradient's reduction rows are N * 56 * 28 pixel
+    # pairs; N = 8 gives 12544 > 8192, two m-splits (N = 4 gave one); the forward has 98 row blocks of 2 * 128
+    # pixels. (The emulated kernel tests check this shape's plan: kernel_emu conv_fast_wgrad.)
     monkeypatch.setenv("WSLFAST_CONV_BN_IMPL", impl)
     # Deterministic mode also fills torch.empty with NaN: an element a kernel failed to write would show.
     torch.use_deterministic_algorithms(True, warn_only=False)
     try:
         g = torch.Generator().manual_seed(0)
-        x0 = torch.randn(4, 128, 56, 56, generator=g).to("cuda", dtype).contiguous(memory_format=torch.channels_last)
+        x0 = torch.randn(8, 128, 56, 56, generator=g).to("cuda", dtype).contiguous(memory_format=torch.channels_last)
         w0 = (torch.randn(128, 4, 3, 3, generator=g) / 6).to("cuda", dtype)
-        dy = torch.randn(4, 128, 56, 56, generator=g).to("cuda", dtype)
+        dy = torch.randn(8, 128, 56, 56, generator=g).to("cuda", dtype)
 
         def once():
             x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()

@@ -33,3 +33,12 @@ def test_compare_reports_differences_nan_placement_and_missing_outputs(tmp_path)
     assert recs["fam/short.f64"]["size_gpu"] == 1
     assert recs["fam/only_emu.f64"]["missing_on"] == "gpu"
     assert set(mod.FOLDER.values()) == {"soft_ce", "conv_bn"}
+
+
+def test_the_comparison_runs_every_family_the_emulated_tests_run():
+    import ast
+    tree = ast.parse((ROOT / "tests" / "ops" / "test_kernels_emulated.py").read_text())
+    families = next(ast.literal_eval(node.value) for node in tree.body
+                    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "FAMILIES")
+    assert set(mod.FAMILIES) == set(families)
+    assert all(mod.FOLDER[f] == folder for f, folder in families.items())

@@ -20,8 +20,10 @@ def test_kernel_tour_runs_every_case_on_cpu():
     oks = [line for line in r.stdout.splitlines() if line.startswith("ok ")]
     # 3 (size, splits) x 2 dtypes x (loss, grad) + 4 linear (+ the broken-CSR case on CUDA only)
     assert sum("soft_ce" in line for line in oks) == 16
-    # cases x training x (relu; relu + residual, which adds its gradient; no relu) outputs
-    assert sum("conv_bn" in line for line in oks) == 4 * 2 * (7 + 8 + 7)
+    # cases x training x (relu; relu + residual, which adds its gradient; no relu) outputs; 5 cases, one of them
+    # 4 channels a group at an even width (the forward's pixel pairs, for compute-sanitizer on the GPU)
+    assert sum("conv_bn" in line for line in oks) == 5 * 2 * (7 + 8 + 7)
+    assert sum("(2, 128, 8, 8, 128, 32, 3, 1)" in line for line in oks) == 2 * (7 + 8 + 7)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")

@@ -22,6 +22,13 @@ def test_mutants_cover_both_kernel_families_with_distinct_ids():
     assert all(m.old != m.new and (ROOT / "csrc" / m.file).exists() for m in mod.MUTANTS)
 
 
+def test_every_mutant_still_applies_to_the_kernels():
+    # a kernel change that removes a mutant's text leaves that edit untested: refresh it (scripts/mutate_kernels.py
+    # --check lists them) in the same change
+    stale = [m.id for m in mod.MUTANTS if (ROOT / "csrc" / m.file).read_text().count(m.old) != 1]
+    assert not stale, f"mutants whose text is no longer once in csrc/: {stale} (python scripts/mutate_kernels.py --check)"
+
+
 def test_a_mutant_changes_its_one_occurrence_and_refuses_a_stale_text(tmp_path):
     csrc = tmp_path / "csrc"
     shutil.copytree(ROOT / "csrc" / "soft_ce", csrc / "soft_ce")

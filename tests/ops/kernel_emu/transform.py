@@ -3,7 +3,7 @@ take as they are; everything else (kernel bodies, loaders, epilogues, launchers)
 
   kernel<<<grid, block, smem, stream>>>(args)
       -> ::emu::launch("kernel", dim3(grid), dim3(block), smem, stream, __FILE__, __LINE__, [&] { kernel(args); })
-  __shared__ __align__(16) T a[M][N], b[N];
+  __shared__ __align__(16) T a[M][N], b[N];      (bounds may be any constant expression: [k == 2 ? M : 1])
       -> static char emu_shkey_a; auto& a = ::emu::shared<T[M][N]>(&emu_shkey_a, 16, "a"); (same for b)
   extern __shared__ T s[];   ->  T* s = ::emu::dynamic_shared<T>();
   asm volatile("mma.sync.aligned.m16n8k16... {%0,..}, ..;" : "+f"(d[0]), .. : "r"(a[0]), ..)
@@ -13,10 +13,8 @@ take as they are; everything else (kernel bodies, loaders, epilogues, launchers)
 
 The build defines __CUDACC__ and __CUDA_ARCH__ (900), so code under `#if __CUDA_ARCH__ >= 800` takes its
 device branch, as on the GPU. Every rewrite keeps the line count, so reports and sanitizer traces name the
-lines of csrc/. One workaround is not purely syntactic, and applies only while the code needs it: g++ calls
-`mma_k_tile<BN>(float tiles)` ambiguous between the generic template and the float overload (BN appears only
-in BN / 8, a non-deduced context, so partial ordering fails; nvcc's front end picks the float overload); the
-generic one gets `std::enable_if_t<!std::is_same_v<T, float>, int> = 0`, nvcc's choice.
+lines of csrc/. Every rewrite is syntactic: the kernels' C++ itself compiles with g++ as it is (the float
+`mma_k_tile` overload g++ once found ambiguous is gone; one template serves all three types).
 
     python tests/ops/kernel_emu/transform.py SRC_DIR OUT_DIR      # prints what it rewrote
 """
@@ -25,7 +23,7 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 SHIM = Path(__file__).resolve().parent / "shim"
@@ -42,14 +40,12 @@ class Report:
     shared: int = 0
     asm: int = 0
     bounds: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def add(self, other: "Report") -> None:
         self.launches += other.launches
         self.shared += other.shared
         self.asm += other.asm
         self.bounds += other.bounds
-        self.notes += other.notes
 
 
 def code_mask(text: str) -> bytearray:
@@ -194,6 +190,9 @@ def rewrite_launches(text: str, rep: Report) -> str:
 
 
 # ---- __shared__ ----
+INITIALIZER = re.compile(r"(?<![=!<>])=(?!=)")  # `= value`, not the == (or <=, >=, !=) of an array bound
+
+
 def rewrite_shared(text: str, rep: Report) -> str:
     mask = code_mask(text)
     out, pos = [], 0
@@ -218,7 +217,7 @@ def rewrite_shared(text: str, rep: Report) -> str:
         if first is None:
             raise TransformError(f"line {line_of(text, i)}: __shared__ declaration '{text[i:end]}' not understood")
         typ = parts[0].strip()[:first.start()].strip()
-        if not typ or "*" in typ or "=" in decl:
+        if not typ or "*" in typ or INITIALIZER.search(decl):
             raise TransformError(f"line {line_of(text, i)}: __shared__ declaration '{text[i:end]}' not supported")
         stmts = []
         for k, part in enumerate(parts):
@@ -340,22 +339,6 @@ def rewrite_launch_bounds(text: str, rep: Report) -> str:
     return text
 
 
-# ---- the g++ overload workaround (see the module docstring) ----
-GENERIC_MMA_K_TILE = re.compile(
-    r"template\s*<\s*int\s+(\w+)\s*,\s*typename\s+(\w+)\s*>(\s*)(__device__\s+__forceinline__\s+void\s+mma_k_tile\s*\()")
-FLOAT_MMA_K_TILE = re.compile(r"void\s+mma_k_tile\s*\(\s*const\s+float\s*\(")
-
-
-def rewrite_overloads(text: str, rep: Report, path: str) -> str:
-    if GENERIC_MMA_K_TILE.search(text) and FLOAT_MMA_K_TILE.search(text):
-        text = GENERIC_MMA_K_TILE.sub(
-            lambda m: f"template <int {m.group(1)}, typename {m.group(2)}, std::enable_if_t<!std::is_same_v<"
-                      f"{m.group(2)}, float>, int> = 0>{m.group(3)}{m.group(4)}", text, count=1)
-        rep.notes.append(f"{path}: the generic mma_k_tile<BN, T> takes T != float only (g++ finds the float "
-                         "call ambiguous; nvcc picks the float overload)")
-    return text
-
-
 def transform_text(text: str, path: str = "<text>") -> tuple[str, Report]:
     rep = Report()
     try:
@@ -363,7 +346,6 @@ def transform_text(text: str, path: str = "<text>") -> tuple[str, Report]:
         text = rewrite_launches(text, rep)
         text = rewrite_shared(text, rep)
         text = rewrite_launch_bounds(text, rep)
-        text = rewrite_overloads(text, rep, path)
     except TransformError as e:
         msg = str(e)
         raise TransformError(msg if msg.startswith(path) else f"{path}: {msg}") from None
@@ -387,7 +369,6 @@ def transform_tree(src: Path, dst: Path) -> list[str]:
             p.write_text(after)
             log.append(f"{rel}: {rep.launches} launches, {rep.shared} __shared__, {rep.asm} asm, "
                        f"{rep.bounds} __launch_bounds__")
-            log += [f"  note: {n}" for n in rep.notes]
         total.add(rep)
     log.append(f"total: {total.launches} launches, {total.shared} __shared__, {total.asm} asm, "
                f"{total.bounds} __launch_bounds__")

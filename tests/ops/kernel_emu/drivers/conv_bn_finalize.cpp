@@ -1,6 +1,9 @@
 // The per-channel BN kernels of csrc/conv_bn/conv_bn_cuda_finalize.cu against float64 references:
-//   bn_finalize  forward_finalize_kernel (parts merged in 16 slices; short, empty and NaN parts, means to
-//                10^4), scale_shift_kernel, backward_finalize_kernel, running_stats_kernel (every dtype).
+//   bn_finalize  forward_finalize_kernel (parts merged by lanes, each a strided slice, then a halving tree:
+//                against float64 and bit for bit against merge_parts_tree's order; 1 to 1100 parts, so 1 to
+//                256 lanes; short, empty and NaN parts, means to 10^4; a NaN channel's variance NaN),
+//                scale_shift_kernel, backward_finalize_kernel, running_stats_kernel (every dtype, NaN batch
+//                variance).
 #include "conv_bn_common.h"
 
 using namespace convdrv;
@@ -35,16 +38,17 @@ void forward_finalize_case(int64_t K, int64_t nparts, int64_t rpp, int64_t rows,
     vw[k] = m2 / double(rows), vt[k] = 1.01 * kU32 * vw[k] + 1e-10 * vw[k] + 1e-30;
   }
   const std::vector<double> mg = as_double(mean.get()), vg = as_double(var.get());
-  accept_nan_variance(tag, vg, vw);
   compare(tag + " mean", mg, mw, mt);
-  compare(tag + " var", vg, vw, vt);
+  compare(tag + " var", vg, vw, vt);  // channel 1's NaN: NaN mean and variance (not a variance of 0)
   std::vector<double> sw(2 * K), st(2 * K);
   for (int64_t k = 0; k < K; ++k) {
     const double sc = gamma[k] / std::sqrt(vg[k] + eps), sf = beta[k] - mg[k] * sc;
     sw[k] = sc, st[k] = 4 * kU32 * std::fabs(sc);
     sw[K + k] = sf, st[K + k] = 4 * kU32 * (std::fabs(beta[k]) + std::fabs(mg[k] * sc));
   }
-  compare(tag + " scale/shift", as_double(ss.get()), sw, st);
+  const std::vector<double> sg = as_double(ss.get());
+  compare(tag + " scale/shift", sg, sw, st);
+  check_finalize_order(tag, parts.data(), cb::StatLayout{nparts, rpp, rows}, gamma, beta, eps, mg, vg, sg);
   // scale/shift again from the stored mean and var (bn_scale_shift_cuda): the same values
   Dev<float> ss2(2 * K);
   scale_shift(mean.p, var.p, dg.p, db.p, eps, ss2.p, K);
@@ -86,6 +90,7 @@ void running_stats_case(int64_t K, Rng& rng) {
     rm[k] = from_f<T>(float(rng.normal())), rv[k] = from_f<T>(float(rng.uniform(0.5, 2)));
     m[k] = float(rng.normal()), v[k] = float(rng.uniform(0.1, 3));
   }
+  if (K > 2) v[1] = NAN;  // a NaN batch variance (a NaN channel) gives a NaN running variance, as in torch
   const double momentum = 0.1, unbias = 10.0 / 9.0;
   Dev<T> drm(rm), drv(rv);
   Dev<float> dm(m), dv(v);
@@ -116,6 +121,10 @@ void bn_finalize() {
   forward_finalize_case(70, 17, 128, 2100, 1e4, rng);
   forward_finalize_case(3, 40, 64, 2500, 0.5, rng);
   forward_finalize_case(4, 5, 100, 400, 3.0, rng);  // the last part is empty (NaN there is never read)
+  forward_finalize_case(6, 2, 256, 300, 2.0, rng);   // 2 lanes
+  forward_finalize_case(5, 300, 128, 300 * 128 - 37, 30.0, rng);  // 256 lanes, some with two parts
+  forward_finalize_case(2, 1100, 128, 1100 * 128 - 5, 1e3, rng);  // 256 lanes of 4-5 parts
+  forward_finalize_case(9, 257, 1, 257, 0.0, rng);  // one row a part, 256 lanes + one
   backward_finalize_case(1, rng);
   backward_finalize_case(130, rng);
   running_stats_case<float>(130, rng);

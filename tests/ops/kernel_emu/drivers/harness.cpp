@@ -55,9 +55,11 @@ void device_free(void* p) { std::free(p); }
 void copy_to_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void device_sync(const char*) {}
+bool emulated() { return true; }
 long launches() { return emu_launch_count(); }
 long blocks() { return emu_block_count(); }
 int emulator_errors() { return emu::error_count(); }
+long vector_loads() { return emu::g_vector_loads.load(); }
 #else
 void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
@@ -75,9 +77,11 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
   check_cuda(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy to the host");
 }
 void device_sync(const char* what) { check_cuda(cudaDeviceSynchronize(), what); }
+bool emulated() { return false; }
 long launches() { return 0; }
 long blocks() { return 0; }
 int emulator_errors() { return 0; }
+long vector_loads() { return 0; }
 #endif
 
 void fail(const char* f, ...) {

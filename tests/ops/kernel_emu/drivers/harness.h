@@ -164,10 +164,14 @@ struct FamilyReg {
 #define HARNESS_FAMILY(ident, name, kernels) \
   static void ident();                       \
   static ::harness::FamilyReg ident##_reg(name, kernels, ident);
-// Emulator statistics (zeros on a GPU): launches, blocks, emulator-detected errors.
+// Emulator statistics (zeros on a GPU): launches, blocks, emulator-detected errors, 16-byte __ldg loads.
+// Checks of counts (launches a call makes, loads that take the vector path) and of bits that only the
+// emulator's host arithmetic shares with a host reference (no FMA contraction) run where emulated() is true.
+bool emulated();
 long launches();
 long blocks();
 int emulator_errors();
+long vector_loads();
 
 std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
 

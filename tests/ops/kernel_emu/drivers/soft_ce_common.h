@@ -39,6 +39,22 @@ inline void backward(wslfast::DType dt, const float* g, const void* z, int64_t r
   sc::backward_cuda(dt, g, z, rows, cols, row_stride, lse, col_begin, t.targets(), splits, grad, grad_stride, nullptr);
   device_sync("soft_ce backward");
 }
+inline void backward_rows(wslfast::DType dt, sc::GradRows g, const void* z, int64_t rows, int64_t cols,
+                          int64_t row_stride, const double* lse, int64_t col_begin, const DevCsr& t, int64_t splits,
+                          void* grad, int64_t grad_stride) {
+  sc::backward_cuda(dt, g, z, rows, cols, row_stride, lse, col_begin, t.targets(), splits, grad, grad_stride, nullptr);
+  device_sync("soft_ce backward (GradRows)");
+}
+inline void loss(wslfast::DType dt, const void* z, int64_t rows, int64_t cols, int64_t row_stride, const DevCsr& t,
+                 int64_t splits, sc::Reduction red, double* workspace, double* lse, float* out, float* norm) {
+  sc::loss_cuda(dt, z, rows, cols, row_stride, t.targets(), splits, red, workspace, lse, out, norm, nullptr);
+  device_sync("soft_ce loss");
+}
+inline void finish(const double* parts, int64_t rows, int64_t num_parts, const int64_t* offsets, sc::Reduction red,
+                   double* lse, float* out, float* norm) {
+  sc::finish_cuda(parts, rows, num_parts, offsets, red, lse, out, norm, nullptr);
+  device_sync("soft_ce finish");
+}
 
 // Canonical random targets: ids in [0, vocab) sorted and unique, positive weights; every 4th row empty.
 inline Csr random_targets(int64_t rows, int64_t vocab, Rng& rng, int max_k = 6) {

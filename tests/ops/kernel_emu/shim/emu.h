@@ -6,6 +6,7 @@
 // as they are (launches, __shared__ declarations, asm statements) into calls declared here.
 #pragma once
 #include <array>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -113,8 +114,14 @@ inline float __int_as_float(int i) { return __uint_as_float(static_cast<unsigned
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
+namespace emu {
+// 16-byte __ldg loads so far (the soft-CE kernels' vector path), for the drivers to count; atomic, so that
+// under TSan the fibers' increments are not themselves a race.
+inline std::atomic<long> g_vector_loads{0};
+}  // namespace emu
 template <typename T>
 inline T __ldg(const T* p) {
+  if constexpr (sizeof(T) == 16) ::emu::g_vector_loads.fetch_add(1, std::memory_order_relaxed);
   return *p;
 }
 
