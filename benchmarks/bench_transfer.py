@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -41,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import append_results, record  # noqa: E402
+from common import append_results, record, run_measured  # noqa: E402
 
 
 def make_image_folder(root: Path, classes: int, per_class: int, width: int, height: int, seed: int = 0) -> Path:
@@ -64,45 +62,11 @@ def make_image_folder(root: Path, classes: int, per_class: int, width: int, heig
     return root
 
 
-def _tree_pss(pid: int) -> int:
-    import psutil
-
-    try:
-        procs = [psutil.Process(pid)]
-        procs += procs[0].children(recursive=True)
-    except psutil.Error:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            mi = p.memory_full_info()
-            total += getattr(mi, "pss", mi.rss)
-        except psutil.Error:
-            pass
-    return total
-
-
-def run_measured(cmd: list) -> tuple[str, int, float]:
-    """(stdout, peak PSS summed over the process tree, seconds) of a command (sampled every 0.1 s)."""
+def measured(cmd: list) -> tuple[str, int, float]:
+    """(stdout, peak PSS summed over the process tree, seconds) of a command, sampled every 0.1 s."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    peak, done = [0], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], _tree_pss(proc.pid))
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    out = proc.communicate()[0]
-    done.set()
-    watcher.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))}... failed:\n{out[-3000:]}")
-    return out, peak[0], time.perf_counter() - t0
+    secs, peak, out = run_measured(cmd, env, ROOT, interval=0.1)
+    return out, peak, secs
 
 
 # ---------------------------------------------------------------- the two fine-tuning loops (child processes)
@@ -184,7 +148,7 @@ def speed(args, data: Path, device: torch.device, load: float) -> list[dict]:
                                       ("batch-size", args.batch_size), ("image-size", args.image_size),
                                       ("steps", args.steps), ("warmup", args.warmup))]
         try:
-            out, peak, _ = run_measured(cmd)
+            out, peak, _ = measured(cmd)
         except RuntimeError as e:
             print(f"{impl}: skipped ({str(e)[-400:]})")
             continue
@@ -215,7 +179,7 @@ def memory(args, tmp: Path, device: torch.device, load: float) -> list[dict]:
         data = tmp / f"mem{per_class}"
         if not (data / "train").is_dir():
             make_image_folder(data, args.classes, per_class, *(int(v) for v in args.source_size.split("x")))
-        out, peak, secs = run_measured([sys.executable, ROOT / "train" / "transfer.py", "--checkpoint", weights,
+        out, peak, secs = measured([sys.executable, ROOT / "train" / "transfer.py", "--checkpoint", weights,
                                         "--arch", args.arch, "--data", data, "--mode", "finetune", "--baseline",
                                         "false", "--steps", args.steps, "--batch-size", args.batch_size,
                                         "--image-size", args.image_size, "--device", args.device,

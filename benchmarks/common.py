@@ -174,8 +174,10 @@ def _tree_pss(pid: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int, str]:
-    """(seconds, peak summed PSS bytes, output) of a command and all its descendants."""
+def run_measured(cmd: list, env: dict, cwd: Path, interval: float = 0.25) -> tuple[float, int, str]:
+    """(seconds, peak summed PSS bytes, output) of a command and all its descendants, sampled every
+    `interval` seconds."""
+    cmd = [str(c) for c in cmd]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
@@ -183,7 +185,7 @@ def run_measured(cmd: list[str], env: dict, cwd: Path) -> tuple[float, int, str]
     def watch():
         while proc.poll() is None:
             peak[0] = max(peak[0], _tree_pss(proc.pid))
-            time.sleep(0.25)
+            time.sleep(interval)
 
     t = threading.Thread(target=watch, daemon=True)
     t.start()

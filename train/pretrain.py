@@ -40,11 +40,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 from wslfast.engine import (Config, ConfigError, DistInfo, HashtagObjective, LRSchedule,  # noqa: E402
-                            MetricsLogger, NonFiniteGuard, NonFiniteLossError, StopSignals, all_ranks_max,
-                            broadcast_object, build_optimizer, capture_rng, claim_run_folder, cleanup_distributed,
-                            command_line, convert_sync_batchnorm, find_resumable, format_duration, gather_objects,
-                            load_checkpoint, nonfinite_flag, params_digest, peak_learning_rate, peak_memory,
-                            peer_failure, restore_rng, save_checkpoint, seed_everything, setup_distributed)
+                            MetricsLogger, NonFiniteGuard, NonFiniteLossError, StopSignals, broadcast_object,
+                            build_optimizer, capture_rng, checked_digest, claim_run_folder, cleanup_distributed,
+                            command_line, convert_sync_batchnorm, endless, exit_on_peer_failure, find_resumable,
+                            format_duration, gather_objects, guarded_update, load_checkpoint, peak_learning_rate,
+                            peak_memory, restore_rng, save_checkpoint, seed_everything, setup_distributed)
 
 
 # Top to bottom: PretrainConfig (every key, its type and help), then the steps main() takes: build_schedule,
@@ -243,20 +243,14 @@ def save(run: Run) -> str:
     info, model = run.info, run.model
     loaders = gather_objects(info, run.loader.state_dict())
     rngs = gather_objects(info, capture_rng(info.device))
-    digests = gather_objects(info, params_digest(model))
-    if not all(torch.isfinite(p).all() for p in model.parameters() if p.requires_grad):
-        # the same on every rank: the digests agree or we stop
-        raise NonFiniteLossError(f"step {run.step}: the weights hold inf/NaN (an update overflowed); not "
-                                 f"writing a checkpoint, the last good one is kept")
-    if len(set(digests)) != 1:  # every rank sees every digest, so all stop together
-        raise RuntimeError(f"step {run.step}: replicas diverged (weight digests {digests})")
+    digest = checked_digest(info, model, run.step)  # finite and the same on every rank, or all stop
     path = None
     if info.is_main:
         state = {"step": run.step, "images_seen": run.images_seen, "model": model.state_dict(),
                  "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
                  "loader": loaders, "rng": rngs, "nonfinite": run.guard.state_dict(),
                  "world_size": info.world_size, "num_classes": run.loader.num_classes, "arch": run.cfg.arch,
-                 "config": dict(run.cfg), "weights_digest": digests[0]}
+                 "config": dict(run.cfg), "weights_digest": digest}
         path = save_checkpoint(state, run.cfg.out, run.step, run.cfg.keep_last)
     return broadcast_object(info, path)
 
@@ -271,27 +265,7 @@ def train_step(step_module, optimizer, guard: NonFiniteGuard, images, targets, l
     guard.snapshot()
     with autocast if autocast is not None else contextlib.nullcontext():
         loss = step_module(images, targets)
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    flags = torch.stack([nonfinite_flag(loss, params), torch.tensor(float(stop_requested), device=info.device)])
-    nonfinite, stop = all_ranks_max(info, flags).tolist()
-    skipped = guard.record(nonfinite > 0, step)
-    if not skipped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), skipped, stop > 0
-
-
-def endless(loader):
-    """Endless batches over epochs. A pass may legitimately be empty (resumed at the very end of an
-    epoch, whose last partial batch the loader runs but does not yield); two empty passes mean no data."""
-    empty_passes = 0
-    while empty_passes < 2:
-        empty_passes += 1
-        for batch in loader:
-            empty_passes = 0
-            yield batch
-    raise RuntimeError("the data loader yielded no batch: are the shards empty?")
+    return guarded_update(loss, optimizer, guard, info, step, stop_requested)
 
 
 def train(run: Run, step_module, log: MetricsLogger, total_steps: int, stop: StopSignals) -> tuple:
@@ -301,7 +275,7 @@ def train(run: Run, step_module, log: MetricsLogger, total_steps: int, stop: Sto
     cfg, info, device = run.cfg, run.info, run.info.device
     global_batch = cfg.batch_size * info.world_size
     last_loss, final_checkpoint, stopped_by = None, None, None
-    batch_iter = endless(run.loader)
+    batch_iter = endless(run.loader, "the shards' loader")
     loss_sum = torch.zeros((), device=device)
     good_steps = 0
     window_start, data_wait = time.perf_counter(), 0.0
@@ -392,12 +366,9 @@ def main(argv=None) -> int:
         except NonFiniteLossError as e:
             log.print(f"error: {e}")
             exit_code = 3
-        except Exception as e:  # a peer died: one line, and no teardown that could wait on it
-            if not (info.enabled and peer_failure(e)) or cfg.debug:
-                raise
-            print(f"error: rank {info.rank}: {peer_failure(e)}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(1)
+        except Exception as e:
+            exit_on_peer_failure(e, info, cfg.debug)  # a peer died: one line and exit(1); else re-raised
+            raise
     if exit_code == 0 and info.is_main and run.step >= total_steps and stopped_by is None:
         first_loss = (log.first or {}).get("loss")  # the run's first record, kept across resumes
         if first_loss is not None and last_loss is not None:

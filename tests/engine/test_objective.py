@@ -4,24 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tests.tiny_model import TinyNet
 from wslfast.engine import HashtagObjective, dense_soft_target_cross_entropy
 from wslfast.sparse_targets import SparseTargets
-
-
-class TinyNet(nn.Module):
-    """forward_features + fc, the interface of wslfast.models."""
-
-    def __init__(self, classes=7):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten())
-        self.fc = nn.Linear(5, classes)
-
-    def forward_features(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x))
 
 
 def _reference(net, x, rows, classes):

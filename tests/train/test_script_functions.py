@@ -5,30 +5,13 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
+from tests.tiny_model import CPU, TinyNet
 from tests.train.conftest import PRETRAIN, load_script
-from wslfast.engine import ConfigError, DistInfo, HashtagObjective, NonFiniteGuard, build_optimizer, load_config
+from wslfast.engine import ConfigError, HashtagObjective, NonFiniteGuard, build_optimizer, load_config
 from wslfast.sparse_targets import SparseTargets
 
 pretrain = load_script(PRETRAIN)
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
-
-
-class TinyNet(nn.Module):
-    """forward_features + fc, the interface of wslfast.models; BatchNorm so a skipped step has buffers to undo."""
-
-    def __init__(self, classes=7):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten())
-        self.fc = nn.Linear(5, classes)
-
-    def forward_features(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x))
 
 
 def pretrain_cfg(*argv):

@@ -6,32 +6,15 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from tests.tiny_model import CPU, TinyNet
 from tests.train.conftest import TRANSFER, load_script
-from wslfast.engine import CheckpointError, Config, ConfigError, DistInfo, NonFiniteGuard, build_optimizer, load_config
+from wslfast.engine import CheckpointError, Config, ConfigError, NonFiniteGuard, build_optimizer, load_config
 from wslfast.errors import DataError
 from wslfast.transfer.finetune import head_lr_groups, train_step
 
 transfer = load_script(TRANSFER)
-CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), backend=None)
-
-
-class TinyNet(nn.Module):
-    """forward_features + fc, the interface of wslfast.models."""
-
-    def __init__(self, classes=3):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                  nn.Flatten())
-        self.fc = nn.Linear(5, classes)
-
-    def forward_features(self, x):
-        return self.body(x)
-
-    def forward(self, x):
-        return self.fc(self.forward_features(x))
 
 
 def cfg_of(*argv):
@@ -41,7 +24,7 @@ def cfg_of(*argv):
 @pytest.mark.parametrize("mult", [1.0, 10.0])
 def test_train_step_matches_a_float64_step_with_the_head_multiplier(mult):
     torch.manual_seed(0)
-    net = TinyNet()
+    net = TinyNet(3)
     x, y = torch.randn(4, 3, 6, 6), torch.tensor([0, 2, 1, 2])
     ref = copy.deepcopy(net).double()
     ref_loss = F.cross_entropy(ref(x.double()), y)
@@ -60,7 +43,7 @@ def test_train_step_matches_a_float64_step_with_the_head_multiplier(mult):
 
 def test_train_step_with_mixup_and_smoothing_trains_and_skips_a_nonfinite_batch():
     torch.manual_seed(0)
-    net = TinyNet()
+    net = TinyNet(3)
     optimizer = head_lr_groups(build_optimizer(net, "sgd", lr=0.05, weight_decay=0.0, nesterov=False), net, 1.0)
     x, y = torch.randn(8, 3, 6, 6), torch.randint(0, 3, (8,))
     gen, guard = torch.Generator().manual_seed(0), NonFiniteGuard(net)
@@ -74,7 +57,7 @@ def test_train_step_with_mixup_and_smoothing_trains_and_skips_a_nonfinite_batch(
 
 
 def test_head_groups_keep_adamw_decay_groups():
-    net = TinyNet()
+    net = TinyNet(3)
     optimizer = head_lr_groups(build_optimizer(net, "adamw", lr=1e-3, weight_decay=0.05), net, 5.0)
     ids = {id(p): n for n, p in net.named_parameters()}
     groups = [(sorted(ids[id(p)] for p in g["params"]), g["weight_decay"], g["lr_mult"]) for g in optimizer.param_groups]
@@ -154,7 +137,7 @@ def test_load_task_checks_the_splits(tmp_path):
 
 
 def test_load_pretrained_reads_both_kinds_and_refuses_others(tmp_path):
-    net = TinyNet()
+    net = TinyNet(3)
     torch.save({"step": 3, "model": net.state_dict(), "arch": "tiny", "config": {"data": "synthetic"}},
                tmp_path / "ckpt.pt")
     path, weights, pre_cfg, arch = transfer.load_pretrained(cfg_of("--checkpoint", str(tmp_path / "ckpt.pt")))

@@ -1,7 +1,7 @@
 """What the train/ scripts share: typed config and command line, distributed set-up, run folders,
 checkpoints, the LR rule and schedule, the optimizer, the shards a run reads, metrics, signals, non-finite
-step handling, a CPU-capable SyncBatchNorm and the pretraining objective module (the only piece that calls
-wslfast.ops, and only when its forward runs fused)."""
+step handling and the guarded update every training loop makes, a CPU-capable SyncBatchNorm and the
+pretraining objective module (the only piece that calls wslfast.ops, and only when its forward runs fused)."""
 from .checkpoint import (CheckpointError, checkpoint_path, find_resumable, list_checkpoints, load_checkpoint,
                          load_weights, save_checkpoint)
 from .cli import command_line, install_error_handler, is_user_error, usage
@@ -15,6 +15,7 @@ from .rundir import RunFolderError, check_run_folder, claim_run_folder, config_d
 from .optim import build_optimizer
 from .schedule import SCHEDULES, LRSchedule, peak_learning_rate
 from .signals import StopSignals
+from .step import checked_digest, endless, exit_on_peer_failure, guarded_update
 from .sync_bn import GlobalBatchNorm2d, convert_sync_batchnorm
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "StopSignals", "GlobalBatchNorm2d", "convert_sync_batchnorm", "load_weights", "command_line",
     "install_error_handler", "is_user_error", "usage", "format_duration", "peak_memory", "RunFolderError",
     "check_run_folder", "config_diff", "write_run_file", "attempt_store", "peer_failure", "config_keys",
-    "build_optimizer", "peak_learning_rate", "claim_run_folder",
+    "build_optimizer", "peak_learning_rate", "claim_run_folder", "checked_digest", "endless",
+    "exit_on_peer_failure", "guarded_update",
 ]

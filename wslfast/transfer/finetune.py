@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..engine import (CheckpointError, Config, ConfigError, DistInfo, LRSchedule, MetricsLogger, NonFiniteGuard,
-                      NonFiniteLossError, StopSignals, all_ranks_max, broadcast_object, build_optimizer, capture_rng,
-                      convert_sync_batchnorm, find_resumable, gather_objects, load_checkpoint, nonfinite_flag,
-                      params_digest, restore_rng, save_checkpoint)
+                      StopSignals, broadcast_object, build_optimizer, capture_rng, checked_digest,
+                      convert_sync_batchnorm, endless, find_resumable, gather_objects, guarded_update, load_checkpoint,
+                      restore_rng, save_checkpoint)
 from .evaluation import evaluate
 from .mixup import mixup_batch, mixup_cross_entropy
 
@@ -130,19 +130,14 @@ def save(run: FinetuneRun) -> str:
     loaders = gather_objects(info, run.loader.state_dict())
     rngs = gather_objects(info, capture_rng(info.device))
     mix = gather_objects(info, run.mix_gen.get_state())
-    digests = gather_objects(info, params_digest(model))
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise NonFiniteLossError(f"step {run.step}: the weights hold inf/NaN; not writing a checkpoint, the last "
-                                 f"good one is kept")
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"step {run.step}: replicas diverged (weight digests {digests})")
+    digest = checked_digest(info, model, run.step)
     path = None
     if info.is_main:
         state = {"step": run.step, "images_seen": run.images_seen, "model": model.state_dict(),
                  "optimizer": run.optimizer.state_dict(), "schedule": run.schedule.state_dict(),
                  "ema": run.ema.state_dict() if run.ema is not None else None, "loader": loaders, "rng": rngs,
                  "mix_gen": mix, "nonfinite": run.guard.state_dict(), "world_size": info.world_size,
-                 "num_classes": run.num_classes, "config": dict(run.cfg), "weights_digest": digests[0]}
+                 "num_classes": run.num_classes, "config": dict(run.cfg), "weights_digest": digest}
         path = save_checkpoint(state, run.folder, run.step, run.cfg.keep_last)
     return broadcast_object(info, path)
 
@@ -164,27 +159,7 @@ def train_step(step_module, optimizer, guard: NonFiniteGuard, images, labels, lr
             loss = mixup_cross_entropy(step_module(images), soft, label_smoothing)
         else:
             loss = F.cross_entropy(step_module(images).float(), labels)
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    flags = torch.stack([nonfinite_flag(loss, params), torch.tensor(float(stop_requested), device=images.device)])
-    nonfinite, stop = all_ranks_max(info, flags).tolist()
-    skipped = guard.record(nonfinite > 0, step)
-    if not skipped:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach(), skipped, stop > 0
-
-
-def endless(loader):
-    """Endless batches over epochs (a pass resumed at an epoch's very end may be empty; two empty passes
-    mean no data)."""
-    empty_passes = 0
-    while empty_passes < 2:
-        empty_passes += 1
-        for batch in loader:
-            empty_passes = 0
-            yield batch
-    raise RuntimeError("the training pipeline yielded no batch")
+    return guarded_update(loss, optimizer, guard, info, step, stop_requested)
 
 
 def train(run: FinetuneRun, step_module, log: MetricsLogger, stop: StopSignals) -> tuple:
@@ -193,7 +168,7 @@ def train(run: FinetuneRun, step_module, log: MetricsLogger, stop: StopSignals) 
     cfg, info = run.cfg, run.info
     global_batch = cfg.batch_size * info.world_size
     steps_per_epoch = max(len(run.loader), 1)
-    batches = endless(run.loader)
+    batches = endless(run.loader, "the training pipeline")
     loss_sum, good_steps = torch.zeros((), device=info.device), 0
     window_start, data_wait = time.perf_counter(), 0.0
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else None
