@@ -28,8 +28,8 @@ end (weights, optimizer, EMA, every rank's data position and RNG states), `--res
 newest whole one exactly (on CPU bit-identical to an uninterrupted run), another run's folder is refused.
 mode=linear (the paper's main protocol): the backbone is frozen; the average-pooled features of both splits
 (resize, centre crop) are extracted once into out/features (parts of feature_part_size images, written by
-all ranks, kept across restarts), standardised with their mean/variance, and a softmax classifier
-(L2-regularised) is fitted: full-batch L-BFGS while the float64 training features fit lbfgs_max_mb, else
+all ranks, kept across restarts), centred and scaled by one factor (probe.feature_scaling), and a softmax
+classifier (L2-regularised) is fitted: full-batch L-BFGS while the float64 training features fit lbfgs_max_mb, else
 mini-batch SGD streamed from disk (wslfast.transfer.probe says why). It becomes the model's fc.
 mode=zeroshot: no training: each class, a WordNet synset (folders named by wnid, or --class-map FILE), is
 scored from the pretrained hashtag head over its synset and hyponyms (wslfast.transfer.zeroshot), optionally
@@ -39,9 +39,10 @@ Several modes at once: --mode linear,finetune,zeroshot. DIR is an ImageFolder-st
 with a folder per class; every image is decoded once to check it, the check split over the ranks and kept
 in the run folder). PATH is a pretrain.py checkpoint or a torchvision-format state_dict of a wslfast.models
 arch (e.g. the released WSL or SWAG weights: --arch resnext101_32x8d, --arch regnet_y_16gf). Output per
-mode in out (default transfer-<mode> beside the checkpoint; with several modes out/<mode>): model.pt (a torchvision-format state_dict: the fine-tuned model, or the
-backbone with the probe's classifier as fc, its standardisation folded in) and metrics.json; the random-init
-baseline runs in out/random-init. Top-5 is reported for tasks of more than 5 classes. `--help` lists every key.
+mode in out (default transfer-<mode> beside the checkpoint; with several modes out/<mode>): model.pt (a
+torchvision-format state_dict: the fine-tuned model, or the backbone with the probe's classifier as fc, its
+standardisation folded in) and metrics.json; the random-init baseline runs in out/random-init. Top-5 is
+reported for tasks of more than 5 classes. `--help` lists every key.
 """
 import json
 import os
@@ -56,7 +57,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from wslfast.engine import (CheckpointError, Config, ConfigError, NonFiniteLossError, StopSignals,  # noqa: E402
                             claim_run_folder, cleanup_distributed, command_line, format_duration, list_checkpoints,
-                            load_weights, peak_memory, peer_failure, seed_everything, setup_distributed)
+                            load_weights, peak_memory, exit_on_peer_failure, seed_everything,
+                            setup_distributed)
 from wslfast.engine.datasets import demo_corpus_dir  # noqa: E402
 
 MODES = ("linear", "finetune", "zeroshot")
@@ -427,12 +429,9 @@ def main(argv=None) -> int:
         except NonFiniteLossError as e:
             say(f"error: {e}")
             exit_code = 3
-        except Exception as e:  # a peer died: one line, and no teardown that could wait on it
-            if not (info.enabled and peer_failure(e)) or cfg.debug:
-                raise
-            print(f"error: rank {info.rank}: {peer_failure(e)}", file=sys.stderr, flush=True)
-            sys.stdout.flush()
-            os._exit(1)
+        except Exception as e:
+            exit_on_peer_failure(e, info, cfg.debug)  # a peer died: one line and exit(1); else re-raised
+            raise
     if completed:
         say(f"time {format_duration(time.perf_counter() - t_start)} in all, {peak_memory(info.device)}")
     cleanup_distributed(info)

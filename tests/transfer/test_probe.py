@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch
 
-from wslfast.transfer.probe import (choose_solver, fit_lbfgs, fit_streamed, fold_standardisation,
+from wslfast.transfer.probe import (choose_solver, feature_scaling, fit_lbfgs, fit_streamed, fold_standardisation,
                                     probe_objective)
 
 
@@ -102,3 +102,32 @@ def test_streamed_fit_rejects_bad_arguments():
     for solver, steps in itertools.product(["lbfgs", "sgd"], [0]):
         with pytest.raises(ValueError):
             fit_streamed(_batches(x, y, 8), steps, 4, 2, mean, std, 0.0, solver)
+
+
+def test_feature_scaling_centres_each_feature_and_scales_all_by_one_factor():
+    g = torch.Generator().manual_seed(1)
+    var = torch.rand(9, generator=g, dtype=torch.float64) * 4
+    var[3] = 0.0  # a dead channel
+    mean = torch.randn(9, generator=g, dtype=torch.float64)
+    m, s = feature_scaling(mean, var)
+    assert torch.equal(m, mean) and torch.allclose(s, torch.full((9,), var.mean().sqrt().item(), dtype=torch.float64))
+    assert torch.equal(feature_scaling(mean, torch.zeros(9))[1], torch.ones(9, dtype=torch.float64))  # all constant
+
+
+def test_near_constant_channels_do_not_drown_the_informative_ones():
+    # 4 informative features and 60 near-dead ones (std 1e-3 of pure noise), as pooled ReLU features have: scaled
+    # each by its own std the noise gets the informative features' weight and the held-out accuracy drops; with
+    # one factor it stays (both fits from the same L-BFGS, same l2)
+    g = torch.Generator().manual_seed(2)
+    n, c = 400, 4
+    y = torch.randint(0, c, (n,), generator=g)
+    centers = torch.randn(c, 4, generator=g, dtype=torch.float64) * 1.2
+    x = torch.cat([centers[y] + torch.randn(n, 4, generator=g, dtype=torch.float64),
+                   1e-3 * torch.randn(n, 60, generator=g, dtype=torch.float64)], 1)
+    tr, te = slice(0, 100), slice(100, None)
+    acc = {}
+    for name, (mean, std) in {"one factor": feature_scaling(x[tr].mean(0), x[tr].var(0, unbiased=False)),
+                              "per feature": (x[tr].mean(0), x[tr].std(0, unbiased=False))}.items():
+        w, b = fit_lbfgs((x[tr] - mean) / std, y[tr], c, 1e-3, 200)
+        acc[name] = (((x[te] - mean) / std @ w.T + b).argmax(1) == y[te]).double().mean().item()
+    assert acc["one factor"] > acc["per feature"] + 0.1, acc

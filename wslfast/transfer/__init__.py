@@ -6,7 +6,8 @@ extract), the classifier fitted full-batch or streamed (probe), scores as counts
 from .ema import ModelEMA
 from .features import FeatureReader, FeatureStore, merge_moments, part_moments
 from .mixup import mixup_batch, mixup_cross_entropy
-from .probe import SOLVERS, choose_solver, fit_lbfgs, fit_streamed, fold_standardisation, probe_objective
+from .probe import (SOLVERS, choose_solver, feature_scaling, fit_lbfgs, fit_streamed, fold_standardisation,
+                    probe_objective)
 from .scoring import topk_hits, topk_percent
 from .zeroshot import (POOLINGS, class_hashtag_sets, load_vocabulary, log_label_prior, parse_synset_id,
                        read_class_map, resolve_class_synsets, zeroshot_evaluate, zeroshot_scores)
@@ -14,8 +15,8 @@ from .zeroshot import (POOLINGS, class_hashtag_sets, load_vocabulary, log_label_
 __all__ = ["ModelEMA", "mixup_batch", "mixup_cross_entropy", "POOLINGS", "class_hashtag_sets", "load_vocabulary",
            "parse_synset_id", "read_class_map", "resolve_class_synsets", "zeroshot_evaluate", "zeroshot_scores",
            "log_label_prior", "FeatureStore", "FeatureReader", "merge_moments", "part_moments", "SOLVERS",
-           "choose_solver", "fit_lbfgs", "fit_streamed", "fold_standardisation", "probe_objective", "topk_hits",
-           "topk_percent", "extract_features"]
+           "choose_solver", "feature_scaling", "fit_lbfgs", "fit_streamed", "fold_standardisation", "probe_objective",
+           "topk_hits", "topk_percent", "extract_features"]
 
 
 def __getattr__(name):  # the extraction step imports the DALI loaders: only when asked for

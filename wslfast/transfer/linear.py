@@ -1,5 +1,6 @@
 """The linear probe of train/transfer.py, step by step: features of both splits extracted once into a store
-in the run folder (in parallel over the ranks, resumable), the standardisation from the store's moments,
+in the run folder (in parallel over the ranks, resumable), the standardisation from the store's moments
+(each feature centred, all scaled by one factor: probe.feature_scaling),
 the classifier fitted full-batch (small tasks) or streamed (any size), scored on the stored validation
 features, and written into the model's classifier with the standardisation folded in.
 
@@ -24,7 +25,7 @@ from ..engine.distributed import DistInfo, broadcast_object
 from ..engine.metrics import format_duration
 from ..errors import ConfigError, RunFolderError
 from .features import INDEX, FeatureReader, FeatureStore
-from .probe import choose_solver, fit_lbfgs, fit_streamed, fold_standardisation
+from .probe import choose_solver, feature_scaling, fit_lbfgs, fit_streamed, fold_standardisation
 from .scoring import topk_hits, topk_percent
 
 __all__ = ["linear_probe", "weights_digest", "listing_digest"]
@@ -110,7 +111,7 @@ def linear_probe(model, task, cfg, info: DistInfo, folder: str, log=print, stop=
               for split in ("train", "val")}
     train, val = FeatureReader(stores["train"]), FeatureReader(stores["val"])
     n, mean, var = train.moments()
-    mean, std = torch.from_numpy(mean), torch.from_numpy(var).sqrt().clamp(min=1e-6)
+    mean, std = feature_scaling(torch.from_numpy(mean), torch.from_numpy(var))  # centred, one scale
     num_classes = len(task.classes)
     solver, why = choose_solver(cfg.probe_solver, n, train.dim, cfg.lbfgs_max_mb)
     t_fit = time.perf_counter()
