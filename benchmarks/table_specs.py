@@ -123,6 +123,21 @@ SPECS: dict[str, Spec] = {
     "profile_step": Spec(
         "Where a training step's time goes", "python benchmarks/profile_step.py", MS,
         extra=(Metric("share", "share", higher=True),), impl_keys=("fused",)),
+    "data_web": Spec(
+        "Web-dataset ingestion (img2dataset tars): records/s and peak memory", "python benchmarks/bench_data.py",
+        Metric("records_per_s", "records/s", higher=True), extra=(MEM,), impl_keys=("workers",), select="newest",
+        note="wslfast-vocab: the streaming caption count; wslfast-local / wslfast-workers: shards --webdataset "
+             "with caption labels, in-process and on the multi-worker engine."),
+    "transfer_finetune": Spec(
+        "Fine-tuning throughput: wslfast vs a plain PyTorch loop", "python benchmarks/bench_transfer.py",
+        Metric("images_per_s", "img/s", higher=True), extra=(MEM, Metric("load_avg", "load")), ours=("wslfast",),
+        peers=(Peer("torchvision loop", ("torchvision",)),), rows="last",
+        note="Same images, model, augmentation and batch; torchvision: ImageFolder + DataLoader workers and the "
+             "model with stock layers."),
+    "transfer_finetune_memory": Spec(
+        "Fine-tuning peak memory against the training split's size", "python benchmarks/bench_transfer.py",
+        MEM, extra=(Metric("seconds", "s"),), select="newest",
+        note="train/transfer.py --mode finetune --steps 30: the peak summed PSS must not grow with the split."),
     "labels": Spec(
         "Labelling speed (SenseTagger)", "python benchmarks/bench_labels.py",
         Metric("texts_per_s_cpu", "texts/s (CPU time)", higher=True),
