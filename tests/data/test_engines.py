@@ -326,6 +326,7 @@ def test_a_malformed_ray_address_is_one_line(corpus, vocab, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.dist
+@pytest.mark.xdist_group("ray")
 def test_bad_input_under_ray_is_one_line(corpus, vocab, tmp_path):
     pytest.importorskip("ray")
     good = gzip.compress(Path(corpus["tags"]).read_bytes())
@@ -379,6 +380,7 @@ def test_pool_memory_does_not_grow_with_the_records(tmp_path):
     assert grow[0] < 4 and grow[1] < 4, peak
 
 
+@pytest.mark.slow
 def test_an_address_that_is_no_ray_head_fails_in_seconds(corpus, vocab, tmp_path):
     """Something listens there (an HTTP/1 server, or a socket that never answers), but not Ray's GCS:
     ray.init would retry it for minutes."""

@@ -324,6 +324,7 @@ _SLOW = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_two_builds_at_once_one_is_refused_naming_the_other(corpus, vocab, tmp_path):
     script = tmp_path / "slow.py"
     script.write_text(_SLOW)

@@ -10,7 +10,7 @@ from wslfast.data.build import write_shards
 from wslfast.data.format import list_shards, read_manifest
 
 ray = pytest.importorskip("ray")
-pytestmark = [pytest.mark.slow, pytest.mark.dist]
+pytestmark = [pytest.mark.slow, pytest.mark.dist, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

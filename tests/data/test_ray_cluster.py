@@ -18,7 +18,7 @@ from wslfast.data.build import write_shards
 from wslfast.data.format import list_shards
 
 pytest.importorskip("ray")
-pytestmark = [pytest.mark.slow, pytest.mark.dist]
+pytestmark = [pytest.mark.slow, pytest.mark.dist, pytest.mark.xdist_group("ray")]  # one Ray cluster at a time (tests/conftest.py)
 ROOT = Path(__file__).resolve().parents[2]
 
 

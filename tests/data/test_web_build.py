@@ -174,6 +174,7 @@ def test_tag_senses_from_context_and_bytes_kept_where_they_agree(wordnet, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.dist
+@pytest.mark.xdist_group("ray")
 def test_ray_engine_writes_the_same_bytes(tagger_vocab, tmp_path):
     pytest.importorskip("ray")
     root, vocab, _ = tagger_vocab

@@ -3,11 +3,13 @@ the scripts themselves as modules (their config classes and steps, called withou
 import functools
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests.shared_build import build_once
 from tests.engine.dist_launch import quiet_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,26 +28,34 @@ def load_script(path):
     return module
 
 
+SMALL_RUN = ["--synthetic-images", "48", "--synthetic-classes", "3", "--image-size", "32", "--batch-size", "8",
+             "--log-every", "1", "--num-threads", "1", "--tensorboard", "false", "--device", "cpu",
+             "--warmup-images", "0", "--lr", "0.02"]
+
+
 @pytest.fixture(scope="session")
 def small_args(tmp_path_factory):
-    """Arguments for a pretraining run that takes seconds: tiny corpus, 32 px images, batch 8, CPU."""
-    cache = tmp_path_factory.mktemp("cache")
-    args = ["--cache-dir", str(cache), "--synthetic-images", "48", "--synthetic-classes", "3",
-            "--image-size", "32", "--batch-size", "8", "--log-every", "1", "--num-threads", "1",
-            "--tensorboard", "false", "--device", "cpu", "--warmup-images", "0", "--lr", "0.02"]
-    # Build the corpus once, here, so the tests below time only training.
-    proc = run_script(PRETRAIN, args + ["--out", str(cache / "warmup-run"), "--steps", "2"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return args
+    """Arguments for a pretraining run that takes seconds: tiny corpus, 32 px images, batch 8, CPU. The corpus
+    (and a 2-step run, see small_checkpoint) is built once for all xdist workers, so the tests time only
+    training; the cache is read-only from then on (a demo corpus, once built, is only read)."""
+    def build(cache):
+        proc = run_script(PRETRAIN, ["--cache-dir", cache, *SMALL_RUN, "--out", cache / "warmup-run", "--steps", "2"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    cache = build_once(tmp_path_factory, "train-cache", build)
+    return ["--cache-dir", str(cache), *SMALL_RUN]
 
 
 @pytest.fixture(scope="session")
-def small_checkpoint(small_args):
-    """The checkpoint the small_args session run wrote (2 steps: weights moved, not a trained model)."""
+def small_checkpoint(small_args, tmp_path_factory):
+    """The checkpoint of the small_args 2-step run (weights moved, not a trained model), in a run folder of
+    this worker's own: transfer.py writes its default run folders beside the checkpoint."""
     from wslfast.engine import list_checkpoints
 
     cache = small_args[small_args.index("--cache-dir") + 1]
-    return list_checkpoints(os.path.join(cache, "warmup-run"))[-1][1]
+    run = tmp_path_factory.mktemp("small-run") / "warmup-run"
+    shutil.copytree(os.path.join(cache, "warmup-run"), run)
+    return list_checkpoints(str(run))[-1][1]
 
 
 def run_script(script, args, timeout=240, **kwargs):

@@ -12,7 +12,7 @@ from tests.engine.dist_launch import child_pids, torchrun
 from tests.train.conftest import PRETRAIN
 from wslfast.engine import list_checkpoints, load_checkpoint, params_digest
 
-pytestmark = [pytest.mark.dist, pytest.mark.slow]
+pytestmark = [pytest.mark.dist, pytest.mark.slow, pytest.mark.xdist_group("train_dist")]  # one ddp_run per run
 
 
 def test_digest_sees_a_single_bit():

@@ -24,7 +24,7 @@ from tests.engine.dist_launch import child_pids, free_port, quiet_env, torchrun
 from tests.train.conftest import ROOT, TRANSFER, run_script, wait_for_line
 from wslfast.engine import list_checkpoints, load_checkpoint
 
-pytestmark = [pytest.mark.dist, pytest.mark.slow]
+pytestmark = [pytest.mark.dist, pytest.mark.slow, pytest.mark.xdist_group("transfer_dist")]  # its module fixtures once
 SWAG = os.path.join(ROOT, "train", "configs", "transfer", "finetune_regnet_y_128gf_in1k_swag.yaml")
 SMALL = ["--arch", "regnet_y_tiny", "--image-size", "32", "--resize-size", "32", "--batch-size", "4", "--steps", "8",
          "--checkpoint-every", "2", "--log-every", "1", "--num-threads", "1", "--device", "cpu"]
