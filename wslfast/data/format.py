@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..atomic import atomic_write
 from ..errors import DataError
 
 __all__ = ["write_shard", "verify_shard", "jpeg_bytes", "shard_stem", "list_shards", "published_dir",
@@ -319,22 +320,8 @@ def write_manifest(out_dir, manifest: dict) -> Path:
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"write_manifest: a manifest starts with format={MANIFEST_FORMAT!r}")
     path = Path(out_dir) / MANIFEST
-    tmp = path.with_name(MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w") as f:
         f.write(json.dumps(manifest, indent=1))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # a folder that cannot be opened for reading (some platforms): the rename stands
-        return path
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
     return path
 
 

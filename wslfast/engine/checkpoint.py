@@ -13,6 +13,7 @@ import warnings
 
 import torch
 
+from ..atomic import atomic_write
 from ..errors import CheckpointError
 
 __all__ = ["checkpoint_path", "list_checkpoints", "save_checkpoint", "load_checkpoint",
@@ -38,19 +39,6 @@ def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # some filesystems do not allow opening folders; the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(state: dict, out_dir: str, step: int, keep_last: int = 0) -> str:
     """Write state atomically as ckpt_<step>.pt in out_dir; then keep only the newest keep_last files
     (keep_last <= 0 keeps all). Returns the checkpoint's path."""
@@ -58,17 +46,8 @@ def save_checkpoint(state: dict, out_dir: str, step: int, keep_last: int = 0) ->
         raise ValueError("save_checkpoint: state must hold 'step'")
     os.makedirs(out_dir, exist_ok=True)
     final = checkpoint_path(out_dir, step)
-    tmp = os.path.join(out_dir, f".{os.path.basename(final)}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(out_dir)
+    with atomic_write(final) as f:
+        torch.save(state, f)
     if keep_last > 0:
         for _, old in list_checkpoints(out_dir)[:-keep_last]:
             try:

@@ -34,6 +34,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..errors import DataError, RunFolderError
 
 __all__ = ["FeatureStore", "FeatureReader", "merge_moments", "part_moments", "order", "DTYPES"]
@@ -140,24 +141,14 @@ class FeatureStore:
                             f"{float(np.abs(x).max()):.4g}): use --feature-dtype float32")
         count, mean, m2 = part_moments(stored)  # the moments of what is stored: what the probe reads
         path = os.path.join(self.folder, _part_name(k))
-        tmp = f"{path}.tmp.{os.getpid()}.npz"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, x=stored, y=y, count=np.int64(count), mean=mean, m2=m2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_write(path) as f:
+            np.savez(f, x=stored, y=y, count=np.int64(count), mean=mean, m2=m2)
         return path
 
 
 def _atomic_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_write(path, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _read_index(folder: str) -> dict:
