@@ -70,6 +70,23 @@ def measured(cmd: list) -> tuple[str, int, float]:
 
 
 # ---------------------------------------------------------------- the two fine-tuning loops (child processes)
+def timed_steps(loader, step, args, device: torch.device) -> list[float]:
+    """ms per step(i, images, labels) over epochs of the loader (data wait included), the first --warmup
+    steps dropped."""
+    times, t0 = [], time.perf_counter()
+    while len(times) < args.warmup + args.steps:
+        for images, labels in loader:
+            step(len(times), images, labels)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t1 = time.perf_counter()
+            times.append((t1 - t0) * 1e3)
+            t0 = t1
+            if len(times) == args.warmup + args.steps:
+                break
+    return times[args.warmup:]
+
+
 def wslfast_steps(data: Path, args) -> list[float]:
     from wslfast.data.loaders import list_image_folder, make_loader
     from wslfast.engine import DistInfo, NonFiniteGuard, build_optimizer
@@ -86,19 +103,11 @@ def wslfast_steps(data: Path, args) -> list[float]:
                          image_size=args.image_size).to(device, memory_format=torch.channels_last).train()
     optimizer = head_lr_groups(build_optimizer(model, "sgd", 0.01, 1e-4, momentum=0.9, nesterov=False), model, 1.0)
     guard = NonFiniteGuard(model)
-    times, t0 = [], time.perf_counter()
-    while len(times) < args.warmup + args.steps:
-        for images, labels in loader:
-            train_step(model, optimizer, guard, images.float(), labels, 0.01, len(listing.classes), info,
-                       len(times))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t1 = time.perf_counter()
-            times.append((t1 - t0) * 1e3)
-            t0 = t1
-            if len(times) == args.warmup + args.steps:
-                break
-    return times[args.warmup:]
+
+    def step(i, images, labels):
+        train_step(model, optimizer, guard, images.float(), labels, 0.01, len(listing.classes), info, i)
+
+    return timed_steps(loader, step, args, device)
 
 
 def torchvision_steps(data: Path, args) -> list[float]:
@@ -120,23 +129,16 @@ def torchvision_steps(data: Path, args) -> list[float]:
     model = create_model(args.arch, num_classes=len(ds.classes), fused=False, zero_init_residual=False,
                          image_size=args.image_size).to(device, memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    times, t0 = [], time.perf_counter()
-    while len(times) < args.warmup + args.steps:
-        for images, labels in loader:
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            loss = F.cross_entropy(model(images), labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss.item()  # the same one host sync a step as train_step's flag
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t1 = time.perf_counter()
-            times.append((t1 - t0) * 1e3)
-            t0 = t1
-            if len(times) == args.warmup + args.steps:
-                break
-    return times[args.warmup:]
+
+    def step(i, images, labels):
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        loss = F.cross_entropy(model(images), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss.item()  # the same one host sync a step as train_step's flag
+
+    return timed_steps(loader, step, args, device)
 
 
 # ---------------------------------------------------------------- the driver
